@@ -1,0 +1,239 @@
+"""Partition-level units of work of the curation stages: what one Ray task does to one Parquet part.
+
+Each function reads its input part(s) from disk, calls the stage's pure functions and writes its
+output part(s), returning only small counts. Data never travels through Ray's object store, and
+this module (like all of ``curation/``) imports neither Prefect nor Ray, so workers stay light.
+
+Dropped rows (filtered or quarantined) are written as ``uid, stage, reason, detail`` tables beside
+the kept rows, so every stage can reconcile rows in = rows out + filtered + quarantined.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curation import balancing, captions, clustering, filters, sharding
+from curation.matching import EntryMatcher
+from curation.sources import IngestConfig, read_partition
+
+DROPPED_SCHEMA = pa.schema(
+    [("uid", pa.string()), ("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string())]
+)
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def list_parts(folder: str | Path) -> list[str]:
+    """Parquet parts of a folder, in part order."""
+    return sorted(str(p) for p in Path(folder).glob("part-*.parquet"))
+
+
+def write_table(table: pa.Table, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, str(path))
+
+
+def read_table(path: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
+    return pq.read_table(str(path), columns=list(columns) if columns is not None else None)
+
+
+def dropped_table(uids: Sequence[str], stage: str, reasons: Sequence[str], details: Sequence[str]) -> pa.Table:
+    n = len(uids)
+    return pa.table(
+        [pa.array(list(uids), pa.string()), pa.array([stage] * n, pa.string()),
+         pa.array(list(reasons), pa.string()), pa.array(list(details), pa.string())],
+        schema=DROPPED_SCHEMA,
+    )
+
+
+def reason_counts(paths: Sequence[str]) -> dict[str, int]:
+    """Rows per reason over dropped-row tables."""
+    total: Counter[str] = Counter()
+    for path in paths:
+        total.update(read_table(path, ["reason"]).column("reason").to_pylist())
+    return dict(sorted(total.items()))
+
+
+def split_by_reason(table: pa.Table, reasons: Sequence[str | None], stage: str, details: Sequence[str] | None = None
+                    ) -> tuple[pa.Table, pa.Table]:
+    """(rows whose reason is None, dropped-row table of the others)."""
+    keep = np.array([r is None for r in reasons], dtype=bool)
+    drop_idx = np.flatnonzero(~keep)
+    uids = table.column("uid").to_pylist()
+    dropped = dropped_table(
+        [uids[i] for i in drop_idx], stage, [reasons[i] for i in drop_idx],
+        [details[i] if details is not None else "" for i in drop_idx],
+    )
+    return table.filter(pa.array(keep)), dropped
+
+
+# --- ingest -----------------------------------------------------------------------------------
+
+def ingest_part(cfg: IngestConfig, span: tuple[int, int], index: int, out_dir: str) -> dict[str, int]:
+    samples, truth = read_partition(cfg, span)
+    write_table(samples, Path(out_dir) / "parts" / part_name(index))
+    if truth is not None:
+        write_table(truth, Path(out_dir) / "truth" / part_name(index))
+    return {"rows": samples.num_rows}
+
+
+# --- filter -----------------------------------------------------------------------------------
+
+def filter_keys_part(in_path: str, cfg: filters.FilterConfig, out_path: str) -> int:
+    """Pass 1: per-row filter reasons plus the keys global deduplication needs."""
+    table = read_table(in_path)
+    _keep, reasons = filters.row_filters(table, cfg)
+    keys = table.select([c for c in ("uid", "image_sha256", "text") if c in table.column_names])
+    if cfg.phash_hamming >= 0:
+        keys = keys.append_column("image", table.column("image"))
+    write_table(keys.append_column("reason", pa.array(reasons, pa.string())), out_path)
+    return table.num_rows
+
+
+def global_filter_reasons(key_paths: Sequence[str], cfg: filters.FilterConfig) -> pa.Table:
+    """Row reasons of every part plus duplicate reasons among the rows that passed them: ``uid, reason``."""
+    keys = pa.concat_tables([read_table(p) for p in key_paths])
+    reasons = keys.column("reason").to_pylist()
+    passed = np.flatnonzero([r is None for r in reasons])
+    dup = filters.duplicate_reasons(keys.take(pa.array(passed, pa.int64())), cfg)
+    for i, reason in zip(passed, dup):
+        reasons[i] = reason
+    return pa.table({"uid": keys.column("uid"), "reason": pa.array(reasons, pa.string())})
+
+
+def apply_reasons_part(in_path: str, reasons_path: str, stage: str, out_part: str, out_dropped: str
+                       ) -> dict[str, int]:
+    """Pass 2: split one part by the global reasons table into kept rows and dropped rows."""
+    table = read_table(in_path)
+    lookup = dict(zip(*(read_table(reasons_path).column(c).to_pylist() for c in ("uid", "reason"))))
+    reasons = [lookup.get(uid) for uid in table.column("uid").to_pylist()]
+    kept, dropped = split_by_reason(table, reasons, stage)
+    write_table(kept, out_part)
+    write_table(dropped, out_dropped)
+    return {"rows_in": table.num_rows, "rows_out": kept.num_rows, "filtered": dropped.num_rows}
+
+
+# --- curate (MetaCLIP) ------------------------------------------------------------------------
+
+def match_part(in_path: str, entries: Sequence[str], out_path: str) -> np.ndarray:
+    """Pass 1: matched entry ids per text, written beside; returns this part's entry counts."""
+    table = read_table(in_path, ["uid", "text"])
+    matched = EntryMatcher(entries).match_batch(table.column("text").to_pylist())
+    column = pa.array(matched, pa.list_(pa.int32()))
+    write_table(pa.table({"uid": table.column("uid"), "matched_entries": column}), out_path)
+    return balancing.count_entries(matched, len(entries))
+
+
+def balance_part(in_path: str, matched_path: str, probs: np.ndarray, seed: int, out_part: str,
+                 out_dropped: str) -> dict:
+    """Pass 2: keep probability and seeded keep decision per sample (MetaCLIP balancing)."""
+    table = read_table(in_path)
+    matched_col = read_table(matched_path).column("matched_entries")
+    matched = matched_col.to_pylist()
+    keep_prob = balancing.keep_probs(matched, probs)
+    keep = balancing.keep_mask(table.column("uid").to_pylist(), keep_prob, seed)
+    reasons = [None if k else ("no_entry" if not m else "not_sampled") for k, m in zip(keep, matched)]
+    details = ["" if not m else f"keep_prob={p:.4f}" for m, p in zip(matched, keep_prob)]
+    table = table.append_column("matched_entries", matched_col)
+    table = table.append_column("keep_prob", pa.array(keep_prob, pa.float32()))
+    kept, dropped = split_by_reason(table, reasons, "curate", details)
+    write_table(kept, out_part)
+    write_table(dropped, out_dropped)
+    counts_after = balancing.count_entries([m for m, k in zip(matched, keep) if k], len(probs))
+    return {"rows_in": table.num_rows, "rows_out": kept.num_rows, "filtered": dropped.num_rows,
+            "counts_after": counts_after}
+
+
+# --- rewrite / longcap ------------------------------------------------------------------------
+
+def _truth_rows(truth_path: str | None, uids: Sequence[str]) -> list[dict | None]:
+    if truth_path is None or not Path(truth_path).exists():
+        return [None] * len(uids)
+    truth = read_table(truth_path)
+    by_uid = dict(zip(truth.column("uid").to_pylist(), truth.to_pylist()))
+    return [by_uid.get(uid) for uid in uids]
+
+
+def caption_part(in_path: str, truth_path: str | None, out_path: str, mode: str, backend_name: str,
+                 error_rate: float, k: int, seed: int, batch_size: int) -> dict[str, int]:
+    """Add LaCLIP ``rewrites`` (mode "rewrite") or DreamLIP/ALIP ``long_caption`` + ``synthetic_caption``."""
+    table = read_table(in_path)
+    backend = captions.make_backend(backend_name, error_rate)
+    uids, texts = table.column("uid").to_pylist(), table.column("text").to_pylist()
+    truths = _truth_rows(truth_path, uids)
+    images = table.column("image").to_pylist() if mode == "longcap" else []
+    outputs: dict[str, list] = {}
+    for start in range(0, len(uids), max(1, batch_size)):
+        sl = slice(start, start + batch_size)
+        if mode == "rewrite":
+            outputs.setdefault("rewrites", []).extend(backend.rewrite(uids[sl], texts[sl], truths[sl], k, seed))
+        else:
+            args = (uids[sl], images[sl], texts[sl], truths[sl], seed)
+            outputs.setdefault("long_caption", []).extend(backend.long_captions(*args))
+            outputs.setdefault("synthetic_caption", []).extend(backend.short_captions(*args))
+    types = {"rewrites": pa.list_(pa.string()), "long_caption": pa.string(), "synthetic_caption": pa.string()}
+    for name, values in outputs.items():
+        table = table.append_column(name, pa.array(values, types[name]))
+    write_table(table, out_path)
+    return {"rows_in": table.num_rows, "rows_out": table.num_rows}
+
+
+# --- cluster (MLCD) ---------------------------------------------------------------------------
+
+def fit_centers_job(part_paths: Sequence[str], cfg: clustering.ClusterConfig, out_path: str) -> int:
+    """Spherical k-means over every part's image embeddings; centers saved as .npy."""
+    x = np.concatenate([embedding_matrix(read_table(p, ["image_emb"])) for p in part_paths])
+    centers = clustering.fit_centers(x, cfg)
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    np.save(out_path, centers)
+    return int(x.shape[0])
+
+
+def embedding_matrix(table: pa.Table, column: str = "image_emb") -> np.ndarray:
+    """(N, D) float32 from a list<float32> column."""
+    col = table.column(column).combine_chunks()
+    if len(col) == 0:
+        return np.zeros((0, 0), np.float32)
+    flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return flat.reshape(len(col), -1)
+
+
+def assign_part(in_path: str, centers_path: str, top_k: int, out_path: str) -> dict[str, int]:
+    table = read_table(in_path)
+    labels, scores = clustering.assign_topk(embedding_matrix(table), np.load(centers_path), top_k)
+    table = table.append_column("cluster_labels", pa.array(list(labels), pa.list_(pa.int32())))
+    table = table.append_column("cluster_scores", pa.array(list(scores), pa.list_(pa.float32())))
+    write_table(table, out_path)
+    return {"rows_in": table.num_rows, "rows_out": table.num_rows}
+
+
+# --- shard ------------------------------------------------------------------------------------
+
+def plan_shards(part_rows: Sequence[int], samples_per_shard: int) -> list[list[tuple[int, int, int]]]:
+    """Slices ``(part index, offset, length)`` of each shard, filling shards in global row order."""
+    shards: list[list[tuple[int, int, int]]] = [[]]
+    room = samples_per_shard
+    for part, rows in enumerate(part_rows):
+        offset = 0
+        while offset < rows:
+            if room == 0:
+                shards.append([])
+                room = samples_per_shard
+            take = min(room, rows - offset)
+            shards[-1].append((part, offset, take))
+            offset += take
+            room -= take
+    return [s for s in shards if s]
+
+
+def shard_job(part_paths: Sequence[str], slices: Sequence[tuple[int, int, int]], out_dir: str, shard: int) -> dict:
+    table = pa.concat_tables([read_table(part_paths[p]).slice(off, n) for p, off, n in slices])
+    return sharding.write_shard(table, out_dir, shard)

@@ -1,0 +1,180 @@
+"""The run configuration: a tree of per-stage frozen dataclasses, loaded from YAML.
+
+Each stage's config lives beside the code it configures (``curation/``, ``training/``, ``eval/``);
+this module only assembles them into :class:`RunConfig` and validates YAML against their type
+hints. Unknown keys and wrong types are errors that name the offending dotted key, so a typo in a
+config never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from curation.balancing import CurateConfig
+from curation.captions import LongcapConfig, RewriteConfig
+from curation.clustering import ClusterConfig
+from curation.filters import FilterConfig
+from curation.sharding import ShardConfig
+from curation.sources import IngestConfig
+from eval.suite import EvalConfig
+from tasks.artifacts import config_hash, to_dict  # noqa: F401  (re-exported for the CLI)
+from training.config import TrainConfig
+from training.embedding import EmbedConfig
+
+STAGES: tuple[str, ...] = (
+    "ingest", "filter", "curate", "rewrite", "longcap", "embed", "cluster", "shard", "train", "eval",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration that does not match the schema; the message names the dotted key."""
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str | None = None
+    """Ray cluster address; None uses RAY_ADDRESS if set, else starts Ray locally."""
+    num_cpus: int | None = None
+    """CPUs for a local Ray instance; None lets Ray count them."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One pipeline run: a config block per stage, in pipeline order."""
+
+    ray: RayConfig = field(default_factory=RayConfig)
+    """Where stages fan out their work."""
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    """Raw pool sources (the synthetic world by default)."""
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    """DataComp basic filtering."""
+    curate: CurateConfig = field(default_factory=CurateConfig)
+    """MetaCLIP matching and balancing."""
+    rewrite: RewriteConfig = field(default_factory=RewriteConfig)
+    """LaCLIP caption rewriting."""
+    longcap: LongcapConfig = field(default_factory=LongcapConfig)
+    """DreamLIP long captions and ALIP synthetic captions."""
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    """open_clip image/text embeddings for clustering."""
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    """MLCD k-means multi-labels."""
+    shard: ShardConfig = field(default_factory=ShardConfig)
+    """WebDataset shard writing."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """open_clip pretraining."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation suite."""
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    """Check ``value`` against the type hint ``tp`` and convert YAML shapes (lists -> tuples, dicts -> dataclasses)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _coerce(option, value, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{where}: null is not allowed")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {type(value).__name__}")
+        return from_dict(tp, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        (item_tp, *_rest) = typing.get_args(tp)
+        return tuple(_coerce(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value))
+    return _coerce_scalar(tp, value, where)
+
+
+def _coerce_scalar(tp: Any, value: Any, where: str) -> Any:
+    # bool is a subclass of int in Python; YAML `epochs: yes` must not become 1.
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Build the frozen dataclass ``cls`` from a plain mapping, validating every key and type."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"unknown key {prefix}{unknown[0]!s} (valid keys for {cls.__name__}: {', '.join(sorted(known))})"
+        )
+    values = {
+        name: _coerce(hints[name], value, f"{where}.{name}" if where else name) for name, value in data.items()
+    }
+    return cls(**values)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {key} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``train.epochs=3`` -> ("train.epochs", 3); the value is parsed as a YAML scalar or list."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {err}") from None
+    return key.strip(), value
+
+
+def default_config_text() -> str:
+    """The packaged default configuration (``flows/default.yaml``)."""
+    return resources.files("flows").joinpath("default.yaml").read_text()
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> RunConfig:
+    """Load a YAML config (the packaged default when ``path`` is None) and apply ``key=value`` overrides."""
+    text = Path(path).read_text() if path is not None else default_config_text()
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'default config'}: the top level must be a mapping of stage sections")
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(data, key, value)
+    return from_dict(RunConfig, data)
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,69 @@
+"""The end-to-end Prefect flow: ten stage tasks wired in order, then the catalog and the report.
+
+Without ``PREFECT_API_URL`` the flow runs in Prefect's ephemeral local mode; with it, it reports to
+that server (deployments and schedules: ``infra/prefect.yaml``). The flow holds no data: tasks pass
+:class:`~tasks.artifacts.ArtifactRef` references only.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from prefect import flow
+
+from flows.config import RunConfig, config_hash
+from flows.plan import plan_run
+from tasks import stages as T
+from tasks.artifacts import ArtifactRef
+from tasks.catalog import build_catalog
+from tasks.common import RunContext
+from tasks.report import write_report
+
+Refs = dict[str, ArtifactRef]
+
+STEPS: dict[str, Callable[[RunContext, RunConfig, Refs], ArtifactRef]] = {
+    "ingest": lambda ctx, cfg, refs: T.ingest(ctx, cfg.ingest),
+    "filter": lambda ctx, cfg, refs: T.filter_(ctx, cfg.filter, refs["ingest"]),
+    "curate": lambda ctx, cfg, refs: T.curate(ctx, cfg.curate, refs["filter"]),
+    "rewrite": lambda ctx, cfg, refs: T.rewrite(ctx, cfg.rewrite, refs["curate"], refs["ingest"]),
+    "longcap": lambda ctx, cfg, refs: T.longcap(ctx, cfg.longcap, refs["rewrite"], refs["ingest"]),
+    "embed": lambda ctx, cfg, refs: T.embed(ctx, cfg.embed, cfg.train, refs["longcap"]),
+    "cluster": lambda ctx, cfg, refs: T.cluster(ctx, cfg.cluster, refs["embed"]),
+    "shard": lambda ctx, cfg, refs: T.shard(ctx, cfg.shard, refs["cluster"]),
+    "train": lambda ctx, cfg, refs: T.train(ctx, cfg.train, refs["shard"]),
+    "eval": lambda ctx, cfg, refs: T.evaluate(ctx, cfg.eval, cfg.ingest, cfg.train, refs["train"]),
+}
+"""How each stage's task is called from the config and the references of the stages before it."""
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline(
+    cfg: RunConfig,
+    workdir: str = "runs/default",
+    only: str | None = None,
+    start: str | None = None,
+    force: tuple[str, ...] = (),
+) -> dict:
+    """Run (or find cached) every stage of the plan, then refresh the catalog and write the report."""
+    plan = plan_run(only, start, tuple(force))
+    started = time.perf_counter()
+    workdir = str(Path(workdir).resolve())
+    ctx = RunContext(
+        workdir=workdir, run_id=new_run_id(), force=plan.force, cached_only=plan.cached_only,
+        ray_address=cfg.ray.address, ray_num_cpus=cfg.ray.num_cpus,
+    )
+    refs: Refs = {}
+    try:
+        for stage in plan.stages:
+            refs[stage] = STEPS[stage](ctx, cfg, refs)
+    finally:
+        build_catalog(workdir, refs)
+    return write_report(workdir, ctx.run_id, config_hash(cfg), refs, time.perf_counter() - started)

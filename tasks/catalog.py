@@ -1,0 +1,156 @@
+"""``<workdir>/catalog.duckdb``: DuckDB views over every artifact of the latest run.
+
+Views: one per stage (its sample table, or what the stage produced), ``samples`` (the latest sample
+table with every column so far, plus ``shard``/``key`` once sharded), ``quarantine`` and
+``filtered`` (dropped rows of every stage with their reasons), ``entry_counts`` (MetaCLIP counts
+before and after balancing), ``train_metrics``, ``eval_results``; and a table ``stages`` (rows in,
+out, filtered, quarantined, status and seconds per stage).
+
+Queries from the command line are read-only: the statement must be a single SELECT-like statement
+(checked with DuckDB's own parser, so ``COPY``, ``ATTACH``, ``INSERT``, ``DROP``... are refused before
+they run) and the database is opened ``read_only``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import duckdb
+
+from tasks.artifacts import ArtifactRef
+
+CATALOG = "catalog.duckdb"
+TABLE_STAGES = ("cluster", "embed", "longcap", "rewrite", "curate", "filter", "ingest")
+"""Stages whose artifact is a sample table, latest first."""
+DROPPED_COLUMNS = "NULL::VARCHAR AS uid, NULL::VARCHAR AS stage, NULL::VARCHAR AS reason, NULL::VARCHAR AS detail"
+
+
+class QueryError(ValueError):
+    """A query the catalog refuses or cannot answer; the message is one line."""
+
+
+def _lit(path: str | Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def _parquet(folder: Path) -> str | None:
+    return f"read_parquet({_lit(folder / '*.parquet')}, union_by_name=true)" if any(folder.glob("*.parquet")) else None
+
+
+def _stage_sources(ref: ArtifactRef) -> str | None:
+    path = Path(ref.path)
+    if ref.stage == "shard":
+        return _parquet(path / "shards")
+    if ref.stage == "train":
+        metrics = path / "metrics.jsonl"
+        return f"read_json_auto({_lit(metrics)})" if metrics.exists() else None
+    if ref.stage == "eval":
+        return f"read_json_auto({_lit(path / 'results.json')})" if (path / "results.json").exists() else None
+    return _parquet(path / "parts")
+
+
+def _dropped_union(refs: Mapping[str, ArtifactRef], folder: str) -> str:
+    selects = [f"SELECT uid, stage, reason, detail FROM {src}"
+               for ref in refs.values() if (src := _parquet(Path(ref.path) / folder))]
+    return " UNION ALL ".join(selects) if selects else f"SELECT {DROPPED_COLUMNS} WHERE false"
+
+
+def _samples_view(refs: Mapping[str, ArtifactRef]) -> str | None:
+    latest = next((refs[s] for s in TABLE_STAGES if s in refs), None)
+    if latest is None:
+        return None
+    base = _stage_sources(latest)
+    if "shard" in refs and (shards := _stage_sources(refs["shard"])):
+        return f"SELECT t.*, s.shard, s.key FROM {base} t LEFT JOIN (SELECT uid, shard, key FROM {shards}) s USING (uid)"
+    return f"SELECT * FROM {base}"
+
+
+def _stage_rows(refs: Mapping[str, ArtifactRef]) -> list[tuple]:
+    rows = []
+    for stage, ref in refs.items():
+        c = ref.counts
+        rows.append((stage, ref.status, c.get("rows_in", 0), c.get("rows_out", 0), c.get("filtered", 0),
+                     c.get("quarantined", 0), ref.seconds, ref.key, ref.path))
+    return rows
+
+
+def build_catalog(workdir: str | Path, refs: Mapping[str, ArtifactRef]) -> Path:
+    """(Re)create the catalog's views for the artifacts of ``refs`` (the latest run)."""
+    path = Path(workdir) / CATALOG
+    path.parent.mkdir(parents=True, exist_ok=True)
+    views: dict[str, str] = {}
+    for stage, ref in refs.items():
+        if src := _stage_sources(ref):
+            views[stage] = f"SELECT * FROM {src}"
+    if samples := _samples_view(refs):
+        views["samples"] = samples
+    views["quarantine"] = _dropped_union(refs, "quarantine")
+    views["filtered"] = _dropped_union(refs, "filtered")
+    if "curate" in refs and (Path(refs["curate"].path) / "entry_counts.parquet").exists():
+        views["entry_counts"] = f"SELECT * FROM read_parquet({_lit(Path(refs['curate'].path) / 'entry_counts.parquet')})"
+    if "train" in views:
+        views["train_metrics"] = views.pop("train")
+    if "eval" in views:
+        views["eval_results"] = views.pop("eval")
+    with duckdb.connect(str(path)) as con:
+        for name in [r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()]:
+            con.execute(f'DROP VIEW IF EXISTS "{name}"')
+        con.execute("CREATE OR REPLACE TABLE stages (stage VARCHAR, status VARCHAR, rows_in BIGINT, rows_out BIGINT,"
+                    " filtered BIGINT, quarantined BIGINT, seconds DOUBLE, key VARCHAR, path VARCHAR)")
+        con.executemany("INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", _stage_rows(refs))
+        for name, sql in views.items():
+            con.execute(f'CREATE VIEW "{name}" AS {sql}')
+    return path
+
+
+READ_ONLY_TYPES = {"SELECT", "EXPLAIN", "PRAGMA"}
+
+
+def _check_read_only(sql: str) -> None:
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as err:
+        raise QueryError(_one_line(err)) from None
+    if len(statements) != 1:
+        raise QueryError(f"expected exactly one statement, got {len(statements)}")
+    kind = statements[0].type.name
+    if kind not in READ_ONLY_TYPES:
+        raise QueryError(f"only read-only queries are allowed (got a {kind} statement)")
+    if kind == "PRAGMA" and not sql.strip().lower().startswith(("pragma show", "pragma table_info")):
+        raise QueryError("only PRAGMA show/table_info are allowed")
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
+
+
+def query(workdir: str | Path, sql: str) -> tuple[list[str], list[tuple]]:
+    """Run one read-only statement against the catalog: (column names, rows)."""
+    path = Path(workdir) / CATALOG
+    if not path.exists():
+        raise QueryError(f"no catalog at {path}: run `curaclip run` first")
+    _check_read_only(sql)
+    try:
+        with duckdb.connect(str(path), read_only=True) as con:
+            cursor = con.execute(sql)
+            columns = [d[0] for d in cursor.description] if cursor.description else []
+            return columns, cursor.fetchall()
+    except duckdb.Error as err:
+        raise QueryError(_one_line(err)) from None
+
+
+def stage_table(workdir: str | Path) -> tuple[list[str], list[tuple]]:
+    """The default ``curaclip stats`` answer: every stage's row accounting."""
+    return query(workdir, "SELECT stage, status, rows_in, rows_out, filtered, quarantined, round(seconds, 1) AS seconds"
+                          " FROM stages")
+
+
+def format_table(columns: list[str], rows: list[tuple]) -> str:
+    cells = [columns] + [["" if v is None else (json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+                          for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,139 @@
+"""The run report: ``report.json`` (machine-readable), ``report.md`` and PNG plots in ``<workdir>``.
+
+Everything here is read back from artifacts (manifests, entry counts, metrics, eval results), so a
+report of a fully cached run is the same as the one of the run that computed it, up to statuses.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: reports are written on servers and CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from tasks.artifacts import ArtifactRef, ArtifactStore  # noqa: E402
+
+EVAL_KEYS = ("zeroshot_top1", "num_classes", "chance", "retrieval_i2t_r1", "retrieval_t2i_r1",
+             "retrieval_i2t_r5", "retrieval_t2i_r5", "compositional_acc", "knn_top1", "linear_probe_top1")
+
+
+def stage_summary(ref: ArtifactRef) -> dict[str, Any]:
+    return {
+        "status": ref.status,
+        "seconds": round(ref.seconds, 3),
+        "rows_in": int(ref.counts.get("rows_in", 0)),
+        "rows_out": int(ref.counts.get("rows_out", 0)),
+        "filtered": int(ref.counts.get("filtered", 0)),
+        "quarantined": int(ref.counts.get("quarantined", 0)),
+        "artifact": ref.path,
+        "key": ref.key,
+    }
+
+
+def plot_entry_counts(entry_counts: Path, out: Path) -> Path:
+    """MetaCLIP's picture: sorted entry counts before and after balancing (log scale)."""
+    table = pq.read_table(entry_counts).to_pydict()
+    before = np.sort(np.asarray(table["count_before"]))[::-1]
+    after = np.sort(np.asarray(table["count_after"]))[::-1]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(np.arange(1, len(before) + 1), np.maximum(before, 0.5), label="before balancing")
+    ax.plot(np.arange(1, len(after) + 1), np.maximum(after, 0.5), label="after balancing")
+    ax.set(xlabel="entry rank", ylabel="matched samples", yscale="log", title="Metadata entry counts")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def plot_loss(metrics: Path, out: Path) -> Path:
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "loss" in r and "step" in r]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows])
+    ax.set(xlabel="step", ylabel="training loss", title="Training loss")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def plot_eval(results: Mapping[str, Any], out: Path) -> Path:
+    names = [k for k in EVAL_KEYS if k not in ("num_classes", "chance") and isinstance(results.get(k), (int, float))]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar(names, [results[k] for k in names])
+    if "chance" in results:
+        ax.axhline(results["chance"], color="grey", linestyle="--", label="zero-shot chance")
+        ax.legend()
+    ax.set(ylim=(0, 1), title="Evaluation")
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def _plots(workdir: Path, refs: Mapping[str, ArtifactRef], evaluation: Mapping[str, Any]) -> dict[str, str]:
+    plots = {}
+    if "curate" in refs and (counts := Path(refs["curate"].path) / "entry_counts.parquet").exists():
+        plots["entry_counts"] = plot_entry_counts(counts, workdir / "entry_counts.png").name
+    if "train" in refs and (metrics := Path(refs["train"].path) / "metrics.jsonl").exists():
+        plots["train_loss"] = plot_loss(metrics, workdir / "train_loss.png").name
+    if evaluation:
+        plots["eval"] = plot_eval(evaluation, workdir / "eval.png").name
+    return plots
+
+
+def _markdown(report: Mapping[str, Any], manifests: Mapping[str, dict]) -> str:
+    lines = [f"# curaclip run {report['run_id']}", "", f"config hash `{report['config_hash']}`, "
+             f"{report['seconds']:.1f} s", "", "| stage | status | seconds | rows in | rows out | filtered "
+             "| quarantined |", "|---|---|---:|---:|---:|---:|---:|"]
+    for stage, s in report["stages"].items():
+        lines.append(f"| {stage} | {s['status']} | {s['seconds']:.1f} | {s['rows_in']} | {s['rows_out']} "
+                     f"| {s['filtered']} | {s['quarantined']} |")
+    for stage, manifest in manifests.items():
+        for kind, reasons in manifest.get("reasons", {}).items():
+            if reasons:
+                lines += ["", f"**{stage}, {kind}:** " + ", ".join(f"{r} {n}" for r, n in reasons.items())]
+    for stage in ("rewrite", "longcap"):
+        if stage in manifests:
+            lines += ["", f"**{stage}** caption backend: `{manifests[stage].get('backend')}`"]
+    if "embed" in manifests:
+        lines += ["", f"**embed** model: {manifests['embed'].get('model')}"]
+    if report.get("eval"):
+        lines += ["", "## Evaluation", "", "| metric | value |", "|---|---:|"]
+        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
+                  for k, v in report["eval"].items() if not isinstance(v, dict)]
+    lines += [""] + [f"![{name}]({file})" for name, file in report.get("plots", {}).items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(workdir: str | Path, run_id: str, config_hash: str, refs: Mapping[str, ArtifactRef],
+                 seconds: float) -> dict[str, Any]:
+    """Write report.json, report.md and the plots; return the report dict."""
+    workdir = Path(workdir)
+    store = ArtifactStore(workdir)
+    manifests = {stage: store.manifest(stage, ref.key) for stage, ref in refs.items()}
+    evaluation = manifests.get("eval", {}).get("eval", {})
+    report: dict[str, Any] = {
+        "run_id": run_id,
+        "config_hash": config_hash,
+        "seconds": round(seconds, 3),
+        "stages": {stage: stage_summary(ref) for stage, ref in refs.items()},
+        "eval": dict(evaluation),
+    }
+    report["plots"] = _plots(workdir, refs, evaluation)
+    (workdir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=False, default=str))
+    (workdir / "report.md").write_text(_markdown(report, manifests))
+    history = workdir / "reports"
+    history.mkdir(exist_ok=True)
+    (history / f"{run_id}.json").write_text(json.dumps(report, indent=2, default=str))
+    return report

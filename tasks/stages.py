@@ -1,0 +1,212 @@
+"""One Prefect task per pipeline stage, in pipeline order.
+
+Each task is wiring only: compute the artifact key, return at once on a cache hit, otherwise fan the
+partitions out on Ray (library functions from ``curation/``, ``training/``, ``eval/``), then record
+counts and reasons in the manifest. Algorithms live in the library folders.
+
+Bump a stage's entry in :data:`CODE_VERSIONS` whenever its output changes for the same config: the
+version is part of the key, so the stage and everything below it recompute.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from curation import partitions as P
+from curation.balancing import CurateConfig, entry_probs
+from curation.captions import LongcapConfig, RewriteConfig
+from curation.clustering import ClusterConfig
+from curation.filters import FilterConfig
+from curation.metadata import load_metadata
+from curation.sharding import ShardConfig, write_sizes
+from curation.sources import IngestConfig, plan_partitions
+from curation.synthetic import metadata_entries
+from eval.jobs import eval_job
+from eval.suite import EvalConfig
+from tasks.artifacts import ArtifactRef
+from tasks.common import RunContext, run_stage
+from tasks.parallel import ray_call, ray_map
+from training.config import TrainConfig
+from training.embedding import EmbedConfig
+from training.jobs import bootstrap_job, embed_part, train_job
+
+CODE_VERSIONS = {
+    "ingest": "1", "filter": "1", "curate": "1", "rewrite": "1", "longcap": "1",
+    "embed": "1", "cluster": "1", "shard": "1", "train": "1", "eval": "1",
+}
+
+
+def _parts(ref: ArtifactRef) -> list[str]:
+    return P.list_parts(Path(ref.path) / "parts")
+
+
+def _out(tmp: Path, folder: str, index: int) -> str:
+    return str(tmp / folder / P.part_name(index))
+
+
+def _passthrough_counts(results: list[dict]) -> dict[str, int]:
+    rows_in = sum(r["rows_in"] for r in results)
+    rows_out = sum(r["rows_out"] for r in results)
+    return {"rows_in": rows_in, "rows_out": rows_out, "filtered": rows_in - rows_out, "quarantined": 0}
+
+
+@task(name="ingest", cache_policy=NO_CACHE)
+def ingest(ctx: RunContext, cfg: IngestConfig) -> ArtifactRef:
+    def compute(tmp: Path, manifest: dict[str, Any]) -> None:
+        spans = plan_partitions(cfg)
+        results = ray_map(P.ingest_part, [(cfg, span, i, str(tmp)) for i, span in enumerate(spans)])
+        rows = sum(r["rows"] for r in results)
+        manifest["counts"] = {"rows_in": rows, "rows_out": rows, "filtered": 0, "quarantined": 0}
+        manifest["source"] = cfg.source
+
+    return run_stage(ctx, "ingest", CODE_VERSIONS["ingest"], cfg, [], compute)
+
+
+@task(name="filter", cache_policy=NO_CACHE)
+def filter_(ctx: RunContext, cfg: FilterConfig, upstream: ArtifactRef) -> ArtifactRef:
+    def compute(tmp: Path, manifest: dict[str, Any]) -> None:
+        parts = _parts(upstream)
+        keys = ray_map(P.filter_keys_part, [(p, cfg, _out(tmp, "keys", i)) for i, p in enumerate(parts)])
+        reasons = P.global_filter_reasons(P.list_parts(tmp / "keys"), cfg)
+        P.write_table(reasons, tmp / "reasons.parquet")
+        calls = [(p, str(tmp / "reasons.parquet"), "filter", _out(tmp, "parts", i), _out(tmp, "filtered", i))
+                 for i, p in enumerate(parts)]
+        manifest["counts"] = _passthrough_counts(ray_map(P.apply_reasons_part, calls))
+        assert manifest["counts"]["rows_in"] == sum(keys)
+        manifest["reasons"] = {"filtered": P.reason_counts(P.list_parts(tmp / "filtered"))}
+        for path in P.list_parts(tmp / "keys") + [str(tmp / "reasons.parquet")]:
+            Path(path).unlink()
+
+    return run_stage(ctx, "filter", CODE_VERSIONS["filter"], cfg, [upstream], compute)
+
+
+def _entries(cfg: CurateConfig) -> list[str]:
+    return load_metadata(cfg.metadata) if cfg.metadata else metadata_entries()
+
+
+@task(name="curate", cache_policy=NO_CACHE)
+def curate(ctx: RunContext, cfg: CurateConfig, upstream: ArtifactRef) -> ArtifactRef:
+    def compute(tmp: Path, manifest: dict[str, Any]) -> None:
+        parts, entries = _parts(upstream), _entries(cfg)
+        counts = ray_map(P.match_part, [(p, entries, _out(tmp, "matched", i)) for i, p in enumerate(parts)])
+        before = np.sum(counts, axis=0)
+        probs = entry_probs(before, cfg.t)
+        calls = [(p, _out(tmp, "matched", i), probs, cfg.seed, _out(tmp, "parts", i), _out(tmp, "filtered", i))
+                 for i, p in enumerate(parts)]
+        results = ray_map(P.balance_part, calls)
+        after = np.sum([r.pop("counts_after") for r in results], axis=0)
+        P.write_table(pa.table({
+            "entry_id": np.arange(len(entries), dtype=np.int32), "entry": entries,
+            "count_before": before.astype(np.int64), "count_after": after.astype(np.int64),
+            "prob": probs.astype(np.float32),
+        }), tmp / "entry_counts.parquet")
+        manifest["counts"] = _passthrough_counts(results)
+        manifest["reasons"] = {"filtered": P.reason_counts(P.list_parts(tmp / "filtered"))}
+        manifest["num_entries"] = len(entries)
+        manifest["entries_matched"] = int((before > 0).sum())
+
+    return run_stage(ctx, "curate", CODE_VERSIONS["curate"], cfg, [upstream], compute)
+
+
+def _caption_stage(ctx: RunContext, stage: str, cfg: RewriteConfig | LongcapConfig, upstream: ArtifactRef,
+                   ingest_ref: ArtifactRef, seed: int) -> ArtifactRef:
+    truth_dir = Path(ingest_ref.path) / "truth"
+    ingest_parts = {Path(p).name for p in P.list_parts(truth_dir)}
+
+    def compute(tmp: Path, manifest: dict[str, Any]) -> None:
+        k = getattr(cfg, "k", 0)
+        calls = [(p, str(truth_dir / Path(p).name) if Path(p).name in ingest_parts else None,
+                  _out(tmp, "parts", i), stage, cfg.backend, cfg.error_rate, k, seed, cfg.batch_size)
+                 for i, p in enumerate(_parts(upstream))]
+        manifest["counts"] = _passthrough_counts(ray_map(P.caption_part, calls))
+        manifest["backend"] = cfg.backend
+
+    return run_stage(ctx, stage, CODE_VERSIONS[stage], cfg, [upstream, ingest_ref], compute)
+
+
+@task(name="rewrite", cache_policy=NO_CACHE)
+def rewrite(ctx: RunContext, cfg: RewriteConfig, upstream: ArtifactRef, ingest_ref: ArtifactRef) -> ArtifactRef:
+    return _caption_stage(ctx, "rewrite", cfg, upstream, ingest_ref, seed=1)
+
+
+@task(name="longcap", cache_policy=NO_CACHE)
+def longcap(ctx: RunContext, cfg: LongcapConfig, upstream: ArtifactRef, ingest_ref: ArtifactRef) -> ArtifactRef:
+    return _caption_stage(ctx, "longcap", cfg, upstream, ingest_ref, seed=2)
+
+
+@task(name="embed", cache_policy=NO_CACHE)
+def embed(ctx: RunContext, cfg: EmbedConfig, train_cfg: TrainConfig, upstream: ArtifactRef) -> ArtifactRef:
+    def compute(tmp: Path, manifest: dict[str, Any]) -> None:
+        parts = _parts(upstream)
+        checkpoint = cfg.checkpoint
+        if checkpoint is None:
+            checkpoint = ray_call(bootstrap_job, parts, cfg, train_cfg, str(tmp / "bootstrap"))
+        stored = str(Path(checkpoint).relative_to(tmp)) if checkpoint.startswith(str(tmp)) else checkpoint
+        manifest["model"] = {"name": cfg.model, "checkpoint": stored,
+                             "source": "config" if cfg.checkpoint else "bootstrap training on the curated data"}
+        calls = [(p, cfg.model, checkpoint, cfg.batch_size, _out(tmp, "parts", i)) for i, p in enumerate(parts)]
+        results = ray_map(embed_part, calls)
+        manifest["counts"] = _passthrough_counts(results)
+        manifest["dim"] = results[0]["dim"] if results else 0
+
+    return run_stage(ctx, "embed", CODE_VERSIONS["embed"], (cfg, train_cfg) if cfg.checkpoint is None else cfg,
+                     [upstream], compute)
+
+
+@task(name="cluster", cache_policy=NO_CACHE)
+def cluster(ctx: RunContext, cfg: ClusterConfig, upstream: ArtifactRef) -> ArtifactRef:
+    def compute(tmp: Path, manifest: dict[str, Any]) -> None:
+        parts = _parts(upstream)
+        centers = str(tmp / "centers.npy")
+        manifest["points"] = ray_call(P.fit_centers_job, parts, cfg, centers)
+        calls = [(p, centers, cfg.top_k, _out(tmp, "parts", i)) for i, p in enumerate(parts)]
+        manifest["counts"] = _passthrough_counts(ray_map(P.assign_part, calls))
+
+    return run_stage(ctx, "cluster", CODE_VERSIONS["cluster"], cfg, [upstream], compute)
+
+
+@task(name="shard", cache_policy=NO_CACHE)
+def shard(ctx: RunContext, cfg: ShardConfig, upstream: ArtifactRef) -> ArtifactRef:
+    def compute(tmp: Path, manifest: dict[str, Any]) -> None:
+        parts = _parts(upstream)
+        rows = [P.read_table(p, ["uid"]).num_rows for p in parts]
+        plan = P.plan_shards(rows, cfg.samples_per_shard)
+        out = str(tmp / "shards")
+        Path(out).mkdir()
+        results = ray_map(P.shard_job, [(parts, slices, out, i) for i, slices in enumerate(plan)])
+        write_sizes(out, {r["shard"]: r["count"] for r in results})
+        written = sum(r["count"] for r in results)
+        manifest["counts"] = {"rows_in": sum(rows), "rows_out": written, "filtered": 0, "quarantined": 0}
+        manifest["shards"] = len(results)
+        manifest["bytes"] = sum(r["bytes"] for r in results)
+
+    return run_stage(ctx, "shard", CODE_VERSIONS["shard"], cfg, [upstream], compute)
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train(ctx: RunContext, cfg: TrainConfig, upstream: ArtifactRef) -> ArtifactRef:
+    def compute(tmp: Path, manifest: dict[str, Any]) -> None:
+        summary = ray_call(train_job, cfg, str(Path(upstream.path) / "shards"), str(tmp))
+        summary["checkpoint"] = str(Path(summary["checkpoint"]).relative_to(tmp))
+        manifest["train"] = summary
+        rows = upstream.counts.get("rows_out", 0)
+        manifest["counts"] = {"rows_in": rows, "rows_out": rows, "filtered": 0, "quarantined": 0}
+
+    return run_stage(ctx, "train", CODE_VERSIONS["train"], cfg, [upstream], compute)
+
+
+@task(name="eval", cache_policy=NO_CACHE)
+def evaluate(ctx: RunContext, cfg: EvalConfig, ingest_cfg: IngestConfig, train_cfg: TrainConfig,
+             upstream: ArtifactRef) -> ArtifactRef:
+    def compute(tmp: Path, manifest: dict[str, Any]) -> None:
+        checkpoint = str(Path(upstream.path) / ctx.store.manifest("train", upstream.key)["train"]["checkpoint"])
+        manifest["eval"] = ray_call(eval_job, ingest_cfg.world, cfg, train_cfg.model, checkpoint, str(tmp))
+        manifest["counts"] = {"rows_in": 0, "rows_out": 0, "filtered": 0, "quarantined": 0}
+
+    return run_stage(ctx, "eval", CODE_VERSIONS["eval"], (cfg, ingest_cfg.world), [upstream], compute)
