@@ -1,0 +1,122 @@
+"""Tests of eval/metrics.py against tiny hand-computed examples."""
+
+import numpy as np
+import pytest
+
+from eval.metrics import (
+    class_embeddings,
+    compositional_accuracy,
+    knn_top1,
+    linear_probe_top1,
+    normalize,
+    retrieval_recall,
+    zeroshot_top1,
+)
+
+
+def test_zeroshot_identity_is_perfect_and_one_wrong_gives_two_thirds():
+    eye = np.eye(3, dtype=np.float32)
+    assert zeroshot_top1(eye, np.array([0, 1, 2]), eye) == 1.0
+    assert zeroshot_top1(eye, np.array([0, 1, 1]), eye) == pytest.approx(2 / 3)
+    # Scale does not matter: embeddings are compared by cosine.
+    assert zeroshot_top1(5 * eye, np.array([0, 1, 2]), 0.1 * eye) == 1.0
+
+
+def test_class_embeddings_average_normalised_templates_then_renormalise():
+    table = {"a": [1.0, 0.0], "x a": [0.0, 10.0], "b": [0.0, 2.0], "x b": [0.0, 1.0]}
+    calls = []
+
+    def encode(prompts):
+        calls.append(list(prompts))
+        return np.array([table[p] for p in prompts])
+
+    emb = class_embeddings(encode, ["a", "b"], ["{}", "x {}"])
+    np.testing.assert_allclose(emb, [[2 ** -0.5, 2 ** -0.5], [0.0, 1.0]], atol=1e-6)
+    assert calls == [["a", "x a"], ["b", "x b"]]
+    with pytest.raises(ValueError):
+        class_embeddings(encode, ["a"], [])
+
+
+def test_retrieval_identity_perfect_and_shuffled_text_zero():
+    rng = np.random.default_rng(0)
+    emb = normalize(rng.standard_normal((50, 64)))
+    perfect = retrieval_recall(emb, emb)
+    assert set(perfect) == {f"{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)}
+    assert all(v == 1.0 for v in perfect.values())
+    shuffled = retrieval_recall(emb, np.roll(emb, 1, axis=0), ks=(1,))
+    assert shuffled == {"i2t_r1": 0.0, "t2i_r1": 0.0}
+
+
+def test_retrieval_one_of_three_wrong():
+    images = np.eye(3, dtype=np.float32)
+    texts = np.array([[1, 0, 0], [0, 1, 0], [0, 1, 0.1]], dtype=np.float32)  # text 2 sits nearer image 1
+    r = retrieval_recall(images, texts, ks=(1, 2))
+    # image 1 ranks text 1 (cos 1.0) above text 2 (cos 0.995): fine; image 2 finds text 2 first: fine.
+    assert r["i2t_r1"] == 1.0
+    # text 2 (0, 1, .1) prefers image 1 over image 2: one of three misses at k=1, found at k=2.
+    assert r["t2i_r1"] == pytest.approx(2 / 3) and r["t2i_r2"] == 1.0
+
+
+def test_retrieval_collapsed_encoder_gets_no_credit_for_ties():
+    const = np.ones((10, 4), dtype=np.float32)
+    r = retrieval_recall(const, const, ks=(1, 10))
+    assert r["i2t_r1"] == 0.0 and r["t2i_r1"] == 0.0
+    assert r["i2t_r10"] == 1.0  # every rank is 9, inside the top 10
+
+
+def test_retrieval_groups_make_identical_captions_interchangeable():
+    images = np.eye(3, dtype=np.float32)
+    texts = np.array([[1, 0, 0], [1, 0, 0], [0, 0, 1]], dtype=np.float32)  # captions 0 and 1 identical
+    plain = retrieval_recall(images, texts, ks=(1,))
+    grouped = retrieval_recall(images, texts, ks=(1,), groups=np.array([0, 0, 1]))
+    assert plain["i2t_r1"] == pytest.approx(1 / 3)  # image 0 ties texts 0/1; image 1 matches neither
+    assert grouped["t2i_r1"] == 1.0  # texts 0 and 1 both find image 0, a correct image for each
+
+
+def test_compositional_one_of_three_wrong_and_ties_fail():
+    images = np.eye(3, dtype=np.float32)
+    pos = np.array([[1, 0, 0], [0, 1, 0], [0.5, 0, 1]], dtype=np.float32)
+    neg = np.array([[0, 1, 0], [1, 0, 0], [0, 0, 0.2]], dtype=np.float32)  # third: neg is closer
+    assert compositional_accuracy(images, pos, neg) == pytest.approx(2 / 3)
+    assert compositional_accuracy(images, pos, pos) == 0.0
+
+
+def test_knn_votes_are_similarity_weighted():
+    train = np.array([[1.0, 0.0], [0.9, np.sqrt(1 - 0.81)], [0.9, -np.sqrt(1 - 0.81)]])
+    labels = np.array([0, 1, 1])
+    test = np.array([[1.0, 0.0]])
+    # exp(1/0.07) > 2 exp(0.9/0.07): the single closest neighbour outvotes the majority.
+    assert knn_top1(train, labels, test, np.array([0]), k=3) == 1.0
+    # At temperature 1, 2 e^0.9 > e^1: the majority wins.
+    assert knn_top1(train, labels, test, np.array([1]), k=3, temperature=1.0) == 1.0
+
+
+def _blobs(rng, labels, d=16, noise=0.2):
+    means = normalize(rng.standard_normal((labels.max() + 1, d)))
+    return means[labels] + noise * rng.standard_normal((len(labels), d))
+
+
+def test_knn_separable_blobs_and_batching():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(5), 20)
+    x = _blobs(rng, y)
+    assert knn_top1(x[::2], y[::2], x[1::2], y[1::2], k=5, batch_size=7) == 1.0
+
+
+def test_linear_probe_separable_deterministic_and_arbitrary_labels():
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(4), 30)
+    x = _blobs(rng, y, noise=0.1)
+    y_named = np.array([3, 8, 11, 40])[y]  # non-contiguous label values
+    args = (x[::2], y_named[::2], x[1::2], y_named[1::2])
+    acc = linear_probe_top1(*args, seed=0)
+    assert acc == 1.0
+    assert linear_probe_top1(*args, seed=0) == acc
+
+
+def test_linear_probe_beats_chance_only_with_signal():
+    rng = np.random.default_rng(2)
+    y = np.repeat(np.arange(4), 40)
+    x = rng.standard_normal((160, 16))  # no signal
+    acc = linear_probe_top1(x[::2], y[::2], x[1::2], y[1::2], seed=0)
+    assert acc < 0.5
