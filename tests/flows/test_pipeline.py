@@ -1,0 +1,83 @@
+"""End to end on a tiny synthetic world: every stage computes, a rerun recomputes nothing, and
+--only / --force / a changed config recompute exactly what they should."""
+
+import json
+
+import pytest
+
+from flows.cli import main
+from flows.config import STAGES, load_config
+from flows.pipeline import pipeline
+
+TINY = [
+    "ingest.world.num_images=360", "ingest.partitions=2", "curate.t=40",
+    "embed.bootstrap_epochs=1", "cluster.num_centers=8", "shard.samples_per_shard=64",
+    "train.epochs=1", "train.batch_size=32", "eval.per_class=2", "eval.retrieval_pairs=40",
+    "eval.compositional_pairs=20",
+]
+
+
+def statuses(report):
+    return {stage: s["status"] for stage, s in report["stages"].items()}
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    report = pipeline(load_config(overrides=TINY), workdir=str(workdir))
+    return workdir, report
+
+
+def test_first_run_computes_every_stage(first_run):
+    workdir, report = first_run
+    assert statuses(report) == {stage: "computed" for stage in STAGES}
+    on_disk = json.loads((workdir / "report.json").read_text())
+    assert set(on_disk["stages"]) == set(STAGES)
+    for key in ("zeroshot_top1", "num_classes", "retrieval_i2t_r1", "retrieval_t2i_r1"):
+        assert key in on_disk["eval"]
+    assert (workdir / "report.md").exists() and (workdir / "entry_counts.png").exists()
+    for stage, s in report["stages"].items():
+        assert s["rows_in"] == s["rows_out"] + s["filtered"] + s["quarantined"], stage
+
+
+def test_second_run_recomputes_nothing(first_run):
+    workdir, _ = first_run
+    report = pipeline(load_config(overrides=TINY), workdir=str(workdir))
+    assert statuses(report) == {stage: "cached" for stage in STAGES}
+
+
+def test_only_eval_recomputes_nothing_else(first_run):
+    workdir, _ = first_run
+    report = pipeline(load_config(overrides=TINY), workdir=str(workdir), only="eval", force=("eval",))
+    assert statuses(report) == {**{s: "cached" for s in STAGES[:-1]}, "eval": "computed"}
+
+
+def test_changed_config_recomputes_that_stage_and_below(first_run):
+    workdir, _ = first_run
+    report = pipeline(load_config(overrides=TINY + ["cluster.top_k=2"]), workdir=str(workdir))
+    i = STAGES.index("cluster")
+    assert statuses(report) == {**{s: "cached" for s in STAGES[:i]}, **{s: "computed" for s in STAGES[i:]}}
+
+
+def test_stats_cli_answers_and_refuses_writes(first_run, capsys):
+    workdir, _ = first_run
+    assert main(["stats", "--workdir", str(workdir), "select count(*) as n from samples"]) == 0
+    assert "n" in capsys.readouterr().out
+    assert main(["stats", "--workdir", str(workdir)]) == 0
+    assert "quarantined" in capsys.readouterr().out
+    assert main(["stats", "--workdir", str(workdir), "drop view samples"]) == 2
+    err = capsys.readouterr().err
+    assert "read-only" in err and err.count("\n") == 1
+
+
+def test_force_curate_recomputes_curate_and_below_only(first_run):
+    workdir, _ = first_run
+    report = pipeline(load_config(overrides=TINY), workdir=str(workdir), force=("curate",))
+    i = STAGES.index("curate")
+    assert statuses(report) == {**{s: "cached" for s in STAGES[:i]}, **{s: "computed" for s in STAGES[i:]}}
+
+
+def test_only_with_missing_upstream_is_a_clear_error(tmp_path, capsys):
+    code = main(["run", "--workdir", str(tmp_path), "--only", "eval"] + sum([["--set", o] for o in TINY], []))
+    assert code == 2
+    assert "has no artifact for this config" in capsys.readouterr().err
