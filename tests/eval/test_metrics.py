@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eval.metrics import (
     class_embeddings,
@@ -120,3 +122,16 @@ def test_linear_probe_beats_chance_only_with_signal():
     x = rng.standard_normal((160, 16))  # no signal
     acc = linear_probe_top1(x[::2], y[::2], x[1::2], y[1::2], seed=0)
     assert acc < 0.5
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 12), d=st.integers(1, 6), seed=st.integers(0, 10_000), dup=st.booleans())
+def test_retrieval_recall_is_monotone_in_k_and_bounded(n, d, seed, dup):
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((n, d))
+    texts = rng.integers(-1, 2, (n, d)).astype(float) if dup else rng.standard_normal((n, d))
+    r = retrieval_recall(images, texts, ks=(1, 2, 5, n))
+    for direction in ("i2t", "t2i"):
+        values = [r[f"{direction}_r{k}"] for k in (1, 2, 5)]
+        assert all(0.0 <= v <= 1.0 for v in values) and values == sorted(values)
+        assert r[f"{direction}_r{n}"] == 1.0  # with k = N every correct item is inside the top k
