@@ -1,0 +1,372 @@
+"""Substring matching of captions against metadata entries, with MetaCLIP's exact semantics.
+
+MetaCLIP ("Demystifying CLIP Data", Xu et al., 2023) pads a caption as ``" text "``, puts spaces
+around ``, . ; : ? ! ``` and turns tabs, newlines and carriage returns into spaces (``spacing``);
+entry ``e`` matches when ``" e "`` is a substring of that spaced text, case-sensitively.
+
+Why a token trie is exact: a match of ``" e "`` starts and ends on a space of the spaced text, so
+``e`` is a run of whole space-separated tokens of the spaced text (empty tokens included, one per
+extra space). Hence ``e`` matches iff ``e.split(" ")`` occurs as a contiguous run of
+``spacing(text)[1:-1].split(" ")``. Entries holding characters that spacing rewrites (``"a,b"``,
+``"a\\tb"``) have a token no spaced text can contain, so they never match, as in MetaCLIP.
+
+``EntryMatcher.match_batch`` vectorises that over a whole batch: the bytes of every caption are
+spaced and split in numpy (the rewritten characters are ASCII, so UTF-8 bytes can be handled
+directly), tokens are mapped to the metadata's token vocabulary with one Arrow hash lookup, and a
+trie of entry token ids is walked one level at a time for all positions at once through a numpy
+open-addressing table. ``benchmarks/bench_matching.py`` times it against MetaCLIP's
+pyahocorasick matcher and checks the outputs are identical.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import pyarrow as pa
+from numpy.lib.stride_tricks import as_strided
+
+PUNCTUATION = ",.;:?!`"
+"""MetaCLIP's ``puncts_to_wrap``: each becomes ``" p "``."""
+SPACED_CONTROLS = "\t\n\r"
+"""MetaCLIP's ``chars_to_space``: each becomes a space."""
+
+_SPACE = 32
+_EMPTY_KEY = np.uint64(2**64 - 1)
+_FIB = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing multiplier (Knuth): spreads structured keys
+_MIX = np.uint64(0xFF51AFD7ED558CCD)  # murmur3's 64-bit finaliser constant
+_TOP_BIT = np.uint64(1 << 63)
+_BYTE_MASKS = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [2**64 - 1], dtype=np.uint64)
+_WORD = 0  # byte classes of the splitting tables
+_SEP = 1
+_PUNCT = 2
+
+
+def spacing(text: str) -> str:
+    """MetaCLIP's text normalisation, padded with one space on each side."""
+    spaced = f" {text} "
+    for punct in PUNCTUATION:
+        spaced = spaced.replace(punct, f" {punct} ")
+    for control in SPACED_CONTROLS:
+        spaced = spaced.replace(control, " ")
+    return spaced
+
+
+def _byte_classes(separators: str, punctuation: str) -> np.ndarray:
+    classes = np.full(256, _WORD, dtype=np.uint8)
+    classes[[ord(c) for c in separators]] = _SEP
+    classes[[ord(c) for c in punctuation]] = _PUNCT
+    return classes
+
+
+# Captions split as MetaCLIP spaces them; entries split on the plain space only (they are padded,
+# never spaced). Every byte that matters is ASCII, so it never occurs inside a UTF-8 sequence.
+_CAPTION_CLASSES = _byte_classes(" " + SPACED_CONTROLS, PUNCTUATION)
+_ENTRY_CLASSES = _byte_classes(" ", "")
+
+
+def _as_binary(values: Sequence[str | None] | pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Strings as one large_binary Arrow array of their UTF-8 bytes (nulls kept)."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if not isinstance(values, pa.Array):
+        try:
+            values = pa.array(values, type=pa.large_string())
+        except (UnicodeEncodeError, pa.ArrowException):
+            # lone surrogates: keep their bytes so they still compare exactly with the entries'
+            values = pa.array(
+                [None if v is None else v.encode("utf-8", "surrogatepass") for v in values],
+                type=pa.large_binary(),
+            )
+    return values.cast(pa.large_binary())
+
+
+def _arrow_bytes(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(bytes, offsets) of a large_binary array, offsets rebased to 0; a null reads as empty."""
+    _, offsets_buf, data_buf = values.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int64)[values.offset : values.offset + len(values) + 1]
+    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    return data[offsets[0] : offsets[-1]], offsets - offsets[0]
+
+
+def split_tokens(data: np.ndarray, offsets: np.ndarray, classes: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split every string at once: (token starts, token lengths) in ``data``, and tokens per string.
+
+    A separator byte ends a token; a punctuation byte is a token of its own, as MetaCLIP's
+    ``" p "`` makes it. A string with c separators and p punctuation bytes yields c + 2p + 1 tokens
+    (empty ones included), in order: the tokens of ``spacing(s)[1:-1].split(" ")``.
+    """
+    cut_at = np.flatnonzero(classes[data] != _WORD)
+    is_punct = classes[data[cut_at]] == _PUNCT
+    first_cut = np.searchsorted(cut_at, offsets)  # cuts before each string; (n + 1,)
+    puncts_before = np.zeros(len(cut_at) + 1, dtype=np.int64)  # punctuation cuts before each cut
+    np.cumsum(is_punct, out=puncts_before[1:])
+    n, cut = len(offsets) - 1, np.arange(len(cut_at))
+    cut_text = np.repeat(np.arange(n), np.diff(first_cut))
+    starts = np.empty(n + len(cut_at) + int(puncts_before[-1]), dtype=np.int64)
+    ends = np.empty_like(starts)
+    # token index of the gap before cut j: its string, cuts and punctuation tokens before it
+    before_cut = cut_text + cut + puncts_before[:-1]
+    ends[before_cut] = cut_at
+    starts[before_cut + 1 + is_punct] = cut_at + 1
+    punct_token = before_cut[is_punct] + 1
+    starts[punct_token] = cut_at[is_punct]
+    ends[punct_token] = cut_at[is_punct] + 1
+    text = np.arange(n)
+    starts[text + first_cut[:-1] + puncts_before[first_cut[:-1]]] = offsets[:-1]
+    ends[text + first_cut[1:] + puncts_before[first_cut[1:]]] = offsets[1:]
+    counts = np.diff(first_cut) + np.diff(puncts_before[first_cut]) + 1
+    return starts, ends - starts, counts
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """murmur3's 64-bit finaliser (wrapping uint64 arithmetic)."""
+    x = x ^ (x >> np.uint64(33))
+    x *= _MIX
+    return x ^ (x >> np.uint64(33))
+
+
+class _Tokens:
+    """A uint64 key per token, equal for equal tokens: exact below 8 bytes, a checked hash above.
+
+    A token under 8 bytes is its bytes with its length in the top byte, so its key is exact and
+    needs no check. A longer token's key is a hash of its length and 8-byte words with the top bit
+    set (so it never equals an exact key); its words are kept, level by level, to verify any hit.
+    Words are read at any byte offset through an unaligned strided uint64 view: one gather, no copy.
+    """
+
+    def __init__(self, data: np.ndarray, starts: np.ndarray, lens: np.ndarray, seed: int):
+        padded = np.zeros(len(data) + 16, dtype=np.uint8)
+        padded[: len(data)] = data
+        whole = np.frombuffer(padded.data, dtype="<u8", count=len(padded) // 8)
+        words = as_strided(whole, shape=(len(data) + 1,), strides=(1,), writeable=False)
+        head = words[starts] & _BYTE_MASKS[np.minimum(lens, 8)]
+        self.keys = head | (lens.astype(np.uint64) << np.uint64(56))
+        self.long = np.flatnonzero(lens >= 8)
+        self.long_lens = lens[self.long]
+        # level k: (positions in ``long`` of the tokens longer than 8k bytes, their word k)
+        self.levels = [(np.arange(len(self.long)), head[self.long])]
+        hashes = _mix(head[self.long] ^ _mix(self.long_lens.astype(np.uint64) + np.uint64(seed) * _FIB))
+        which, k = np.flatnonzero(self.long_lens > 8), 1
+        while len(which):
+            at, left = starts[self.long[which]] + 8 * k, self.long_lens[which] - 8 * k
+            self.levels.append((which, words[at] & _BYTE_MASKS[np.minimum(left, 8)]))
+            hashes[which] = _mix(hashes[which] ^ self.levels[-1][1])
+            k += 1
+            which = which[self.long_lens[which] > 8 * k]
+        self.keys[self.long] = hashes | _TOP_BIT
+
+
+class _Vocabulary:
+    """The distinct tokens of the entries, found by key in a numpy hash table, long ones verified."""
+
+    def __init__(self, data: np.ndarray, starts: np.ndarray, lens: np.ndarray):
+        for seed in range(64):
+            tokens = _Tokens(data, starts, lens, seed)
+            order = np.argsort(tokens.keys, kind="stable")
+            sorted_keys = tokens.keys[order]
+            new = np.concatenate([[True], sorted_keys[1:] != sorted_keys[:-1]])
+            self.token_ids = np.empty(len(order), dtype=np.int64)
+            self.token_ids[order] = np.cumsum(new) - 1
+            self._keep_words(tokens, order[new])
+            # two long tokens sharing a hash (odds ~1e-9) would merge: take another seed then
+            if not np.any(sorted_keys == _EMPTY_KEY) and np.all(self.verify(tokens, self.token_ids) >= 0):
+                break
+        else:
+            raise RuntimeError("no collision-free token hash seed found")
+        self.seed, self.size = seed, int(new.sum())
+        self.table = _IntTable(sorted_keys[new], np.arange(self.size))
+
+    def _keep_words(self, tokens: _Tokens, first: np.ndarray) -> None:
+        """Length and words of each distinct long token, from its first occurrence ``first[v]``."""
+        vocab_of = np.full(len(tokens.keys), -1, dtype=np.int64)
+        vocab_of[first] = np.arange(len(first))
+        long_vocab = vocab_of[tokens.long]  # vocabulary id where a long token is a first occurrence
+        self.lens = np.zeros(len(first), dtype=np.int64)
+        self.lens[long_vocab[long_vocab >= 0]] = tokens.long_lens[long_vocab >= 0]
+        self.word_start = np.concatenate([[0], np.cumsum((self.lens + 7) // 8)[:-1]]).astype(np.int64)
+        self.words = np.zeros(int(((self.lens + 7) // 8).sum()), dtype=np.uint64)
+        for k, (which, word) in enumerate(tokens.levels):
+            v = long_vocab[which]
+            self.words[self.word_start[v[v >= 0]] + k] = word[v >= 0]
+
+    def verify(self, tokens: _Tokens, ids: np.ndarray) -> np.ndarray:
+        """``ids`` with -1 wherever a long token is not byte for byte the vocabulary token it hit."""
+        v = ids[tokens.long]
+        same = (v >= 0) & (self.lens[np.maximum(v, 0)] == tokens.long_lens)
+        for k, (which, word) in enumerate(tokens.levels):
+            check = which[same[which]]  # equal lengths here, so equal word counts
+            same[check] = self.words[self.word_start[v[check]] + k] == word[same[which]]
+        ids = ids.copy()
+        ids[tokens.long[~same]] = -1
+        return ids
+
+    def lookup(self, data: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+        """Vocabulary id of every token (int64), -1 for a token in no entry."""
+        tokens = _Tokens(data, starts, lens, self.seed)
+        return self.verify(tokens, self.table.lookup(tokens.keys))
+
+
+class _IntTable:
+    """Exact uint64 -> int64 map as a numpy open-addressing table with linear probing.
+
+    Keys and values sit side by side in one structured array: a probe is one cache line.
+    """
+
+    def __init__(self, keys: np.ndarray, values: np.ndarray):
+        bits = max(3, int(np.ceil(np.log2(max(1, len(keys)) * 2))) + 1)  # load factor <= 1/4
+        self.shift = np.uint64(64 - bits)
+        self.mask = np.int64((1 << bits) - 1)
+        self.slots = np.zeros(1 << bits, dtype=[("key", "<u8"), ("value", "<i8")])
+        self.slots["key"] = _EMPTY_KEY
+        self.slots["value"] = -1
+        self._insert(keys.astype(np.uint64), values.astype(np.int64))
+
+    def _slot(self, keys: np.ndarray) -> np.ndarray:
+        return ((keys * _FIB) >> self.shift).astype(np.int64)
+
+    def _insert(self, keys: np.ndarray, values: np.ndarray) -> None:
+        if np.any(keys == _EMPTY_KEY):
+            raise ValueError("key 2**64 - 1 marks empty slots")
+        if len(np.unique(keys)) != len(keys):
+            raise ValueError("keys must be distinct")
+        slot = self._slot(keys)
+        pending = np.arange(len(keys))
+        while len(pending):
+            cand = pending[self.slots["key"][slot[pending]] == _EMPTY_KEY]
+            # several pending keys may aim at one free slot: the first of each wins this round
+            _, first = np.unique(slot[cand], return_index=True)
+            won = cand[first]
+            self.slots["key"][slot[won]] = keys[won]
+            self.slots["value"][slot[won]] = values[won]
+            placed = np.zeros(len(keys), dtype=bool)
+            placed[won] = True
+            pending = pending[~placed[pending]]
+            moved = pending[self.slots["key"][slot[pending]] != _EMPTY_KEY]
+            slot[moved] = (slot[moved] + 1) & self.mask
+
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """Value per key, -1 where absent."""
+        keys = keys.astype(np.uint64, copy=False)
+        out = np.full(len(keys), -1, dtype=np.int64)
+        slot = self._slot(keys)
+        active = np.arange(len(keys))
+        while len(active):
+            held = self.slots[slot]
+            hit = held["key"] == keys
+            out[active[hit]] = held["value"][hit]
+            more = ~hit & (held["key"] != _EMPTY_KEY)
+            active, keys, slot = active[more], keys[more], (slot[more] + 1) & self.mask
+        return out
+
+
+class _EntryTrie:
+    """Trie of entries as vocabulary-id sequences; the node of first token ``v`` is ``v + 1``."""
+
+    def __init__(self, ids: np.ndarray, lengths: np.ndarray, vocab_size: int):
+        self.stride = np.int64(vocab_size + 1)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        node = ids[starts] + 1
+        parents, children, num_nodes = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], vocab_size + 1
+        for depth in range(1, int(lengths.max(initial=1))):
+            longer = np.flatnonzero(lengths > depth)
+            keys = node[longer] * self.stride + ids[starts[longer] + depth]
+            order = np.argsort(keys, kind="stable")
+            new = np.concatenate([[True], keys[order][1:] != keys[order][:-1]])
+            node[longer[order]] = num_nodes + np.cumsum(new) - 1
+            parents.append(keys[order][new])
+            children.append(num_nodes + np.arange(int(new.sum())))
+            num_nodes += int(new.sum())
+        edge_keys = np.concatenate(parents)
+        self.edges = _IntTable(edge_keys, np.concatenate(children))
+        self.has_child = np.zeros(num_nodes, dtype=bool)
+        self.has_child[edge_keys // self.stride] = True
+        # CSR from a node to the entries ending there (several only when entries repeat)
+        self.entries = np.argsort(node, kind="stable")
+        ending = np.bincount(node, minlength=num_nodes)
+        self.entry_start = np.concatenate([[0], np.cumsum(ending)])
+        self.is_terminal = ending > 0
+        self.unique_ends = bool(ending.max(initial=0) <= 1)
+
+    def walk(self, ids: np.ndarray, limit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(start position, node) wherever an entry ends; ``limit[i]`` ends the caption of token i."""
+        pos = np.flatnonzero(ids >= 0)
+        node = ids[pos] + 1
+        found_pos, found_node, depth = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], 1
+        while len(pos):
+            done = self.is_terminal[node]
+            found_pos.append(pos[done])
+            found_node.append(node[done])
+            go = self.has_child[node] & (pos + depth < limit[pos])
+            pos, node = pos[go], node[go]
+            nxt = ids[pos + depth]
+            node = self.edges.lookup(node * self.stride + nxt)  # nxt = -1 hits no edge: keys differ
+            pos, node = pos[node >= 0], node[node >= 0]
+            depth += 1
+        return np.concatenate(found_pos), np.concatenate(found_node)
+
+    def entries_at(self, node: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(index into ``node``, entry id) for every entry ending at each node."""
+        if self.unique_ends:
+            return np.arange(len(node)), self.entries[self.entry_start[node]]
+        counts = self.entry_start[node + 1] - self.entry_start[node]
+        which = np.repeat(np.arange(len(node)), counts)
+        rank = np.arange(len(which)) - np.repeat(np.cumsum(counts) - counts, counts)
+        return which, self.entries[self.entry_start[node][which] + rank]
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Building 1e5 small lists triggers full garbage collections that cost more than the building."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+class EntryMatcher:
+    """Batch matcher: the metadata entries each caption contains, with MetaCLIP's semantics."""
+
+    def __init__(self, entries: Sequence[str]):
+        entries = list(entries)
+        if any(not isinstance(e, str) for e in entries):
+            raise ValueError("metadata entries must all be strings")
+        self.num_entries = len(entries)
+        data, offsets = _arrow_bytes(_as_binary(entries))
+        starts, lens, lengths = split_tokens(data, offsets, _ENTRY_CLASSES)
+        self._vocab = _Vocabulary(data, starts, lens)
+        self._trie = _EntryTrie(self._vocab.token_ids, lengths, self._vocab.size)
+
+    def match_arrays(self, texts: Sequence[str | None] | pa.Array | pa.ChunkedArray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """Matches as CSR: (offsets, length len(texts) + 1; sorted unique entry ids per caption, int64)."""
+        binary = _as_binary(texts)
+        data, offsets = _arrow_bytes(binary)
+        starts, lens, counts = split_tokens(data, offsets, _CAPTION_CLASSES)
+        ids = self._vocab.lookup(data, starts, lens)
+        ends = np.cumsum(counts)
+        pos, node = self._trie.walk(ids, np.repeat(ends, counts))
+        which, entry = self._trie.entries_at(node)
+        text = np.searchsorted(ends, pos[which], side="right")
+        if binary.null_count:
+            valid = binary.is_valid().to_numpy(zero_copy_only=False)
+            text, entry = text[valid[text]], entry[valid[text]]
+        # one sort of (caption, entry) keys groups by caption, orders the ids and finds repeats
+        span = max(1, self.num_entries)
+        keys = np.sort(text * span + entry)
+        keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])] if len(keys) else keys
+        per_text = np.bincount(keys // span, minlength=len(binary))
+        return np.concatenate([[0], np.cumsum(per_text)]), keys % span
+
+    def match_batch(self, texts: Sequence[str | None] | pa.Array | pa.ChunkedArray) -> list[list[int]]:
+        """Sorted unique matched entry ids per caption; a None caption matches nothing."""
+        offsets, entries = self.match_arrays(texts)
+        flat, bounds = entries.tolist(), offsets.tolist()
+        with _gc_paused():
+            return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]

@@ -1,0 +1,145 @@
+"""Parity of the vectorised matcher with a plain transcription of MetaCLIP's algorithm."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from curation.matching import EntryMatcher, spacing
+
+
+def metaclip_spacing(text: str) -> str:
+    """MetaCLIP's ``spacing`` written out as in substr_matching.py."""
+    spaced_text = f" {text} "
+    for punct_to_wrap in [",", ".", ";", ":", "?", "!", "`"]:
+        spaced_text = spaced_text.replace(punct_to_wrap, f" {punct_to_wrap} ")
+    for char_to_space in ["\t", "\n", "\r"]:
+        spaced_text = spaced_text.replace(char_to_space, " ")
+    return spaced_text
+
+
+def reference(entries: list[str], texts: list[str | None]) -> list[list[int]]:
+    """MetaCLIP's substr_matching: every entry whose padded form is in the spaced text."""
+    out = []
+    for text in texts:
+        spaced = "" if text is None else metaclip_spacing(text)
+        out.append([i for i, e in enumerate(entries) if text is not None and f" {e} " in spaced])
+    return out
+
+
+# a small alphabet with every character spacing treats specially, so matches are frequent
+ALPHABET = "ab é字 ,.;:?!`\t\n\r-'"
+small_text = st.text(alphabet=ALPHABET, max_size=24)
+long_word = st.text(alphabet="ab", min_size=7, max_size=20)  # around the 8- and 16-byte word edges
+
+
+@st.composite
+def entries_and_texts(draw: st.DrawFn) -> tuple[list[str], list[str | None]]:
+    pieces = st.one_of(small_text, long_word, st.sampled_from(["a", "b", "a b", " a", "a ", "", "  "]))
+    entries = draw(st.lists(pieces, min_size=1, max_size=12))
+    joined = st.lists(st.one_of(pieces, st.sampled_from(entries)), max_size=6).map(" ".join)
+    texts = draw(st.lists(st.one_of(st.none(), small_text, joined), min_size=1, max_size=10))
+    return entries, texts
+
+
+def test_spacing_is_metaclips() -> None:
+    for text in ["", "a,b", "a\tb\r\nc", "x.y;z:w?v!u`t", "  lots  of   space ", "ünï,cödé"]:
+        assert spacing(text) == metaclip_spacing(text)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(entries_and_texts())
+def test_match_batch_equals_reference(case: tuple[list[str], list[str | None]]) -> None:
+    entries, texts = case
+    assert EntryMatcher(entries).match_batch(texts) == reference(entries, texts)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.text(max_size=12), min_size=1, max_size=8), st.lists(st.text(max_size=30), max_size=8))
+def test_any_unicode_equals_reference(entries: list[str], texts: list[str]) -> None:
+    assert EntryMatcher(entries).match_batch(texts) == reference(entries, texts)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("red dog", ["red", "dog", "red dog"]),
+        ("red,dog", ["red", "dog", "red , dog"]),  # spacing cuts at the comma, the pair never matches
+        ("Red dog", ["dog"]),  # case-sensitive
+        ("reddog", []),
+        ("red  dog", ["red", "dog", ""]),  # double space: an empty token, so the empty entry
+        ("red\tdog\n", ["red", "dog", "red dog", ""]),  # trailing newline becomes a space
+        ("", [""]),  # MetaCLIP pads "" to "  ", which holds " " + "" + " "
+        ("a.b.c", []),
+        ("façade 字", ["façade", "字"]),
+        ("un verre d'eau", ["d'eau"]),
+    ],
+)
+def test_edge_cases(text: str, expected: list[str]) -> None:
+    entries = ["red", "dog", "red dog", "red , dog", "", "façade", "字", "d'eau", "a.b", "red,dog"]
+    got = EntryMatcher(entries).match_batch([text])[0]
+    assert got == sorted(entries.index(e) for e in expected)
+    assert got == reference(entries, [text])[0]
+
+
+def test_none_and_arrow_inputs() -> None:
+    entries = ["a", "", "b c"]
+    texts = [None, "a b c", "", None, "x"]
+    matcher = EntryMatcher(entries)
+    expected = [[], [0, 2], [1], [], []]
+    assert matcher.match_batch(texts) == expected
+    assert matcher.match_batch(pa.array(texts)) == expected
+    assert matcher.match_batch(pa.chunked_array([texts[:2], texts[2:]])) == expected
+    assert matcher.match_batch(pa.array(texts).slice(1, 3)) == expected[1:4]
+    assert matcher.match_batch([]) == []
+
+
+def test_repeated_entries_all_match() -> None:
+    entries = ["dog", "cat", "dog", "dog cat", "dog cat"]
+    assert EntryMatcher(entries).match_batch(["dog cat!"]) == [[0, 1, 2, 3, 4]]
+
+
+def test_lone_surrogate_text() -> None:
+    entries = ["a", "\ud800"]
+    texts = ["a \ud800", "\ud800a"]
+    assert EntryMatcher(entries).match_batch(texts) == reference(entries, texts)
+
+
+def test_match_arrays_is_csr_of_match_batch() -> None:
+    entries = ["a", "b", "a b"]
+    texts = ["a b a", None, "b", "c"]
+    matcher = EntryMatcher(entries)
+    offsets, ids = matcher.match_arrays(texts)
+    assert offsets.tolist() == [0, 3, 3, 4, 4]
+    assert ids.tolist() == [0, 1, 2, 1]
+
+
+def test_rejects_non_string_entries() -> None:
+    with pytest.raises(ValueError, match="strings"):
+        EntryMatcher(["a", None])  # type: ignore[list-item]
+
+
+def test_synthetic_scale_parity() -> None:
+    """A few thousand web-like captions against a metadata of a few thousand entries."""
+    import random
+
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(300)] + ["photo", "of", "the", "a", "red", "blue", "IMG_0001.jpg"]
+    entries = sorted({rng.choice(words) for _ in range(200)} | {f"{rng.choice(words)} {rng.choice(words)}"
+                                                                 for _ in range(300)})
+    seps = [" ", " ", " ", ", ", ". ", "  ", "\t", "!", ": "]
+    texts = ["".join(rng.choice(words) + rng.choice(seps) for _ in range(rng.randint(0, 12)))
+             for _ in range(2000)]
+    assert EntryMatcher(entries).match_batch(texts) == reference(entries, texts)
+
+
+@pytest.mark.parametrize("length", [7, 8, 9, 15, 16, 17, 24, 25])
+def test_long_tokens_differing_in_one_byte(length: int) -> None:
+    """Tokens are keyed by 8-byte words: every byte of every word must count."""
+    base = "a" * length
+    variants = [base[:i] + "b" + base[i + 1 :] for i in range(length)]
+    entries = [base, *variants, base + "a", base[:-1]]
+    texts = [base, *variants[::3], f"{base} {variants[-1]}"]
+    assert EntryMatcher(entries).match_batch(texts) == reference(entries, texts)
