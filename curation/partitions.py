@@ -20,11 +20,9 @@ import pyarrow.parquet as pq
 
 from curation import balancing, captions, clustering, filters, sharding
 from curation.matching import EntryMatcher
-from curation.sources import IngestConfig, read_partition
+from curation.sources import QUARANTINE_SCHEMA, IngestConfig, read_partition
 
-DROPPED_SCHEMA = pa.schema(
-    [("uid", pa.string()), ("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string())]
-)
+DROPPED_SCHEMA = QUARANTINE_SCHEMA
 
 
 def part_name(index: int) -> str:
@@ -77,12 +75,45 @@ def split_by_reason(table: pa.Table, reasons: Sequence[str | None], stage: str, 
 
 # --- ingest -----------------------------------------------------------------------------------
 
-def ingest_part(cfg: IngestConfig, span: tuple[int, int], index: int, out_dir: str) -> dict[str, int]:
-    samples, truth = read_partition(cfg, span)
-    write_table(samples, Path(out_dir) / "parts" / part_name(index))
+def ingest_part(cfg: IngestConfig, span: tuple, index: int, out_dir: str) -> dict[str, int]:
+    """Pass 1: read and validate one partition; rows that cannot be used go to quarantine."""
+    samples, truth, quarantine = read_partition(cfg, span)
+    write_table(samples, Path(out_dir) / "candidates" / part_name(index))
+    write_table(quarantine, Path(out_dir) / "quarantine" / part_name(index))
     if truth is not None:
         write_table(truth, Path(out_dir) / "truth" / part_name(index))
-    return {"rows": samples.num_rows}
+    return {"rows_in": samples.num_rows + quarantine.num_rows, "quarantined": quarantine.num_rows}
+
+
+def duplicate_uid_table(candidate_paths: Sequence[str]) -> pa.Table:
+    """``part, row, uid`` of every repeat of a uid after its first occurrence (in part, then row order)."""
+    seen: set[str] = set()
+    parts, rows, uids = [], [], []
+    for part, path in enumerate(candidate_paths):
+        for row, uid in enumerate(read_table(path, ["uid"]).column("uid").to_pylist()):
+            if uid in seen:
+                parts.append(part), rows.append(row), uids.append(uid)
+            seen.add(uid)
+    return pa.table({"part": pa.array(parts, pa.int32()), "row": pa.array(rows, pa.int64()),
+                     "uid": pa.array(uids, pa.string())})
+
+
+def drop_duplicate_uids_part(in_path: str, part: int, dup_path: str, out_part: str, quarantine_path: str
+                             ) -> dict[str, int]:
+    """Pass 2: quarantine the rows of this part that repeat an earlier uid; write the rest."""
+    table = read_table(in_path)
+    dups = read_table(dup_path)
+    repeat_rows = np.asarray(dups.column("row"))[np.asarray(dups.column("part")) == part]
+    if len(repeat_rows):
+        keep = np.ones(table.num_rows, dtype=bool)
+        keep[repeat_rows] = False
+        uids = table.column("uid").to_pylist()
+        extra = dropped_table([uids[i] for i in repeat_rows], "ingest", ["duplicate_uid"] * len(repeat_rows),
+                              ["uid seen earlier in the pool"] * len(repeat_rows))
+        write_table(pa.concat_tables([read_table(quarantine_path), extra]), quarantine_path)
+        table = table.filter(pa.array(keep))
+    write_table(table, out_part)
+    return {"rows_out": table.num_rows, "quarantined": int(len(repeat_rows))}
 
 
 # --- filter -----------------------------------------------------------------------------------

@@ -17,10 +17,12 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the pipeline (cached stages are skipped)")
     run.add_argument("--config", help="YAML config (default: the packaged synthetic-world config)")
-    run.add_argument("--workdir", default=DEFAULT_WORKDIR, help=f"artifacts, catalog, report (default {DEFAULT_WORKDIR})")
+    run.add_argument("--workdir", default=DEFAULT_WORKDIR,
+                     help=f"artifacts, catalog, report (default {DEFAULT_WORKDIR})")
     where = run.add_mutually_exclusive_group()
     where.add_argument("--only", choices=STAGES, help="run this stage alone from cached upstream artifacts")
-    where.add_argument("--from", dest="start", choices=STAGES, help="run from this stage on; earlier ones must be cached")
+    where.add_argument("--from", dest="start", choices=STAGES,
+                       help="run from this stage on; earlier ones must be cached")
     run.add_argument("--force", nargs="+", choices=STAGES, default=[], metavar="STAGE",
                      help="recompute these stages and every stage after them")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -63,7 +63,8 @@ def _samples_view(refs: Mapping[str, ArtifactRef]) -> str | None:
         return None
     base = _stage_sources(latest)
     if "shard" in refs and (shards := _stage_sources(refs["shard"])):
-        return f"SELECT t.*, s.shard, s.key FROM {base} t LEFT JOIN (SELECT uid, shard, key FROM {shards}) s USING (uid)"
+        return (f"SELECT t.*, s.shard, s.key FROM {base} t"
+                f" LEFT JOIN (SELECT uid, shard, key FROM {shards}) s USING (uid)")
     return f"SELECT * FROM {base}"
 
 
@@ -89,7 +90,10 @@ def build_catalog(workdir: str | Path, refs: Mapping[str, ArtifactRef]) -> Path:
     views["quarantine"] = _dropped_union(refs, "quarantine")
     views["filtered"] = _dropped_union(refs, "filtered")
     if "curate" in refs and (Path(refs["curate"].path) / "entry_counts.parquet").exists():
-        views["entry_counts"] = f"SELECT * FROM read_parquet({_lit(Path(refs['curate'].path) / 'entry_counts.parquet')})"
+        counts = Path(refs["curate"].path) / "entry_counts.parquet"
+        views["entry_counts"] = f"SELECT * FROM read_parquet({_lit(counts)})"
+    if "curate" in refs and (Path(refs["curate"].path) / "curate_stats.json").exists():
+        views["curate_stats"] = f"SELECT * FROM read_json_auto({_lit(Path(refs['curate'].path) / 'curate_stats.json')})"
     if "train" in views:
         views["train_metrics"] = views.pop("train")
     if "eval" in views:

@@ -39,15 +39,21 @@ def stage_summary(ref: ArtifactRef) -> dict[str, Any]:
 
 
 def plot_entry_counts(entry_counts: Path, out: Path) -> Path:
-    """MetaCLIP's picture: sorted entry counts before and after balancing (log scale)."""
+    """MetaCLIP's pictures: sorted entry counts (log scale) and their cumulative share, before and after
+    balancing."""
     table = pq.read_table(entry_counts).to_pydict()
     before = np.sort(np.asarray(table["count_before"]))[::-1]
     after = np.sort(np.asarray(table["count_after"]))[::-1]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(np.arange(1, len(before) + 1), np.maximum(before, 0.5), label="before balancing")
-    ax.plot(np.arange(1, len(after) + 1), np.maximum(after, 0.5), label="after balancing")
+    ranks = np.arange(1, len(before) + 1)
+    fig, (ax, cum) = plt.subplots(1, 2, figsize=(10, 4))
+    for label, counts in (("before balancing", before), ("after balancing", after)):
+        ax.plot(ranks, np.maximum(counts, 0.5), label=label)
+        cum.plot(ranks / len(ranks), np.cumsum(counts) / max(1, counts.sum()), label=label)
     ax.set(xlabel="entry rank", ylabel="matched samples", yscale="log", title="Metadata entry counts")
+    cum.set(xlabel="fraction of entries (sorted by count)", ylabel="cumulative share of matches",
+            title="Cumulative distribution")
     ax.legend()
+    cum.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
@@ -103,6 +109,7 @@ def _markdown(report: Mapping[str, Any], manifests: Mapping[str, dict]) -> str:
         for kind, reasons in manifest.get("reasons", {}).items():
             if reasons:
                 lines += ["", f"**{stage}, {kind}:** " + ", ".join(f"{r} {n}" for r, n in reasons.items())]
+    lines += _curation_markdown(manifests.get("curate", {}))
     for stage in ("rewrite", "longcap"):
         if stage in manifests:
             lines += ["", f"**{stage}** caption backend: `{manifests[stage].get('backend')}`"]
@@ -114,6 +121,22 @@ def _markdown(report: Mapping[str, Any], manifests: Mapping[str, dict]) -> str:
                   for k, v in report["eval"].items() if not isinstance(v, dict)]
     lines += [""] + [f"![{name}]({file})" for name, file in report.get("plots", {}).items()]
     return "\n".join(lines) + "\n"
+
+
+def _curation_markdown(manifest: Mapping[str, Any]) -> list[str]:
+    dist = manifest.get("distribution")
+    if not dist:
+        return []
+    lines = ["", "## Curation (MetaCLIP balancing)", "", "| statistic | before | after |", "|---|---:|---:|"]
+    for name in ("matches", "head_share", "entropy_bits", "max_count"):
+        b, a = dist[f"{name}_before"], dist[f"{name}_after"]
+        lines.append(f"| {name} | {b:.3f} | {a:.3f} |" if isinstance(b, float) else f"| {name} | {b} | {a} |")
+    lines += ["", f"t = {dist['t']}; {dist['entries_matched']} of {dist['entries']} entries matched, "
+              f"{dist['head_entries']} in the head (count > t).", "",
+              "| top entry | before | after |", "|---|---:|---:|"]
+    lines += [f"| {e['entry']} | {e['count_before']} | {e['count_after']} |"
+              for e in manifest.get("top_entries", [])[:10]]
+    return lines
 
 
 def write_report(workdir: str | Path, run_id: str, config_hash: str, refs: Mapping[str, ArtifactRef],

@@ -10,22 +10,26 @@ version is part of the key, so the stage and everything below it recompute.
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from curation.captions import LongcapConfig, RewriteConfig
+from curation.filters import FilterConfig
+from curation.metadata import load_metadata
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from training.embedding import EmbedConfig
 
 from curation import partitions as P
 from curation.balancing import CurateConfig, entry_probs
-from curation.captions import LongcapConfig, RewriteConfig
 from curation.clustering import ClusterConfig
-from curation.filters import FilterConfig
-from curation.metadata import load_metadata
 from curation.sharding import ShardConfig, write_sizes
 from curation.sources import IngestConfig, plan_partitions
+from curation.statistics import distribution_stats, top_entries
 from curation.synthetic import metadata_entries
 from eval.jobs import eval_job
 from eval.suite import EvalConfig
@@ -33,7 +37,6 @@ from tasks.artifacts import ArtifactRef
 from tasks.common import RunContext, run_stage
 from tasks.parallel import ray_call, ray_map
 from training.config import TrainConfig
-from training.embedding import EmbedConfig
 from training.jobs import bootstrap_job, embed_part, train_job
 
 CODE_VERSIONS = {
@@ -60,10 +63,17 @@ def _passthrough_counts(results: list[dict]) -> dict[str, int]:
 def ingest(ctx: RunContext, cfg: IngestConfig) -> ArtifactRef:
     def compute(tmp: Path, manifest: dict[str, Any]) -> None:
         spans = plan_partitions(cfg)
-        results = ray_map(P.ingest_part, [(cfg, span, i, str(tmp)) for i, span in enumerate(spans)])
-        rows = sum(r["rows"] for r in results)
-        manifest["counts"] = {"rows_in": rows, "rows_out": rows, "filtered": 0, "quarantined": 0}
+        read = ray_map(P.ingest_part, [(cfg, span, i, str(tmp)) for i, span in enumerate(spans)])
+        candidates = P.list_parts(tmp / "candidates")
+        P.write_table(P.duplicate_uid_table(candidates), tmp / "duplicates.parquet")
+        calls = [(p, i, str(tmp / "duplicates.parquet"), _out(tmp, "parts", i), _out(tmp, "quarantine", i))
+                 for i, p in enumerate(candidates)]
+        kept = ray_map(P.drop_duplicate_uids_part, calls)
+        manifest["counts"] = {"rows_in": sum(r["rows_in"] for r in read), "rows_out": sum(r["rows_out"] for r in kept),
+                              "filtered": 0, "quarantined": sum(r["quarantined"] for r in read + kept)}
+        manifest["reasons"] = {"quarantined": P.reason_counts(P.list_parts(tmp / "quarantine"))}
         manifest["source"] = cfg.source
+        shutil.rmtree(tmp / "candidates")
 
     return run_stage(ctx, "ingest", CODE_VERSIONS["ingest"], cfg, [], compute)
 
@@ -108,8 +118,9 @@ def curate(ctx: RunContext, cfg: CurateConfig, upstream: ArtifactRef) -> Artifac
         }), tmp / "entry_counts.parquet")
         manifest["counts"] = _passthrough_counts(results)
         manifest["reasons"] = {"filtered": P.reason_counts(P.list_parts(tmp / "filtered"))}
-        manifest["num_entries"] = len(entries)
-        manifest["entries_matched"] = int((before > 0).sum())
+        manifest["distribution"] = distribution_stats(before, after, cfg.t)
+        manifest["top_entries"] = top_entries(entries, before, after, n=20)
+        (tmp / "curate_stats.json").write_text(json.dumps(manifest["distribution"]))
 
     return run_stage(ctx, "curate", CODE_VERSIONS["curate"], cfg, [upstream], compute)
 
