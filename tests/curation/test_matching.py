@@ -143,3 +143,16 @@ def test_long_tokens_differing_in_one_byte(length: int) -> None:
     entries = [base, *variants, base + "a", base[:-1]]
     texts = [base, *variants[::3], f"{base} {variants[-1]}"]
     assert EntryMatcher(entries).match_batch(texts) == reference(entries, texts)
+
+
+def test_pieces_join_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches are matched piece by piece: results must not depend on where the pieces are cut."""
+    import curation.matching as matching
+
+    entries = ["a", "b", "a b", ""]
+    texts = ["a b", None, "", "b", "a  b", None, "a", "x"] * 3
+    whole = EntryMatcher(entries).match_batch(texts)
+    for chunk_texts, chunk_bytes in [(1, 1 << 19), (3, 1 << 19), (1 << 13, 2), (5, 7)]:
+        monkeypatch.setattr(matching, "_CHUNK_TEXTS", chunk_texts)
+        monkeypatch.setattr(matching, "_CHUNK_BYTES", chunk_bytes)
+        assert EntryMatcher(entries).match_batch(texts) == whole == reference(entries, texts)
