@@ -40,7 +40,7 @@ from training.config import TrainConfig
 from training.jobs import bootstrap_job, embed_part, train_job
 
 CODE_VERSIONS = {
-    "ingest": "1", "filter": "1", "curate": "1", "rewrite": "1", "longcap": "1",
+    "ingest": "2", "filter": "1", "curate": "1", "rewrite": "1", "longcap": "1",
     "embed": "1", "cluster": "1", "shard": "1", "train": "1", "eval": "1",
 }
 
