@@ -121,10 +121,12 @@ def split_tokens(data: np.ndarray, offsets: np.ndarray, classes: np.ndarray, gap
     before_cut = np.repeat(np.arange(0, n * spread, spread), np.diff(first_cut))
     before_cut += np.arange(len(cut_at)) + puncts_before[:-1]
     ends[before_cut] = cut_at
-    starts[before_cut + 1 + is_punct] = cut_at + 1
-    punct_token = before_cut[is_punct] + 1
-    starts[punct_token] = cut_at[is_punct]
-    ends[punct_token] = cut_at[is_punct] + 1
+    after_cut = cut_at + 1
+    before_cut += 1  # now the token after cut j: a punctuation token, else the next gap
+    starts[before_cut + is_punct] = after_cut
+    punct_token, punct_at = before_cut[is_punct], cut_at[is_punct]
+    starts[punct_token] = punct_at
+    ends[punct_token] = punct_at + 1
     text = np.arange(0, n * spread, spread)
     starts[text + first_cut[:-1] + puncts_before[first_cut[:-1]]] = offsets[:-1]
     ends[text + first_cut[1:] + puncts_before[first_cut[1:]]] = offsets[1:]
@@ -262,7 +264,7 @@ class _IntTable:
         self._insert(keys.astype(np.uint64), values.astype(np.int64))
 
     def _slot(self, keys: np.ndarray) -> np.ndarray:
-        return ((keys * _FIB) >> self.shift).astype(np.int64)
+        return ((keys * _FIB) >> self.shift).view(np.int64)  # below 2**bits: the view is exact
 
     def _insert(self, keys: np.ndarray, values: np.ndarray) -> None:
         if np.any(keys == _EMPTY_KEY):
@@ -286,19 +288,19 @@ class _IntTable:
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """Value per key, -1 where absent."""
-        keys = keys.astype(np.uint64, copy=False)
+        keys = keys.view(np.uint64) if keys.dtype == np.int64 else keys.astype(np.uint64, copy=False)
         slot = self._slot(keys)
-        held = self.slots[slot]
+        held = self.slots.take(slot)
         out = np.where(held["key"] == keys, held["value"], -1)  # most keys settle at the first probe
         active = np.flatnonzero((out < 0) & (held["key"] != _EMPTY_KEY))
-        slot = slot[active]
+        slot = slot.take(active)
         while len(active):
             slot = (slot + 1) & self.mask
-            held = self.slots[slot]
-            hit = held["key"] == keys[active]
+            held = self.slots.take(slot)
+            hit = held["key"] == keys.take(active)
             out[active[hit]] = held["value"][hit]
-            more = ~hit & (held["key"] != _EMPTY_KEY)
-            active, slot = active[more], slot[more]
+            more = np.flatnonzero(~hit & (held["key"] != _EMPTY_KEY))
+            active, slot = active.take(more), slot.take(more)
         return out
 
 
@@ -323,41 +325,51 @@ class _EntryTrie:
         self.edges = _IntTable(edge_keys, np.concatenate(children))
         self.flags = np.zeros(num_nodes, dtype=np.uint8)
         self.flags[edge_keys // self.stride] |= _PARENT
+        # follows[v + 1]: token v is a later token of some entry (index 0: the -1 of unknown tokens)
+        self.follows = np.zeros(vocab_size + 1, dtype=bool)
+        self.follows[edge_keys % self.stride + 1] = True
         # CSR from a node to the entries ending there (several only when entries repeat)
         self.entries = np.argsort(node, kind="stable")
         ending = np.bincount(node, minlength=num_nodes)
         self.entry_start = np.concatenate([[0], np.cumsum(ending)])
         self.flags[ending > 0] |= _ENDS
         self.unique_ends = bool(ending.max(initial=0) <= 1)
+        self.first_entry = np.where(ending > 0, self.entries[np.minimum(self.entry_start[:-1], len(node) - 1)], -1)
 
     def walk(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(start position, node) wherever an entry ends; a -1 after every caption stops n-grams."""
+        """(start position, node) wherever an entry ends; a -1 after every caption stops n-grams.
+
+        Filters go through index arrays and ``take``: one nonzero serves several arrays.
+        """
         node = ids + 1  # unknown tokens land on the root, which ends and starts nothing
-        flags = self.flags[node]
-        found_pos = [np.flatnonzero(flags & _ENDS)]
-        found_node = [node[found_pos[0]]]
+        flags = self.flags.take(node)
+        first = np.flatnonzero(flags & _ENDS)
+        found_pos, found_node = [first], [node.take(first)]
         pos = np.flatnonzero(flags & _PARENT)
-        node, depth = node[pos], 1
+        node, depth = node.take(pos), 1
         while len(pos):
-            child = self.edges.lookup(node * self.stride + ids[pos + depth])  # -1 hits no edge
-            hit = child >= 0
-            pos, node = pos[hit], child[hit]
-            flags = self.flags[node]
-            ends = (flags & _ENDS).astype(bool)
-            found_pos.append(pos[ends])
-            found_node.append(node[ends])
-            more = (flags & _PARENT).astype(bool)
-            pos, node, depth = pos[more], node[more], depth + 1
+            nxt = ids.take(pos + depth)
+            keep = np.flatnonzero(self.follows.take(nxt + 1))  # skips most lookups that would miss
+            pos, node, nxt = pos.take(keep), node.take(keep), nxt.take(keep)
+            child = self.edges.lookup(node * self.stride + nxt)
+            hit = np.flatnonzero(child >= 0)
+            pos, node = pos.take(hit), child.take(hit)
+            flags = self.flags.take(node)
+            ends = np.flatnonzero(flags & _ENDS)
+            found_pos.append(pos.take(ends))
+            found_node.append(node.take(ends))
+            more = np.flatnonzero(flags & _PARENT)
+            pos, node, depth = pos.take(more), node.take(more), depth + 1
         return np.concatenate(found_pos), np.concatenate(found_node)
 
-    def entries_at(self, node: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(index into ``node``, entry id) for every entry ending at each node."""
+    def entries_at(self, pos: np.ndarray, node: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(position, entry id) for every entry ending at each (position, node) the walk found."""
         if self.unique_ends:
-            return np.arange(len(node)), self.entries[self.entry_start[node]]
+            return pos, self.first_entry[node]
         counts = self.entry_start[node + 1] - self.entry_start[node]
         which = np.repeat(np.arange(len(node)), counts)
         rank = np.arange(len(which)) - np.repeat(np.cumsum(counts) - counts, counts)
-        return which, self.entries[self.entry_start[node][which] + rank]
+        return pos[which], self.entries[self.entry_start[node][which] + rank]
 
 
 def _chunk_bounds(offsets: np.ndarray) -> np.ndarray:
@@ -388,7 +400,8 @@ class EntryMatcher:
         if any(not isinstance(e, str) for e in entries):
             raise ValueError("metadata entries must all be strings")
         self.num_entries = len(entries)
-        data, offsets = _arrow_bytes(_as_binary(entries))
+        # with no metadata every caption matches nothing: one never-matching entry keeps the code uniform
+        data, offsets = _arrow_bytes(_as_binary(entries or ["\t"]))
         starts, lens, lengths = split_tokens(data, offsets, _ENTRY_CLASSES)
         self._vocab = _Vocabulary(data, starts, lens)
         self._trie = _EntryTrie(self._vocab.token_ids, lengths, self._vocab.size)
@@ -414,9 +427,8 @@ class EntryMatcher:
         ids = self._vocab.lookup(data, starts, lens)
         stops = np.cumsum(counts + 1) - 1  # the slot after each caption
         ids[stops] = -1
-        pos, node = self._trie.walk(ids)
-        which, entry = self._trie.entries_at(node)
-        text = np.searchsorted(stops, pos[which])
+        pos, entry = self._trie.entries_at(*self._trie.walk(ids))
+        text = np.repeat(np.arange(len(counts)), counts + 1)[pos]
         if valid is not None:
             text, entry = text[valid[text]], entry[valid[text]]
         # one sort of (caption, entry) keys groups by caption, orders the ids and finds repeats

@@ -192,3 +192,9 @@ def test_hash_strings_spreads_similar_strings() -> None:
     assert not np.array_equal(hashes, hash_strings(values, 1))
     top_bits = (hashes >> np.uint64(60)).astype(int)
     assert np.bincount(top_bits, minlength=16).min() > 250  # ~312 expected per bucket
+
+
+def test_empty_metadata_matches_nothing() -> None:
+    assert EntryMatcher([]).match_batch(["a", None, "", "\t"]) == [[], [], [], []]
+    offsets, ids = EntryMatcher([]).match_arrays(["a b"])
+    assert offsets.tolist() == [0, 0] and ids.tolist() == []
