@@ -109,8 +109,9 @@ def split_tokens(data: np.ndarray, offsets: np.ndarray, classes: np.ndarray, gap
     """
     top = int(np.flatnonzero(classes != _WORD).max(initial=0))
     maybe = np.flatnonzero(data <= top)  # every special byte is ASCII and small: test few bytes
-    cut_at = maybe[classes[data[maybe]] != _WORD]
-    is_punct = classes[data[cut_at]] == _PUNCT
+    kind = classes.take(data.take(maybe))
+    special = np.flatnonzero(kind)
+    cut_at, is_punct = maybe.take(special), kind.take(special) == _PUNCT
     first_cut = np.searchsorted(cut_at, offsets)  # cuts before each string; (n + 1,)
     puncts_before = np.zeros(len(cut_at) + 1, dtype=np.int64)  # punctuation cuts before each cut
     np.cumsum(is_punct, out=puncts_before[1:])
@@ -181,13 +182,13 @@ class _Tokens:
 
     def __init__(self, data: np.ndarray, starts: np.ndarray, lens: np.ndarray, seed: int):
         words = _word_view(data)
-        head = words[starts] & _BYTE_MASKS[np.minimum(lens, 8)]
-        self.keys = head | (lens.astype(np.uint64) << np.uint64(56))
+        head = words.take(starts) & _BYTE_MASKS.take(np.minimum(lens, 8))
+        self.keys = head | (lens.view(np.uint64) << np.uint64(56))  # lengths are >= 0: the view is exact
         self.long = np.flatnonzero(lens >= 8)
-        self.long_lens = lens[self.long]
+        self.long_lens = lens.take(self.long)
         # level k: (positions in ``long`` of the tokens longer than 8k bytes, their word k)
-        self.levels = [(np.arange(len(self.long)), head[self.long])]
-        hashes = _mix(head[self.long] ^ _mix(self.long_lens.astype(np.uint64) + np.uint64(seed) * _FIB))
+        self.levels = [(np.arange(len(self.long)), head.take(self.long))]
+        hashes = _mix(self.levels[0][1] ^ _mix(self.long_lens.view(np.uint64) + np.uint64(seed) * _FIB))
         which, k = np.flatnonzero(self.long_lens > 8), 1
         while len(which):
             at, left = starts[self.long[which]] + 8 * k, self.long_lens[which] - 8 * k
@@ -211,7 +212,7 @@ class _Vocabulary:
             self.token_ids[order] = np.cumsum(new) - 1
             self._keep_words(tokens, order[new])
             # two long tokens sharing a hash (odds ~1e-9) would merge: take another seed then
-            if not np.any(sorted_keys == _EMPTY_KEY) and np.all(self.verify(tokens, self.token_ids) >= 0):
+            if not np.any(sorted_keys == _EMPTY_KEY) and np.all(self.verify(tokens, self.token_ids.copy()) >= 0):
                 break
         else:
             raise RuntimeError("no collision-free token hash seed found")
@@ -232,13 +233,12 @@ class _Vocabulary:
             self.words[self.word_start[v[v >= 0]] + k] = word[v >= 0]
 
     def verify(self, tokens: _Tokens, ids: np.ndarray) -> np.ndarray:
-        """``ids`` with -1 wherever a long token is not byte for byte the vocabulary token it hit."""
+        """Sets ``ids`` to -1, in place, wherever a long token is not byte for byte the token it hit."""
         v = ids[tokens.long]
         same = (v >= 0) & (self.lens[np.maximum(v, 0)] == tokens.long_lens)
         for k, (which, word) in enumerate(tokens.levels):
             check = which[same[which]]  # equal lengths here, so equal word counts
             same[check] = self.words[self.word_start[v[check]] + k] == word[same[which]]
-        ids = ids.copy()
         ids[tokens.long[~same]] = -1
         return ids
 
@@ -435,7 +435,8 @@ class EntryMatcher:
         span = max(1, self.num_entries)
         keys = np.sort(text * span + entry)
         keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])] if len(keys) else keys
-        return np.bincount(keys // span, minlength=len(counts)), keys % span
+        text, entry = np.divmod(keys, span)
+        return np.bincount(text, minlength=len(counts)), entry
 
     def match_batch(self, texts: Sequence[str | None] | pa.Array | pa.ChunkedArray) -> list[list[int]]:
         """Sorted unique matched entry ids per caption; a None caption matches nothing."""
