@@ -62,6 +62,7 @@ def spacing(text: str) -> str:
 
 
 def _byte_classes(separators: str, punctuation: str) -> np.ndarray:
+    """Class of each byte value: word, separator or punctuation."""
     classes = np.full(256, _WORD, dtype=np.uint8)
     classes[[ord(c) for c in separators]] = _SEP
     classes[[ord(c) for c in punctuation]] = _PUNCT
@@ -107,10 +108,10 @@ def split_tokens(data: np.ndarray, offsets: np.ndarray, classes: np.ndarray, gap
     (empty ones included), in order: the tokens of ``spacing(s)[1:-1].split(" ")``. With ``gap``,
     one more empty slot follows every string's tokens.
     """
-    top = int(np.flatnonzero(classes != _WORD).max(initial=0))
+    top = int(np.flatnonzero(classes != _WORD).max(initial=0))  # a Python int keeps the test uint8
     maybe = np.flatnonzero(data <= top)  # every special byte is ASCII and small: test few bytes
     kind = classes.take(data.take(maybe))
-    special = np.flatnonzero(kind)
+    special = np.flatnonzero(kind)  # _WORD is 0
     cut_at, is_punct = maybe.take(special), kind.take(special) == _PUNCT
     first_cut = np.searchsorted(cut_at, offsets)  # cuts before each string; (n + 1,)
     puncts_before = np.zeros(len(cut_at) + 1, dtype=np.int64)  # punctuation cuts before each cut
@@ -125,7 +126,8 @@ def split_tokens(data: np.ndarray, offsets: np.ndarray, classes: np.ndarray, gap
     after_cut = cut_at + 1
     before_cut += 1  # now the token after cut j: a punctuation token, else the next gap
     starts[before_cut + is_punct] = after_cut
-    punct_token, punct_at = before_cut[is_punct], cut_at[is_punct]
+    punct = np.flatnonzero(is_punct)
+    punct_token, punct_at = before_cut.take(punct), cut_at.take(punct)
     starts[punct_token] = punct_at
     ends[punct_token] = punct_at + 1
     text = np.arange(0, n * spread, spread)
