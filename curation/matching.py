@@ -7,15 +7,16 @@ entry ``e`` matches when ``" e "`` is a substring of that spaced text, case-sens
 Why a token trie is exact: a match of ``" e "`` starts and ends on a space of the spaced text, so
 ``e`` is a run of whole space-separated tokens of the spaced text (empty tokens included, one per
 extra space). Hence ``e`` matches iff ``e.split(" ")`` occurs as a contiguous run of
-``spacing(text)[1:-1].split(" ")``. Entries holding characters that spacing rewrites (``"a,b"``,
-``"a\\tb"``) have a token no spaced text can contain, so they never match, as in MetaCLIP.
+``spacing(text)[1:-1].split(" ")``. This holds for every entry: one with a token that no spaced
+text can hold (``"a,b"``, ``"a\tb"``) simply never matches, as in MetaCLIP.
 
-``EntryMatcher.match_batch`` vectorises that over a whole batch: the bytes of every caption are
-spaced and split in numpy (the rewritten characters are ASCII, so UTF-8 bytes can be handled
-directly), tokens are mapped to the metadata's token vocabulary with one Arrow hash lookup, and a
-trie of entry token ids is walked one level at a time for all positions at once through a numpy
-open-addressing table. ``benchmarks/bench_matching.py`` times it against MetaCLIP's
-pyahocorasick matcher and checks the outputs are identical.
+``EntryMatcher.match_batch`` vectorises that over a batch, in cache-sized pieces: the captions'
+UTF-8 bytes are split in numpy (every byte that spacing touches is ASCII, so it never sits inside
+a multi-byte character); each token gets a uint64 key (its bytes when under 8 bytes, else a hash
+verified word by word) that a numpy open-addressing table maps to the metadata's token ids; and a
+trie of entries as token-id sequences is walked one level at a time for all positions at once.
+``benchmarks/bench_matching.py`` times it against MetaCLIP's pyahocorasick matcher and checks the
+outputs are identical; ``tests/curation/test_matching.py`` checks it against the plain algorithm.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ PUNCTUATION = ",.;:?!`"
 SPACED_CONTROLS = "\t\n\r"
 """MetaCLIP's ``chars_to_space``: each becomes a space."""
 
-_SPACE = 32
 _EMPTY_KEY = np.uint64(2**64 - 1)
 _FIB = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing multiplier (Knuth): spreads structured keys
 _MIX = np.uint64(0xFF51AFD7ED558CCD)  # murmur3's 64-bit finaliser constant
@@ -92,7 +92,7 @@ def _as_binary(values: Sequence[str | None] | pa.Array | pa.ChunkedArray) -> pa.
 
 
 def _arrow_bytes(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(bytes, offsets) of a large_binary array, offsets rebased to 0; a null reads as empty."""
+    """(bytes, offsets) of a large_binary array, offsets rebased to 0 (a null's bytes are arbitrary)."""
     _, offsets_buf, data_buf = values.buffers()
     offsets = np.frombuffer(offsets_buf, dtype=np.int64)[values.offset : values.offset + len(values) + 1]
     data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
@@ -159,7 +159,8 @@ def hash_strings(values: Sequence[str | None] | pa.Array | pa.ChunkedArray, seed
     """A 64-bit hash of each string's UTF-8 bytes (murmur3's finaliser chained over 8-byte words),
     the same on every machine and run; a null hashes like the empty string. Vectorised: ~50x
     faster than hashlib in a Python loop."""
-    data, offsets = _arrow_bytes(_as_binary(values))
+    binary = _as_binary(values)
+    data, offsets = _arrow_bytes(binary.fill_null(b"") if binary.null_count else binary)
     starts, lens = offsets[:-1], np.diff(offsets)
     words = _word_view(data)
     salt = _mix(np.array([(seed + 1) * int(_FIB) % 2**64], dtype=np.uint64))

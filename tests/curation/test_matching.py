@@ -198,3 +198,15 @@ def test_empty_metadata_matches_nothing() -> None:
     assert EntryMatcher([]).match_batch(["a", None, "", "\t"]) == [[], [], [], []]
     offsets, ids = EntryMatcher([]).match_arrays(["a b"])
     assert offsets.tolist() == [0, 0] and ids.tolist() == []
+
+
+def test_null_slots_holding_bytes() -> None:
+    """Arrow lets a null slot span bytes: they must be ignored."""
+    from curation.matching import hash_strings
+
+    validity = pa.py_buffer(np.packbits([0, 1], bitorder="little").tobytes())
+    offsets = pa.py_buffer(np.array([0, 3, 6], dtype=np.int64).tobytes())
+    array = pa.Array.from_buffers(pa.large_string(), 2, [validity, offsets, pa.py_buffer(b"dogcat")])
+    assert array.to_pylist() == [None, "cat"]
+    assert EntryMatcher(["dog", "cat"]).match_batch(array) == [[], [1]]
+    assert hash_strings(array, 0).tolist() == hash_strings(["", "cat"], 0).tolist()
