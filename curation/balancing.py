@@ -51,21 +51,20 @@ def _flatten(matched: Matched) -> tuple[np.ndarray, np.ndarray, int]:
     if isinstance(matched, pa.Array):
         rows = pc.list_parent_indices(matched).to_numpy().astype(np.int64)
         entries = pc.list_flatten(matched).to_numpy(zero_copy_only=False).astype(np.int64)
-        num_rows = len(matched)
     else:
         lengths = np.fromiter(map(len, matched), dtype=np.int64, count=len(matched))
         rows = np.repeat(np.arange(len(matched), dtype=np.int64), lengths)
         entries = np.fromiter((e for ids in matched for e in ids), dtype=np.int64, count=int(lengths.sum()))
-        num_rows = len(matched)
     if entries.size and entries.min() < 0:
         raise ValueError("matched entry ids must be non-negative")
     # match_batch output is strictly increasing within a row: skip the sort then
     same_row = rows[1:] == rows[:-1]
     if np.any(same_row & (entries[1:] <= entries[:-1])):
         span = int(entries.max()) + 1
-        keys = np.unique(rows * span + entries)
-        rows, entries = keys // span, keys % span
-    return rows, entries, num_rows
+        keys = np.sort(rows * span + entries)
+        keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
+        rows, entries = np.divmod(keys, span)
+    return rows, entries, len(matched)
 
 
 def count_entries(matched: Matched, num_entries: int) -> np.ndarray:
