@@ -266,5 +266,22 @@ def plan_shards(part_rows: Sequence[int], samples_per_shard: int) -> list[list[t
 
 
 def shard_job(part_paths: Sequence[str], slices: Sequence[tuple[int, int, int]], out_dir: str, shard: int) -> dict:
-    table = pa.concat_tables([read_table(part_paths[p]).slice(off, n) for p, off, n in slices])
-    return sharding.write_shard(table, out_dir, shard)
+    """Write one shard from its slices ``(part index, offset, length)`` of the parts.
+
+    Each part is memory-mapped and decoded batch by batch from the row group holding the slice's
+    first row, stopping at the slice's end: the shards that share a part do not each decode all of it.
+    """
+    pieces = []
+    for part, offset, length in slices:
+        with pq.ParquetFile(part_paths[part], memory_map=True) as pf:
+            starts = np.cumsum([0] + [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)])
+            first = int(np.searchsorted(starts, offset, side="right")) - 1
+            batches, row = [], int(starts[first])
+            for batch in pf.iter_batches(batch_size=256, row_groups=range(first, pf.num_row_groups),
+                                         use_threads=False):
+                batches.append(batch)
+                row += batch.num_rows
+                if row >= offset + length:
+                    break
+            pieces.append(pa.Table.from_batches(batches, pf.schema_arrow).slice(offset - int(starts[first]), length))
+    return sharding.write_shard(pa.concat_tables(pieces), out_dir, shard)
