@@ -12,10 +12,10 @@ counts, which open_clip_train's `get_dataset_size` reads. Tar member metadata is
 from __future__ import annotations
 
 import datetime
-import io
 import json
 import posixpath
 import tarfile
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -84,14 +84,62 @@ def _json_default(value: Any) -> Any:
     return str(value)  # Decimal, timedelta: a readable string rather than a failed shard
 
 
-def _add_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+TAR_BLOCK = tarfile.BLOCKSIZE
+"""tar's block: every header and every member's padded payload is a multiple of it (512 bytes)."""
+TAR_RECORD = tarfile.RECORDSIZE
+"""tar's record (20 blocks): tarfile pads a closed archive to a multiple of it."""
+_FIXED_IDS = b"0000644\0" + b"0000000\0" * 2  # mode 0o644, uid 0, gid 0 (octal, NUL-terminated)
+_MTIME_ZERO = b"%011o\0" % 0
+# typeflag "0" (regular file), empty linkname, GNU magic, empty uname/gname, empty device fields,
+# empty prefix, then padding to 512: what tarfile writes after the checksum for such a member.
+_HEADER_TAIL = b"0" + bytes(100) + tarfile.GNU_MAGIC + bytes(64) + bytes(16) + bytes(155)
+_HEADER_TAIL += bytes(TAR_BLOCK - 156 - len(_HEADER_TAIL))  # the header's last 356 bytes
+_TAIL_SUM = 8 * ord(" ") + sum(_HEADER_TAIL)
+"""Checksum share of the bytes from the checksum field on (the field itself counts as 8 spaces)."""
+
+
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
-    info.size = len(payload)
+    info.size = size
     info.mtime = 0
     info.mode = 0o644
     info.uid = info.gid = 0
     info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(payload))
+    return info
+
+
+def member_header(name: str, size: int) -> bytes:
+    """The header tarfile (GNU format) writes for a regular file with the fixed metadata above.
+
+    Built from a template (only name, size and checksum vary) because tarfile's generic header
+    code is most of the time a shard takes; names over 100 bytes and sizes of 8 GiB and more,
+    which need GNU extensions, go through tarfile itself.
+    """
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) > 100 or size >= 8**11:
+        return _tarinfo(name, size).tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+    head = raw.ljust(100, b"\0") + _FIXED_IDS + b"%011o\0" % size + _MTIME_ZERO
+    return head + b"%06o\0 " % (sum(head) + _TAIL_SUM) + _HEADER_TAIL
+
+
+def write_tar(f: Any, samples: Iterable[Sequence[tuple[str, bytes]]]) -> int:
+    """Write a tar of (name, payload) members, grouped by sample, to the binary file f; returns its size.
+
+    Byte for byte what ``tarfile.open(fileobj=f, mode="w", format=GNU_FORMAT)`` with `member_header`'s
+    metadata writes (padded payloads, two zero blocks, zero-filled to a whole record), one write per sample.
+    """
+    offset = 0
+    for members in samples:
+        chunks: list[bytes] = []
+        for name, payload in members:
+            chunks += (member_header(name, len(payload)), payload, bytes(-len(payload) % TAR_BLOCK))
+        blob = b"".join(chunks)
+        f.write(blob)
+        offset += len(blob)
+    end = 2 * TAR_BLOCK
+    end += -(offset + end) % TAR_RECORD
+    f.write(bytes(end))
+    return offset + end
 
 
 def _sample_members(row: dict[str, Any], key: str, image: bytes) -> list[tuple[str, bytes]]:
@@ -112,6 +160,29 @@ def sidecar_table(table: pa.Table, shard: int) -> pa.Table:
     return side.append_column("key", pa.array(keys, pa.string()))
 
 
+def _leaf_paths(name: str, typ: pa.DataType) -> list[tuple[str, pa.DataType]]:
+    """Parquet column paths (as pyarrow names them) and Arrow types of the leaves under one field."""
+    if pa.types.is_list(typ) or pa.types.is_large_list(typ) or pa.types.is_fixed_size_list(typ):
+        return _leaf_paths(f"{name}.list.element", typ.value_type)
+    if pa.types.is_map(typ):
+        return _leaf_paths(f"{name}.key_value.key", typ.key_type) + _leaf_paths(f"{name}.key_value.value",
+                                                                                typ.item_type)
+    if pa.types.is_struct(typ):
+        return [leaf for i in range(typ.num_fields) for leaf in _leaf_paths(f"{name}.{typ.field(i).name}",
+                                                                             typ.field(i).type)]
+    return [(name, typ)]
+
+
+def dictionary_columns(schema: pa.Schema) -> list[str]:
+    """Sidecar leaves to dictionary-encode: all but floating-point ones (embeddings, scores).
+
+    Float values hardly ever repeat, so a dictionary only grows the file, and building one for an
+    embedding column was most of a sidecar's write time.
+    """
+    leaves = [leaf for field in schema for leaf in _leaf_paths(field.name, field.type)]
+    return [path for path, typ in leaves if not pa.types.is_floating(typ)]
+
+
 def write_shard(table: pa.Table, out_dir: str, shard: int) -> dict:
     """Write out_dir/{shard:05d}.tar and its .parquet sidecar; out_dir may be an fsspec URL."""
     if table.num_rows >= 10_000:
@@ -123,13 +194,11 @@ def write_shard(table: pa.Table, out_dir: str, shard: int) -> dict:
     rows = side.select(json_cols).to_pylist()
     images = table.column("image").to_pylist()
     tar_path = posixpath.join(root, shard_name(shard))
-    with fs.open(tar_path, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for row, image in zip(rows, images, strict=True):
-            for name, payload in _sample_members(row, row["key"], image):
-                _add_member(tar, name, payload)
+    with fs.open(tar_path, "wb") as f:
+        size = write_tar(f, (_sample_members(row, row["key"], image) for row, image in zip(rows, images, strict=True)))
     with fs.open(posixpath.join(root, f"{shard:05d}.parquet"), "wb") as f:
-        pq.write_table(side, f)
-    return {"shard": shard_name(shard), "count": table.num_rows, "bytes": int(fs.size(tar_path))}
+        pq.write_table(side, f, use_dictionary=dictionary_columns(side.schema))
+    return {"shard": shard_name(shard), "count": table.num_rows, "bytes": size}
 
 
 def write_sizes(out_dir: str, counts: dict[str, int]) -> None:

@@ -14,11 +14,13 @@ from PIL import Image
 
 from curation.sharding import (
     ShardConfig,
+    dictionary_columns,
     image_extension,
     shard_key,
     write_shard,
     write_shards,
     write_sizes,
+    write_tar,
 )
 
 
@@ -159,3 +161,42 @@ def test_open_clip_train_reads_our_shards(tmp_path):
     assert texts.shape == (2, 1)
     lengths = sorted(int(t) for _, ts in batches for t in ts)
     assert lengths == sorted(len(f"a red circle number {i} ✓") for i in range(6))
+
+
+def _tarfile_bytes(samples):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, payload in (m for members in samples for m in members):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode, info.uid, info.gid = len(payload), 0, 0o644, 0, 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(payload))
+    return buf.getvalue()
+
+
+def test_write_tar_is_byte_identical_to_tarfile():
+    if tarfile.TarInfo("x").tobuf(tarfile.GNU_FORMAT)[329:345] != bytes(16):
+        pytest.skip("this Python's tarfile writes device numbers for regular files (before CPython 3.11.4)")
+    rng = np.random.default_rng(0)
+    names = ["000000000.png", "000000000.txt", "a" * 100, "b" * 101, "dir/" + "c" * 150, "é✓.json", ""]
+    samples = [[(name, rng.bytes(size)) for name, size in zip(names, sizes, strict=False)]
+               for sizes in ([0, 1, 511, 512, 513, 1024, 3000], [7, 0, 10240, 5, 9, 1, 2])]
+    samples.append([])
+    buf = io.BytesIO()
+    size = write_tar(buf, samples)
+    assert buf.getvalue() == _tarfile_bytes(samples)
+    assert size == len(buf.getvalue()) and size % tarfile.RECORDSIZE == 0
+    assert write_tar(io.BytesIO(), []) == tarfile.RECORDSIZE  # an empty archive, as tarfile writes it
+
+
+def test_sidecar_dictionary_encodes_all_but_float_columns(tmp_path):
+    write_shard(_table(), str(tmp_path), 0)
+    meta = pq.ParquetFile(tmp_path / "00000.parquet").metadata.row_group(0)
+    encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
+    for float_leaf in ("image_emb.list.element", "cluster_scores.list.element", "keep_prob"):
+        assert "RLE_DICTIONARY" not in encodings[float_leaf]
+    for leaf in ("uid", "text", "rewrites.list.element", "cluster_labels.list.element", "shard", "key"):
+        assert "RLE_DICTIONARY" in encodings[leaf]
+    nested = pa.schema([("m", pa.map_(pa.string(), pa.float32())), ("s", pa.struct([("x", pa.int8()),
+                                                                                       ("y", pa.float64())]))])
+    assert dictionary_columns(nested) == ["m.key_value.key", "s.x"]
