@@ -4,47 +4,64 @@ write results to disk, return small summaries. Imports neither Prefect nor Ray."
 from __future__ import annotations
 
 import dataclasses
-import json
-from collections.abc import Sequence
+import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from curation.partitions import read_table, write_table
+from training.checkpoints import CHECKPOINT_DIR
 from training.config import TrainConfig
 from training.data import ShardData
 from training.embedding import EmbedConfig, encode_images
-from training.loop import train
+from training.loop import configure_threads, train
 from training.models import create_model
 
 
+def print_progress(label: str) -> Callable[[dict], None]:
+    """A metrics callback printing one short line per metrics line (Ray forwards worker stdout)."""
+    def log(line: dict) -> None:
+        print(f"{label} step {line['step']} epoch {line['epoch']:.2f} loss {line.get('loss', float('nan')):.4f} "
+              f"lr {line['lr']:.2e} {line['samples_per_second']:.0f} samples/s", flush=True)
+    return log
+
+
 def bootstrap_job(part_paths: Sequence[str], cfg: EmbedConfig, train_cfg: TrainConfig, out_dir: str) -> str:
-    """Short training on the curated pool itself, for when no embedding checkpoint is given."""
-    table = pa.concat_tables([read_table(p, ["image", "text"]) for p in part_paths])
+    """Short training on the curated pool itself, for when no embedding checkpoint is given; returns final.pt.
+
+    Only the final weights are kept: the resumable checkpoints of so short a run are deleted."""
+    table = pa.concat_tables([pq.read_table(p, columns=["image", "text"]) for p in part_paths])
     boot_cfg = dataclasses.replace(train_cfg, model=cfg.model, epochs=cfg.bootstrap_epochs)
-    return train(boot_cfg, table, out_dir, resume=False).checkpoint
+    checkpoint = train(boot_cfg, table, out_dir, log=print_progress("bootstrap"), resume=False).checkpoint
+    shutil.rmtree(Path(out_dir) / CHECKPOINT_DIR, ignore_errors=True)
+    return checkpoint
 
 
 def embed_part(in_path: str, model_name: str, checkpoint: str | None, batch_size: int, out_path: str) -> dict:
-    """Add the ``image_emb`` column (L2-normalised image features) to one part."""
-    table = read_table(in_path)
+    """Add the ``image_emb`` column (L2-normalised image features, list<float32>) to one part."""
+    configure_threads()
+    table = pq.read_table(in_path)
     model, preprocess, _tokenizer = create_model(model_name, checkpoint)
     emb = encode_images(model, preprocess, table.column("image").to_pylist(), batch_size)
-    table = table.append_column("image_emb", pa.array(list(emb), pa.list_(pa.float32())))
-    write_table(table, out_path)
+    values = pa.array(emb.reshape(-1), pa.float32())
+    offsets = pa.array([i * emb.shape[1] for i in range(len(emb) + 1)], pa.int32())
+    table = table.append_column("image_emb", pa.ListArray.from_arrays(offsets, values))
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, out_path)
     return {"rows_in": table.num_rows, "rows_out": table.num_rows, "dim": int(emb.shape[1])}
 
 
 def shard_data(shard_dir: str) -> ShardData:
     """The shard stage's tars and sample count, from its ``sizes.json``."""
-    sizes = json.loads((Path(shard_dir) / "sizes.json").read_text())
-    urls = [str(Path(shard_dir) / name) for name in sorted(sizes)]
-    return ShardData(urls=urls, num_samples=int(sum(sizes.values())))
+    return ShardData.from_folder(shard_dir)
 
 
 def train_job(cfg: TrainConfig, shard_dir: str, out_dir: str) -> dict:
-    """Pretrain from the shard stage's WebDataset; returns the training summary."""
-    result = train(cfg, shard_data(shard_dir), out_dir)
+    """Pretrain from the shard stage's WebDataset; returns the training summary (no per-step history)."""
+    data = shard_data(shard_dir)
+    result = train(cfg, data, out_dir, log=print_progress("train"))
     summary = dataclasses.asdict(result)
     summary.pop("history", None)
+    summary.update(num_samples=data.num_samples, num_shards=len(data.urls))
     return summary

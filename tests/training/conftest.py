@@ -1,0 +1,75 @@
+"""Shared fixtures: a very small open_clip config (fast on a loaded CPU) and tiny image-text data."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+COLOURS = {"red": (230, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 230), "yellow": (230, 230, 30)}
+
+MICRO_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "patch_size": 8, "layers": 1, "width": 64, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 1, "layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def micro_model(tmp_path_factory) -> str:
+    """Path of a JSON open_clip config ~50x cheaper than curaclip-vit-tiny (same code paths)."""
+    path = tmp_path_factory.mktemp("configs") / "curaclip-test-micro.json"
+    path.write_text(json.dumps(MICRO_CONFIG))
+    return str(path)
+
+
+def square_png(colour: tuple[int, int, int], size: int = 32, offset: int = 0) -> bytes:
+    """A coloured square on a grey background, PNG-encoded."""
+    pixels = np.full((size, size, 3), 90, np.uint8)
+    lo, hi = size // 4 + offset, 3 * size // 4 + offset
+    pixels[lo:hi, lo:hi] = colour
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def colour_rows(n: int, seed: int = 0) -> list[dict]:
+    """n samples, colour i % 4, with every caption field of the data contract."""
+    rng = np.random.default_rng(seed)
+    names = list(COLOURS)
+    rows = []
+    for i in range(n):
+        name = names[i % len(names)]
+        rows.append({
+            "uid": f"u{i:04d}",
+            "image": square_png(COLOURS[name], offset=int(rng.integers(-3, 4))),
+            "text": f"a {name} square",
+            "rewrites": [f"a square that is {name}", "x"],
+            "long_caption": f"A {name} square. It sits on grey.",
+            "synthetic_caption": f"{name} square",
+            "cluster_labels": [i % 4, (i + 1) % 4],
+            "cluster_scores": [0.9, 0.5],
+        })
+    return rows
+
+
+@pytest.fixture
+def colour_table() -> pa.Table:
+    return pa.Table.from_pylist(colour_rows(64))
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread(monkeypatch):
+    """Train the micro model on one thread: with two threads on a loaded 2-core machine, OpenMP's
+    spin-waiting makes these tests ~10x slower. The loop reads OMP_NUM_THREADS (as under Ray)."""
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,0 +1,140 @@
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+
+from training.data import (
+    LIST_FIELDS,
+    ShardData,
+    laclip_text,
+    row_order,
+    shard_loader,
+    shard_passes,
+    table_loader,
+)
+from training.models import create_model, image_transform
+
+from .conftest import colour_rows
+
+
+@pytest.fixture
+def micro(micro_model):
+    model, _, tokenizer = create_model(micro_model)
+    return tokenizer, image_transform(model, True), image_transform(model, False)
+
+
+def write_shards(folder, rows, per_shard):
+    """The shard stage's layout: {shard:05d}.tar with <key>.png/.txt/.json, and sizes.json."""
+    sizes = {}
+    for shard, start in enumerate(range(0, len(rows), per_shard)):
+        name = f"{shard:05d}.tar"
+        with wds.TarWriter(str(folder / name)) as sink:
+            for i, row in enumerate(rows[start:start + per_shard]):
+                meta = {k: v for k, v in row.items() if k != "image"}
+                sink.write({"__key__": f"{shard:05d}{i:04d}", "png": row["image"], "txt": row["text"],
+                            "json": json.dumps(meta).encode()})
+        sizes[name] = len(rows[start:start + per_shard])
+    (folder / "sizes.json").write_text(json.dumps(sizes))
+    return ShardData.from_folder(folder)
+
+
+def check_batch(batch, size, context):
+    assert batch["image"].shape == (size, 3, 32, 32) and batch["image"].dtype == torch.float32
+    assert batch["text"].shape == (size, context) and batch["text"].dtype == torch.int64
+    for key in LIST_FIELDS:
+        assert len(batch[key]) == size, key
+    assert all(t.startswith("a ") for t in batch["raw_text"])
+    assert all(isinstance(r, list) for r in batch["rewrites"]) and all(len(c) == 2 for c in batch["cluster_labels"])
+
+
+def test_table_loader_batches_carry_every_caption_field(micro, colour_table):
+    tokenizer, train_tf, val_tf = micro
+    batches = list(table_loader(colour_table, 16, tokenizer, True, seed=0, transform=train_tf))
+    assert len(batches) == 4
+    for b in batches:
+        check_batch(b, 16, 16)
+    assert sorted(u for b in batches for u in b["uid"]) == colour_table.column("uid").to_pylist()
+    evals = list(table_loader(colour_table.slice(0, 20), 8, tokenizer, False, seed=0, transform=val_tf))
+    assert [len(b["uid"]) for b in evals] == [8, 8, 4]
+    assert [u for b in evals for u in b["uid"]] == colour_table.column("uid").to_pylist()[:20]
+
+
+def test_table_loader_accepts_the_bootstrap_table_of_image_and_text_only(micro, colour_table):
+    tokenizer, train_tf, _ = micro
+    table = colour_table.select(["image", "text"])
+    batch = next(iter(table_loader(table, 8, tokenizer, True, seed=1, transform=train_tf)))
+    check_batch_core = batch["image"].shape == (8, 3, 32, 32) and batch["text"].shape == (8, 16)
+    assert check_batch_core and batch["rewrites"] == [[]] * 8 and all(u.isdigit() for u in batch["uid"])
+
+
+def test_table_loader_is_seeded_and_resumes_mid_epoch(micro, colour_table):
+    tokenizer, _, val_tf = micro
+    first = [b["uid"] for b in table_loader(colour_table, 16, tokenizer, True, seed=5, transform=val_tf)]
+    again = [b["uid"] for b in table_loader(colour_table, 16, tokenizer, True, seed=5, transform=val_tf)]
+    later = [b["uid"] for b in table_loader(colour_table, 16, tokenizer, True, seed=5, transform=val_tf,
+                                            start_batch=2)]
+    assert first == again and later == first[2:]
+
+
+def test_row_order_splits_ranks_without_overlap():
+    ranks = [np.concatenate(row_order(103, 10, True, 0, r, 2)) for r in range(2)]
+    assert len(set(ranks[0]) & set(ranks[1])) == 0 and all(len(r) == 50 for r in ranks)
+    assert [len(b) for b in row_order(5, 10, True, 0)] == [5]  # less than a batch: one short batch
+
+
+def test_shard_loader_batches_from_two_tars(micro, tmp_path):
+    tokenizer, train_tf, val_tf = micro
+    rows = colour_rows(24)
+    data = write_shards(tmp_path, rows, 12)
+    assert data.num_samples == 24 and [u.rsplit("/", 1)[1] for u in data.urls] == ["00000.tar", "00001.tar"]
+    loader = shard_loader(data.urls, 8, data.num_samples, tokenizer, True, workers=0, seed=0, transform=train_tf,
+                          shuffle_buffer=16)
+    batches = list(loader)
+    assert len(batches) == 3
+    for b in batches:
+        check_batch(b, 8, 16)
+    evals = list(shard_loader(data.urls, 10, data.num_samples, tokenizer, False, workers=0, seed=0,
+                              transform=val_tf))
+    assert [len(b["uid"]) for b in evals] == [10, 10, 4]
+    assert [u for b in evals for u in b["uid"]] == [r["uid"] for r in rows]
+    assert evals[0]["long_caption"][0] == rows[0]["long_caption"]
+
+
+def test_shard_loader_with_a_worker_process_covers_the_data(micro, tmp_path):
+    tokenizer, _, val_tf = micro
+    rows = colour_rows(32)
+    data = write_shards(tmp_path, rows, 8)
+    # A one-sample buffer keeps stream order, so an epoch's 32 samples are exactly the first shard pass.
+    loader = shard_loader(data.urls, 8, 32, tokenizer, True, workers=1, seed=3, transform=val_tf, shuffle_buffer=1)
+    uids = Counter(u for b in loader for u in b["uid"])
+    assert sum(uids.values()) == 32 and len(uids) == 32
+
+
+def test_shard_passes_permute_every_shard_per_pass_and_split_ranks():
+    urls = [f"s{i}" for i in range(6)]
+    stream = shard_passes(urls, 0, True, 0, 1)
+    first, second = [next(stream)["url"] for _ in range(6)], [next(stream)["url"] for _ in range(6)]
+    assert sorted(first) == sorted(second) == urls and first != second
+    halves = [[next(s)["url"] for _ in range(3)] for s in (shard_passes(urls, 0, True, r, 2) for r in range(2))]
+    assert sorted(halves[0] + halves[1]) == urls
+    lone = shard_passes(urls[:1], 0, True, 1, 2)  # fewer shards than ranks: never runs dry
+    assert [next(lone)["url"] for _ in range(3)] == ["s0"] * 3
+
+
+def test_laclip_draws_uniformly_and_falls_back_on_short_rewrites():
+    sample = {"raw_text": "a red square", "rewrites": ["a square in red", "red"]}
+    rng = np.random.default_rng(0)
+    drawn = Counter(laclip_text(sample, rng) for _ in range(3000))
+    assert set(drawn) == {"a red square", "a square in red"}
+    assert drawn["a red square"] == pytest.approx(2000, abs=150)  # original + the 1-word rewrite's fallback
+
+
+def test_table_loader_laclip_sampler_tokenizes_the_drawn_caption(micro, colour_table):
+    tokenizer, _, val_tf = micro
+    batch = next(iter(table_loader(colour_table, 64, tokenizer, True, seed=0, transform=val_tf,
+                                   text_sampler="laclip")))
+    assert any(c != r for c, r in zip(batch["caption"], batch["raw_text"], strict=True))
+    assert torch.equal(batch["text"], tokenizer(batch["caption"]))

@@ -1,0 +1,48 @@
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from training.config import TrainConfig
+from training.embedding import EmbedConfig
+from training.jobs import bootstrap_job, embed_part, train_job
+from training.models import create_model
+
+from .conftest import colour_rows
+from .test_data import write_shards
+
+
+def test_embed_part_appends_image_embeddings(micro_model, tmp_path):
+    rows = colour_rows(6)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
+    out = tmp_path / "out" / "part-00000.parquet"
+    summary = embed_part(str(tmp_path / "in.parquet"), micro_model, None, 4, str(out))
+    assert summary == {"rows_in": 6, "rows_out": 6, "dim": 32}
+    table = pq.read_table(out)
+    assert table.column("uid").to_pylist() == [r["uid"] for r in rows]
+    assert pa.types.is_list(table.schema.field("image_emb").type)
+    emb = np.array(table.column("image_emb").to_pylist(), np.float32)
+    assert emb.shape == (6, 32) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+def test_bootstrap_job_trains_and_keeps_only_the_final_weights(micro_model, tmp_path):
+    pq.write_table(pa.Table.from_pylist(colour_rows(32)), tmp_path / "part-00000.parquet")
+    cfg = EmbedConfig(model=micro_model, bootstrap_epochs=1)
+    train_cfg = TrainConfig(batch_size=16, workers=0, warmup_steps=1, seed=0)
+    checkpoint = bootstrap_job([str(tmp_path / "part-00000.parquet")], cfg, train_cfg, str(tmp_path / "boot"))
+    assert checkpoint == str(tmp_path / "boot" / "final.pt")
+    assert not (tmp_path / "boot" / "checkpoints").exists()
+    trained, _, _ = create_model(micro_model, checkpoint)
+    torch.manual_seed(0)  # the initialisation training started from
+    initial, _, _ = create_model(micro_model)
+    assert not torch.equal(trained.visual.conv1.weight, initial.visual.conv1.weight)
+
+
+def test_train_job_trains_on_the_shard_folder(micro_model, tmp_path):
+    (tmp_path / "shards").mkdir()
+    write_shards(tmp_path / "shards", colour_rows(48), 16)
+    cfg = TrainConfig(model=micro_model, epochs=2, batch_size=16, workers=1, warmup_steps=1, shuffle_buffer=32)
+    summary = train_job(cfg, str(tmp_path / "shards"), str(tmp_path / "run"))
+    assert summary["checkpoint"] == str(tmp_path / "run" / "final.pt")
+    assert summary["steps"] == 6 and summary["samples_seen"] == 96 and summary["num_samples"] == 48
+    assert summary["num_shards"] == 3 and "history" not in summary and np.isfinite(summary["final_loss"])

@@ -1,0 +1,53 @@
+import math
+
+import pytest
+import torch
+
+from training.config import TrainConfig
+from training.models import create_model
+from training.optim import MAX_LOGIT_SCALE, clamp_logit_scale, cosine_lr, make_optimizer, param_groups
+
+
+def test_no_decay_on_biases_norms_embeddings_vectors_and_temperature(micro_model):
+    model, _, _ = create_model(micro_model)
+    no_decay, decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    skipped = {names[id(p)] for p in no_decay["params"]}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.1
+    assert "logit_scale" in skipped
+    assert all(n.endswith("bias") or "ln" in n or model.get_parameter(n).ndim < 2 for n in skipped)
+    assert any(n.endswith(".bias") for n in skipped) and any("ln_" in n for n in skipped)
+    assert not any(n.endswith("bias") or "ln_" in n or "logit_scale" in n for n in decayed)
+    assert "visual.transformer.resblocks.0.attn.in_proj_weight" in decayed
+    assert skipped | decayed == {n for n, _ in model.named_parameters()}
+
+
+def test_optimizer_uses_the_config(micro_model):
+    model, _, _ = create_model(micro_model)
+    cfg = TrainConfig(lr=3e-4, weight_decay=0.05, beta2=0.95)
+    opt = make_optimizer(model, cfg)
+    assert isinstance(opt, torch.optim.AdamW)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.0, 0.05]
+    assert opt.param_groups[0]["lr"] == 3e-4 and opt.param_groups[0]["betas"] == (0.9, 0.95)
+
+
+def test_cosine_schedule_warms_up_then_decays():
+    lrs = [cosine_lr(s, 1.0, 10, 110, 0.1) for s in range(110)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[10] == pytest.approx(1.0)
+    assert lrs[60] == pytest.approx(0.1 + 0.9 * 0.5)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+    assert cosine_lr(110, 1.0, 10, 110, 0.1) == pytest.approx(0.1)
+
+
+def test_logit_scale_is_clamped_at_ln_100(micro_model):
+    model, _, _ = create_model(micro_model)
+    with torch.no_grad():
+        model.logit_scale.fill_(10.0)
+    clamp_logit_scale(model)
+    assert model.logit_scale.item() == pytest.approx(MAX_LOGIT_SCALE) == pytest.approx(math.log(100))
+    with torch.no_grad():
+        model.logit_scale.fill_(-1.0)
+    clamp_logit_scale(model)
+    assert model.logit_scale.item() == 0.0

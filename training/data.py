@@ -1,0 +1,246 @@
+"""Training batches from the shard stage's WebDataset tars, or from an in-memory Arrow table.
+
+Both loaders yield the same batch dict, so every objective reads one format:
+
+- "image": (B, 3, H, W) float32, open_clip's transform (RandomResizedCrop when training);
+- "text": (B, L) int64 tokens of "caption", the text drawn for this step by a TEXT_SAMPLERS entry;
+- lists of length B: "uid", "raw_text" (the original alt-text), "caption", "rewrites" (LaCLIP),
+  "long_caption" (DreamLIP), "synthetic_caption" (ALIP), "cluster_labels" and "cluster_scores" (MLCD).
+
+The shard pipeline follows open_clip_train's `get_wds_dataset`: shard lists split across ranks and
+dataloader workers, a sample shuffle buffer, decode, transform, batch. Shards are drawn in passes: each
+pass is a fresh seeded permutation of all shards, so an epoch sees every sample about once without the
+short epochs a plain split leaves, and the stream never runs dry mid-run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+import webdataset as wds
+from PIL import Image
+
+from training.config import TrainConfig
+from training.models import transform_for
+
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
+"""Image members a shard sample may hold (open_clip's image_key "jpg;png;jpeg;webp")."""
+
+META_DEFAULTS: dict[str, Any] = {
+    "uid": "",
+    "rewrites": [],
+    "long_caption": "",
+    "synthetic_caption": "",
+    "cluster_labels": [],
+    "cluster_scores": [],
+}
+"""Per-sample fields carried to the batch as lists, with the value used when a source lacks them."""
+
+LIST_FIELDS = ("uid", "raw_text", "caption", "rewrites", "long_caption", "synthetic_caption",
+               "cluster_labels", "cluster_scores")
+"""Batch keys holding a Python list of length B."""
+
+
+@dataclass(frozen=True)
+class ShardData:
+    """A set of WebDataset shards and how many samples they hold (open_clip's --train-num-samples)."""
+
+    urls: list[str] = field(default_factory=list)
+    num_samples: int = 0
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> ShardData:
+        """The tars listed in `folder`/sizes.json (the shard stage's manifest of sample counts)."""
+        sizes = json.loads((Path(folder) / "sizes.json").read_text())
+        names = sorted(sizes)
+        return cls([str(Path(folder) / name) for name in names], int(sum(sizes[n] for n in names)))
+
+
+# --- caption sampling -----------------------------------------------------------------------------
+
+def original_text(sample: dict, rng: np.random.Generator) -> str:
+    """The alt-text as it came."""
+    return sample["raw_text"]
+
+
+def laclip_text(sample: dict, rng: np.random.Generator) -> str:
+    """LaCLIP (Fan et al. 2023): uniform over the original and its rewrites; a rewrite under 2 words
+    falls back to the original."""
+    options = [sample["raw_text"], *sample["rewrites"]]
+    pick = options[int(rng.integers(len(options)))]
+    return pick if len(pick.split()) >= 2 else sample["raw_text"]
+
+
+TEXT_SAMPLERS: dict[str, Callable[[dict, np.random.Generator], str]] = {
+    "original": original_text,
+    "laclip": laclip_text,
+}
+
+
+# --- samples and batches --------------------------------------------------------------------------
+
+def decode_image(data: bytes) -> Image.Image:
+    """PNG/JPEG/WebP bytes -> RGB PIL image."""
+    with Image.open(io.BytesIO(data)) as img:
+        return img.convert("RGB")
+
+
+def make_sample(image: bytes, text: str, meta: dict, transform: Callable, sampler: str,
+                rng: np.random.Generator) -> dict:
+    """One decoded, transformed sample with every caption field (defaults where `meta` lacks one)."""
+    sample = {k: meta.get(k, default) for k, default in META_DEFAULTS.items()}
+    sample["uid"] = str(sample["uid"])
+    sample["raw_text"] = text
+    sample["caption"] = TEXT_SAMPLERS[sampler](sample, rng)
+    sample["image"] = transform(decode_image(image))  # (3, H, W)
+    return sample
+
+
+def collate(samples: Sequence[dict], tokenizer: Callable) -> dict:
+    """Stack images, tokenize the drawn captions, keep every other field as a list."""
+    batch: dict[str, Any] = {
+        "image": torch.stack([s["image"] for s in samples]),  # (B, 3, H, W)
+        "text": tokenizer([s["caption"] for s in samples]).long(),  # (B, L)
+    }
+    for key in LIST_FIELDS:
+        batch[key] = [s[key] for s in samples]
+    return batch
+
+
+def dataloader_worker() -> tuple[int, int]:
+    """(worker id, number of workers) of the current DataLoader worker; (0, 1) in the main process."""
+    info = torch.utils.data.get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+def worker_seed(seed: int, rank: int) -> int:
+    """A seed distinct per (rank, dataloader worker), stable across runs."""
+    return int(np.random.SeedSequence([seed, rank, dataloader_worker()[0]]).generate_state(1)[0])
+
+
+# --- WebDataset shards ----------------------------------------------------------------------------
+
+def shard_passes(urls: Sequence[str], seed: int, train: bool, rank: int, world_size: int) -> Iterator[dict]:
+    """{"url": ...} for this rank and worker: endless seeded shard permutations when training, else one
+    ordered pass split across workers only (evaluation reads everything on one rank)."""
+    worker, num_workers = dataloader_worker()
+    if not train:
+        yield from ({"url": u} for u in list(urls)[worker::num_workers])
+        return
+    slot, slots = rank * num_workers + worker, world_size * num_workers
+    for epoch in count():
+        order = np.random.default_rng([seed, epoch]).permutation(len(urls))
+        # Fewer shards than readers: each reader takes one shard per pass, so the stream never stalls.
+        mine = order[slot::slots] if len(urls) >= slots else order[[slot % len(urls)]]
+        yield from ({"url": urls[i]} for i in mine)
+
+
+def shuffle_samples(samples: Iterable[dict], bufsize: int, seed: int, rank: int) -> Iterator[dict]:
+    """Reservoir-style shuffle buffer (as wds.shuffle), seeded per rank and worker."""
+    rng = random.Random(worker_seed(seed, rank))
+    buf: list[dict] = []
+    for sample in samples:
+        if len(buf) < bufsize:
+            buf.append(sample)
+            continue
+        i = rng.randrange(bufsize)
+        yield buf[i]
+        buf[i] = sample
+    rng.shuffle(buf)
+    yield from buf
+
+
+def decode_samples(samples: Iterable[dict], transform: Callable, sampler: str, seed: int, rank: int
+                   ) -> Iterator[dict]:
+    """Raw tar members -> decoded samples; members without an image or caption are skipped."""
+    rng = np.random.default_rng(worker_seed(seed, rank))
+    for raw in samples:
+        ext = next((e for e in IMAGE_EXTENSIONS if e in raw), None)
+        if ext is None or "txt" not in raw:
+            continue
+        meta = json.loads(raw["json"]) if "json" in raw else {}
+        meta.setdefault("uid", raw["__key__"])
+        yield make_sample(raw[ext], raw["txt"].decode("utf-8"), meta, transform, sampler, rng)
+
+
+def shard_loader(
+    urls: list[str],
+    batch_size: int,
+    num_samples: int,
+    tokenizer: Callable,
+    train: bool,
+    workers: int,
+    seed: int,
+    transform: Callable | None = None,
+    text_sampler: str = "original",
+    shuffle_buffer: int = 2000,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterable[dict]:
+    """Batches from WebDataset tars. Training: ceil(num_samples / (batch_size x world_size)) full batches for
+    this rank (rounded up to a multiple of `workers`), from endless shard passes. Evaluation: one ordered
+    pass, last batch partial. `transform` defaults to open_clip's transform of the default model."""
+    transform = transform or default_transform(train)
+    pipeline = [partial(shard_passes, list(urls), seed, train, rank, world_size),
+                wds.tarfile_to_samples(handler=wds.warn_and_continue)]
+    if train:
+        pipeline.append(partial(shuffle_samples, bufsize=shuffle_buffer, seed=seed, rank=rank))
+    pipeline += [partial(decode_samples, transform=transform, sampler=text_sampler, seed=seed, rank=rank),
+                 wds.batched(batch_size, collation_fn=partial(collate, tokenizer=tokenizer), partial=not train)]
+    dataset = wds.DataPipeline(*pipeline)
+    if train:
+        batches = -(-num_samples // (batch_size * world_size))
+        dataset = dataset.with_epoch(-(-batches // max(1, workers)))  # per worker, as open_clip_train
+    return wds.WebLoader(dataset, batch_size=None, shuffle=False, num_workers=workers)
+
+
+def default_transform(train: bool) -> Callable:
+    """open_clip's transform for the default model (64x64, OpenAI mean/std)."""
+    cfg = TrainConfig()
+    return transform_for(cfg.model, train, cfg.crop_scale_min)
+
+
+# --- in-memory table ------------------------------------------------------------------------------
+
+def row_order(num_rows: int, batch_size: int, train: bool, seed: int, rank: int = 0, world_size: int = 1
+              ) -> list[np.ndarray]:
+    """Row indices of each batch: a seeded permutation split across ranks, full batches only when training
+    (unless a rank holds less than one batch), in order with a partial last batch otherwise."""
+    rows = np.random.default_rng(seed).permutation(num_rows) if train else np.arange(num_rows)
+    rows = rows[rank::world_size]
+    stop = len(rows) - len(rows) % batch_size if train and len(rows) >= batch_size else len(rows)
+    return [rows[i:i + batch_size] for i in range(0, stop, batch_size)]
+
+
+def table_loader(
+    table: pa.Table,
+    batch_size: int,
+    tokenizer: Callable,
+    train: bool,
+    seed: int,
+    transform: Callable | None = None,
+    text_sampler: str = "original",
+    rank: int = 0,
+    world_size: int = 1,
+    start_batch: int = 0,
+) -> Iterator[dict]:
+    """One epoch of batches from a table with `image` (encoded bytes) and `text` columns (other contract
+    columns - uid, rewrites, long_caption, ... - travel along when present). Decodes in this process."""
+    transform = transform or default_transform(train)
+    rng = np.random.default_rng([seed, rank])
+    for idx in row_order(table.num_rows, batch_size, train, seed, rank, world_size)[start_batch:]:
+        rows = table.take(pa.array(idx)).to_pylist()
+        for i, row in zip(idx, rows, strict=True):
+            row["uid"] = row.get("uid") or str(i)  # tables without uids (the bootstrap's) use the row number
+        yield collate([make_sample(r["image"], r["text"], r, transform, text_sampler, rng) for r in rows], tokenizer)

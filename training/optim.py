@@ -1,0 +1,56 @@
+"""Optimiser, learning-rate schedule and temperature clamp, as in open_clip's trainer."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from training.config import TrainConfig
+
+MAX_LOGIT_SCALE = math.log(100)
+"""CLIP clips the learned temperature so logits are scaled by at most 100 (Radford et al. 2021, sec. 2.5)."""
+
+
+def exclude_from_decay(name: str, param: torch.Tensor) -> bool:
+    """open_clip's rule: biases, norms (1-D gains), embeddings' 1-D vectors and the temperature get no decay."""
+    return param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups: decayed weight matrices, and everything `exclude_from_decay` names."""
+    decay, no_decay = [], []
+    for name, param in module.named_parameters():
+        if param.requires_grad:
+            (no_decay if exclude_from_decay(name, param) else decay).append(param)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def make_optimizer(module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over `param_groups`; the fused kernel where torch has one for the device (CPU and CUDA)."""
+    groups = param_groups(module, cfg.weight_decay)
+    kwargs = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2), "eps": cfg.eps}
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except RuntimeError:  # a device or dtype without the fused kernel
+        return torch.optim.AdamW(groups, **kwargs)
+
+
+def cosine_lr(step: int, base_lr: float, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:
+    """Linear warmup to base_lr over warmup_steps, then cosine decay to base_lr * min_ratio at total_steps."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+@torch.no_grad()
+def clamp_logit_scale(model: nn.Module, max_value: float = MAX_LOGIT_SCALE) -> None:
+    """Keep the log-temperature in [0, ln 100] after each step (open_clip does the same)."""
+    model.logit_scale.clamp_(0, max_value)
