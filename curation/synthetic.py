@@ -200,11 +200,11 @@ COMPOSITIONAL_SEED_OFFSET = 3_000_003
 
 
 @lru_cache(maxsize=64)
-def zipf_probs(n: int, a: float, seed: int) -> np.ndarray:
+def zipf_probs(n: int, a: float, seed: int) -> tuple[float, ...]:
     """Zipf weights k^-a over n items, assigned to ranks by a seeded permutation."""
     weights = np.arange(1, n + 1, dtype=float) ** -a
     ranks = np.random.default_rng([seed, 7919]).permutation(n)
-    return weights[ranks] / weights.sum()
+    return tuple(float(w) for w in weights[ranks] / weights.sum())
 
 
 CONTRAST = np.linalg.norm(np.array([BACKGROUND_MEAN[b] for b in BACKGROUNDS], dtype=float)[:, None]
@@ -220,16 +220,18 @@ def _background_for(colours: np.ndarray, rng: np.random.Generator) -> str:
 
 
 @lru_cache(maxsize=256)
-def _cdf(p: tuple[float, ...]) -> tuple[float, ...]:
+def _cdf(p: tuple[float, ...]) -> tuple[tuple[float, ...], int]:
+    """Cumulative probabilities of p and how many items are possible."""
     total = sum(p)
-    return tuple(itertools.accumulate(q / total for q in p))
+    return tuple(itertools.accumulate(q / total for q in p)), sum(q > 0 for q in p)
 
 
-def _draw(rng: np.random.Generator, p: np.ndarray | tuple[float, ...], n: int, distinct: bool = False
-          ) -> list[int]:
+def _draw(rng: np.random.Generator, p: tuple[float, ...], n: int, distinct: bool = False) -> list[int]:
     """n indices from probabilities p by inverse CDF (rng.choice(p=...) costs more than a render);
     `distinct` redraws repeats."""
-    cdf = _cdf(tuple(float(q) for q in p))
+    cdf, possible = _cdf(p)
+    if distinct and n > possible:
+        raise ValueError(f"cannot draw {n} distinct items from {possible} possible ones")
     out: list[int] = []
     while len(out) < n:
         k = min(bisect.bisect_right(cdf, rng.random()), len(cdf) - 1)
@@ -265,10 +267,11 @@ def _relations(centres: np.ndarray) -> list[dict]:
     return out
 
 
-def sample_scene(rng: np.random.Generator, shape_p: np.ndarray, colour_p: np.ndarray,
+def sample_scene(rng: np.random.Generator, shape_p: tuple[float, ...], colour_p: tuple[float, ...],
                  count_p: tuple[float, ...], texture_p: tuple[float, ...], distinct_colours: bool = False
                  ) -> dict:
-    """A scene graph: background, objects (distinct shapes) and relations, as a truth row without uid."""
+    """A scene graph: background, objects (distinct shapes) and relations, as a truth row without uid.
+    shape_p, colour_p, count_p (1, 2, 3 objects) and texture_p are probabilities, normalised here."""
     n = _draw(rng, count_p, 1)[0] + 1
     shapes = _draw(rng, shape_p, n, distinct=True)
     colours = _draw(rng, colour_p, n, distinct=distinct_colours)
@@ -340,10 +343,13 @@ def _pattern(name: str, size: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _background(name: str, size: int, rng: np.random.Generator) -> np.ndarray:
-    """A (size, size, 3) float32 background with a random tint and grain; patterns scale with size."""
-    grain = _crop(_noise_bank(size), size, size, rng) * (10.0 if name == "sand" else 3.0)
+    """A (size, size, 3) float32 background with a random tint; patterns scale with the image side.
+    Only sand is grainy: grain everywhere would triple the PNG size and its encoding time."""
     tint = rng.uniform(-8, 8, 3).astype(np.float32)
-    return grain + (_pattern(name, size, rng) + tint)
+    img = np.broadcast_to(_pattern(name, size, rng) + tint, (size, size, 3))
+    if name == "sand":
+        return img + 10.0 * _crop(_noise_bank(size), size, size, rng)
+    return img.copy()
 
 
 @lru_cache(maxsize=16384)
@@ -441,14 +447,8 @@ def _chunk(tag: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
 
 
-def _deflate(data: bytes) -> bytes:
-    """zlib stream with Huffman coding only: the grain defeats match search, which costs 40% more time."""
-    packer = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_HUFFMAN_ONLY)
-    return packer.compress(data) + packer.flush()
-
-
 def encode_png(pixels: np.ndarray) -> bytes:
-    """PNG bytes of an (H, W, 3) uint8 array: 'Sub'-filtered rows, Huffman-coded.
+    """PNG bytes of an (H, W, 3) uint8 array: 'Sub'-filtered rows, zlib level 1.
 
     Written by hand because PIL's adaptive filtering costs more than the whole render at 64x64.
     """
@@ -460,7 +460,7 @@ def encode_png(pixels: np.ndarray) -> bytes:
     raw[:, 4:] -= rows[:, :-3]
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
     return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header)
-            + _chunk(b"IDAT", _deflate(raw.tobytes())) + _chunk(b"IEND", b""))
+            + _chunk(b"IDAT", zlib.compress(raw.tobytes(), 1)) + _chunk(b"IEND", b""))
 
 
 SAMPLE_SCHEMA = pa.schema([
@@ -524,12 +524,12 @@ def generate_pool(cfg: WorldConfig, start: int, stop: int) -> tuple[pa.Table, pa
             pa.Table.from_pydict(truths, schema=TRUTH_SCHEMA))
 
 
-def _uniform(n: int) -> np.ndarray:
-    return np.full(n, 1.0 / n)
+def _uniform(n: int) -> tuple[float, ...]:
+    return (1.0 / n,) * n
 
 
 def _eval_scene(cfg: WorldConfig, offset: int, i: int, count_p: tuple[float, ...],
-                shape_p: np.ndarray | None = None, distinct_colours: bool = False,
+                shape_p: tuple[float, ...] | None = None, distinct_colours: bool = False,
                 texture_p: tuple[float, ...] | None = None) -> tuple[dict, np.random.Generator]:
     """Scene i of an eval set: uniform shapes and colours, from the seed cfg.seed + offset."""
     rng = np.random.default_rng([cfg.seed + offset, i])
@@ -548,7 +548,8 @@ def classification_set(cfg: WorldConfig, per_class: int) -> pa.Table:
     rows: dict[str, list] = {"uid": [], "image": [], "label": [], "classname": []}
     for i in range(per_class * len(SHAPES)):
         label = i % len(SHAPES)
-        truth, rng = _eval_scene(cfg, CLASSIFICATION_SEED_OFFSET, i, (1.0,), np.eye(len(SHAPES))[label])
+        one_hot = tuple(float(k == label) for k in range(len(SHAPES)))
+        truth, rng = _eval_scene(cfg, CLASSIFICATION_SEED_OFFSET, i, (1.0,), one_hot)
         rows["uid"].append(f"cls{cfg.seed}-{i:08d}")
         rows["image"].append(_png(cfg, truth, rng))
         rows["label"].append(label)

@@ -10,8 +10,8 @@ from curation.captions import LongcapConfig, RewriteConfig, SimulatedBackend
 
 def _scenes(n: int, seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
-    shape_p = np.full(len(synthetic.SHAPES), 1 / len(synthetic.SHAPES))
-    colour_p = np.full(len(synthetic.COLOURS), 1 / len(synthetic.COLOURS))
+    shape_p = (1 / len(synthetic.SHAPES),) * len(synthetic.SHAPES)
+    colour_p = (1 / len(synthetic.COLOURS),) * len(synthetic.COLOURS)
     return [synthetic.sample_scene(rng, shape_p, colour_p, (0.4, 0.4, 0.2), (0.55, 0.15, 0.15, 0.15))
             for _ in range(n)]
 

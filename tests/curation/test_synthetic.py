@@ -185,9 +185,9 @@ def test_retrieval_captions_are_faithful():
 
 def _scene(n: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
-    uniform = np.full(len(synthetic.SHAPES), 1 / len(synthetic.SHAPES))
+    uniform = (1 / len(synthetic.SHAPES),) * len(synthetic.SHAPES)
     count_p = tuple(float(k == n - 1) for k in range(3))
-    return synthetic.sample_scene(rng, uniform, np.full(12, 1 / 12), count_p, CFG.texture_probs)
+    return synthetic.sample_scene(rng, uniform, (1 / 12,) * 12, count_p, CFG.texture_probs)
 
 
 def test_describe_styles():
