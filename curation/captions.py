@@ -125,15 +125,16 @@ def mentioned_concepts(text: str, truth: dict) -> dict:
     return {"objects": objects, "relations": relations, "background": bg if named_bg else None}
 
 
-def corrupt(scene: dict, rng: np.random.Generator, index: int | None = None) -> dict:
+def corrupt(scene: dict, rng: np.random.Generator, index: int | None = None,
+            avoid: frozenset[str] = frozenset()) -> dict:
     """A copy of a scene with one wrong attribute of one object (a hallucination): its colour becomes
-    one absent from the scene, or its shape when the colour is unknown."""
+    one absent from the scene (and from `avoid`), or its shape when the colour is unknown."""
     out = copy.deepcopy(scene)
     if not out["objects"]:
         return out
     obj = out["objects"][int(rng.integers(len(out["objects"]))) if index is None else index]
     attr, vocab = ("colour", COLOURS) if obj.get("colour") is not None else ("shape", SHAPES)
-    present = {o.get(attr) for o in out["objects"]} | {out.get("background")}
+    present = {o.get(attr) for o in out["objects"]} | {out.get("background")} | avoid
     choices = [v for v in vocab if v not in present]
     obj[attr] = choices[int(rng.integers(len(choices)))]
     return out
@@ -184,9 +185,10 @@ def _truth_rewrites(text: str, truth: dict, k: int, error_rate: float, rng: np.r
     if not concepts["objects"]:
         return None
     frames = rng.permutation(len(REWRITE_TEMPLATES))
+    in_scene = frozenset(v for o in truth["objects"] for v in (o["shape"], o["colour"]))
     out = []
     for j in range(k):
-        scene = corrupt(concepts, rng) if rng.random() < error_rate else concepts
+        scene = corrupt(concepts, rng, avoid=in_scene) if rng.random() < error_rate else concepts
         out.append(articles(REWRITE_TEMPLATES[frames[j % len(frames)]].format(desc=_content(scene, rng))))
     return out
 
@@ -236,7 +238,8 @@ class SimulatedBackend:
         if truth is None:
             if not text.strip():
                 return text
-            return _long_paraphrase(text, rng) if style == "long" else paraphrase(text, rng, int(rng.integers(6)))
+            frame = int(rng.integers(len(PARAPHRASE_FRAMES)))
+            return _long_paraphrase(text, rng) if style == "long" else paraphrase(text, rng, frame)
         # short captions describe objects[0], so that is where a short caption's error must land
         wrong = rng.random() < self.error_rate
         scene = corrupt(truth, rng, 0 if style == "short" else None) if wrong else truth

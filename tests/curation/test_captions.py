@@ -1,3 +1,4 @@
+import copy
 import re
 
 import numpy as np
@@ -151,3 +152,17 @@ def test_templates_hold_no_vocabulary_word():
                      "The original caption reads"):
         words = re.sub(r"\{[a-z]+\}", " ", template).lower()
         assert not [e for e in entries if e in words], template
+
+
+def test_corrupt_changes_one_attribute_to_an_absent_value():
+    rng = np.random.default_rng(0)
+    for scene in SCENES[:100]:
+        bad = captions.corrupt(scene, rng)
+        diffs = [(a, o[a], b[a]) for o, b in zip(scene["objects"], bad["objects"]) for a in o if o[a] != b[a]]
+        assert len(diffs) == 1 and diffs[0][0] == "colour"
+        assert diffs[0][2] not in {o["colour"] for o in scene["objects"]} | {scene["background"]}
+    before = copy.deepcopy(SCENES[0])
+    captions.corrupt(SCENES[0], rng)
+    assert SCENES[0] == before  # the input is left alone
+    shape_only = {"objects": [{"shape": "star", "colour": None}], "relations": [], "background": None}
+    assert captions.corrupt(shape_only, rng, avoid=frozenset({"ring"}))["objects"][0]["shape"] not in {"star", "ring"}
