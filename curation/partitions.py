@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from curation import balancing, captions, clustering, filters, sharding
@@ -157,28 +158,28 @@ def apply_reasons_part(in_path: str, reasons_path: str, stage: str, out_part: st
 def match_part(in_path: str, entries: Sequence[str], out_path: str) -> np.ndarray:
     """Pass 1: matched entry ids per text, written beside; returns this part's entry counts."""
     table = read_table(in_path, ["uid", "text"])
-    matched = EntryMatcher(entries).match_batch(table.column("text").to_pylist())
-    column = pa.array(matched, pa.list_(pa.int32()))
+    offsets, ids = EntryMatcher(entries).match_arrays(table.column("text"))
+    column = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(ids, pa.int32()))
     write_table(pa.table({"uid": table.column("uid"), "matched_entries": column}), out_path)
-    return balancing.count_entries(matched, len(entries))
+    return balancing.count_entries(column, len(entries))
 
 
 def balance_part(in_path: str, matched_path: str, probs: np.ndarray, seed: int, out_part: str,
                  out_dropped: str) -> dict:
     """Pass 2: keep probability and seeded keep decision per sample (MetaCLIP balancing)."""
     table = read_table(in_path)
-    matched_col = read_table(matched_path).column("matched_entries")
-    matched = matched_col.to_pylist()
-    keep_prob = balancing.keep_probs(matched, probs)
-    keep = balancing.keep_mask(table.column("uid").to_pylist(), keep_prob, seed)
-    reasons = [None if k else ("no_entry" if not m else "not_sampled") for k, m in zip(keep, matched)]
-    details = ["" if not m else f"keep_prob={p:.4f}" for m, p in zip(matched, keep_prob)]
+    matched_col = read_table(matched_path).column("matched_entries").combine_chunks()
+    keep_prob = balancing.keep_probs(matched_col, probs)
+    keep = balancing.keep_mask(table.column("uid"), keep_prob, seed)
+    has_match = np.asarray(pa.compute.list_value_length(matched_col).fill_null(0)) > 0
+    reasons = [None if k else ("not_sampled" if m else "no_entry") for k, m in zip(keep, has_match)]
+    details = [f"keep_prob={p:.4f}" if m else "" for m, p in zip(has_match, keep_prob)]
     table = table.append_column("matched_entries", matched_col)
     table = table.append_column("keep_prob", pa.array(keep_prob, pa.float32()))
     kept, dropped = split_by_reason(table, reasons, "curate", details)
     write_table(kept, out_part)
     write_table(dropped, out_dropped)
-    counts_after = balancing.count_entries([m for m, k in zip(matched, keep) if k], len(probs))
+    counts_after = balancing.count_entries(matched_col.filter(pa.array(keep)), len(probs))
     return {"rows_in": table.num_rows, "rows_out": kept.num_rows, "filtered": dropped.num_rows,
             "counts_after": counts_after}
 

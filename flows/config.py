@@ -17,17 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from curation.captions import LongcapConfig, RewriteConfig
-from curation.filters import FilterConfig
-from training.embedding import EmbedConfig
 
 from curation.balancing import CurateConfig
+from curation.captions import LongcapConfig, RewriteConfig
 from curation.clustering import ClusterConfig
+from curation.filters import FilterConfig
 from curation.sharding import ShardConfig
 from curation.sources import IngestConfig
 from eval.suite import EvalConfig
 from tasks.artifacts import config_hash, to_dict  # noqa: F401  (re-exported for the CLI)
 from training.config import TrainConfig
+from training.embedding import EmbedConfig
 
 STAGES: tuple[str, ...] = (
     "ingest", "filter", "curate", "rewrite", "longcap", "embed", "cluster", "shard", "train", "eval",

@@ -103,7 +103,8 @@ def build_catalog(workdir: str | Path, refs: Mapping[str, ArtifactRef]) -> Path:
             con.execute(f'DROP VIEW IF EXISTS "{name}"')
         con.execute("CREATE OR REPLACE TABLE stages (stage VARCHAR, status VARCHAR, rows_in BIGINT, rows_out BIGINT,"
                     " filtered BIGINT, quarantined BIGINT, seconds DOUBLE, key VARCHAR, path VARCHAR)")
-        con.executemany("INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", _stage_rows(refs))
+        if rows := _stage_rows(refs):
+            con.executemany("INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         for name, sql in views.items():
             con.execute(f'CREATE VIEW "{name}" AS {sql}')
     return path

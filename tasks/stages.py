@@ -17,16 +17,15 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from curation.captions import LongcapConfig, RewriteConfig
-from curation.filters import FilterConfig
-from curation.metadata import load_metadata
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from training.embedding import EmbedConfig
 
 from curation import partitions as P
 from curation.balancing import CurateConfig, entry_probs
+from curation.captions import LongcapConfig, RewriteConfig
 from curation.clustering import ClusterConfig
+from curation.filters import FilterConfig
+from curation.metadata import load_metadata
 from curation.sharding import ShardConfig, write_sizes
 from curation.sources import IngestConfig, plan_partitions
 from curation.statistics import distribution_stats, top_entries
@@ -37,6 +36,7 @@ from tasks.artifacts import ArtifactRef
 from tasks.common import RunContext, run_stage
 from tasks.parallel import ray_call, ray_map
 from training.config import TrainConfig
+from training.embedding import EmbedConfig
 from training.jobs import bootstrap_job, embed_part, train_job
 
 CODE_VERSIONS = {

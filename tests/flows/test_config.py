@@ -17,7 +17,7 @@ def test_overrides_are_typed():
 
 
 def test_override_of_a_tuple_field():
-    cfg = load_config(overrides=["eval.templates=[a {}., the {}.]"])
+    cfg = load_config(overrides=["eval.templates=['a {}.', 'the {}.']"])
     assert cfg.eval.templates == ("a {}.", "the {}.")
 
 
