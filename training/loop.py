@@ -99,8 +99,8 @@ def resolve_device(name: str) -> torch.device:
     """"auto" -> this rank's GPU (LOCAL_RANK) when CUDA is available, else the CPU."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if name == "cuda":  # one GPU per rank; Ray Train and torchrun set LOCAL_RANK
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % max(1, torch.cuda.device_count()))
     return torch.device(name)
 
 
