@@ -17,8 +17,9 @@ hand-made ``cluster`` artifact, then times, in this one process:
 Each timing is the best of R repeats. It checks every tar of the stage holds exactly the reference's
 members, and prints samples/s and ``ratio_one_worker_vs_tarfile`` (goal >= 0.8),
 ``ratio_two_workers_vs_tarfile`` and ``ratio_two_vs_one_worker`` (goal >= 1.7). Next to each timing
-it prints the CPU seconds of this process tree (driver, Ray and its workers) and the load average:
-on a shared machine ``cpu_per_wall`` well under the worker count means the cores were busy elsewhere.
+it prints the CPU seconds of this process tree (driver, Ray and its workers), and after each round the
+load average: on a shared machine ``cpu_per_wall`` well under the worker count means the cores were
+busy elsewhere. Rounds interleave the three timings so load changes hit them alike.
 
     python benchmarks/bench_shard.py [--samples N] [--parts P] [--samples-per-shard S] [--repeats R]
                                      [--row-group-rows G]
@@ -45,7 +46,6 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ray  # noqa: E402
-from ray.util.placement_group import placement_group, remove_placement_group  # noqa: E402
 
 from curation.partitions import part_name  # noqa: E402
 from curation.sharding import ShardConfig  # noqa: E402
@@ -66,7 +66,7 @@ TOP_K = 5
 
 
 def curated_columns(table: pa.Table, seed: int = 0) -> pa.Table:
-    """Add the columns the stages before `shard` write, as deterministic functions of uid and text."""
+    """Add the columns the stages before `shard` write: captions derived from uid and text, the rest seeded."""
     rng = np.random.default_rng(seed)
     n = table.num_rows
     texts = [t or "" for t in table.column("text").to_pylist()]
@@ -166,19 +166,13 @@ def tree_cpu_seconds() -> float:
     return total
 
 
-def best_run(fn: Callable[[int], object], repeats: int, prepare: Callable[[int], object] = lambda r: None
-             ) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process tree) of the fastest of `repeats` calls fn(repeat);
-    prepare(repeat) runs untimed before each."""
-    best = (float("inf"), float("nan"))
-    for repeat in range(repeats):
-        prepare(repeat)
-        cpu = tree_cpu_seconds()
-        start = time.perf_counter()
-        fn(repeat)
-        wall = time.perf_counter() - start
-        best = min(best, (wall, tree_cpu_seconds() - cpu))
-    return best
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process tree) of one call fn()."""
+    cpu = tree_cpu_seconds()
+    start = time.perf_counter()
+    fn()
+    wall = time.perf_counter() - start
+    return wall, tree_cpu_seconds() - cpu
 
 
 def tar_members(path: Path) -> list[tuple[str, bytes]]:
@@ -201,34 +195,61 @@ def start_ray(num_cpus: int) -> None:
         ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-def time_stage(root: Path, upstream: ArtifactRef, cfg: ShardConfig, workers: int, repeats: int,
-               expected_rows: int) -> tuple[float, float, Path]:
-    """(best wall s, its CPU s, last shard folder) of shard.fn with `workers` CPUs free for its Ray tasks.
+def _hold(started: str, release: str, limit_s: float) -> int:
+    """Occupy one Ray CPU, asleep, from creating `started` until `release` exists (or limit_s passes)."""
+    Path(started).touch()
+    deadline = time.monotonic() + limit_s
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return os.getpid()
 
-    The cluster has two CPUs; for one worker a placement group reserves the other, so the stage's
-    tasks (num_cpus=1 each) run one at a time, as on a one-CPU cluster, without a second Ray start-up.
-    Workers are started and warmed untimed first; each run writes to a fresh workdir.
+
+def time_stage(workdir: Path, upstream: ArtifactRef, cfg: ShardConfig, workers: int, expected_rows: int
+               ) -> tuple[float, float]:
+    """(wall s, CPU s) of one shard.fn into a fresh workdir with `workers` CPUs free for its Ray tasks.
+
+    The cluster has two CPUs; for one worker a sleeping task holds the other, so the stage's tasks
+    (num_cpus=1 each) run one at a time, as on a one-CPU cluster, without a second Ray start-up and
+    with the same two warm worker processes (a placement group instead made Ray restart workers).
     """
+    workdir.mkdir(parents=True)
+    flags = (str(workdir / "hold-started"), str(workdir / "hold-release"))
+    ray_map(_warm, [(0.3,)] * 2)
     hold = None
     if workers < ray.cluster_resources().get("CPU", 0):
-        hold = placement_group([{"CPU": 1}])
-        ray.get(hold.ready())
-    ray_map(_warm, [(0.5,)] * workers)
-
-    def run(repeat: int) -> None:
-        workdir = root / f"stage-{workers}worker-{repeat}"
-        ref = shard.fn(RunContext(workdir=str(workdir), run_id="bench"), cfg, upstream)
-        if ref.counts["rows_out"] != expected_rows:
-            raise AssertionError(f"shard stage wrote {ref.counts['rows_out']} rows, expected {expected_rows}")
-
-    def drop_previous(repeat: int) -> None:
-        shutil.rmtree(root / f"stage-{workers}worker-{repeat - 1}", ignore_errors=True)
-
-    wall, cpu = best_run(run, repeats, drop_previous)
+        hold = ray.remote(num_cpus=1)(_hold).remote(*flags, 600.0)
+        while not os.path.exists(flags[0]):
+            time.sleep(0.01)
+    refs = []
+    wall, cpu = timed(lambda: refs.append(shard.fn(RunContext(workdir=str(workdir), run_id="bench"), cfg, upstream)))
+    Path(flags[1]).touch()
     if hold is not None:
-        remove_placement_group(hold)
-    shards = next((root / f"stage-{workers}worker-{repeats - 1}" / "artifacts" / "shard").glob("*/shards"))
-    return wall, cpu, shards
+        ray.get(hold)
+    if refs[0].counts["rows_out"] != expected_rows:
+        raise AssertionError(f"shard stage wrote {refs[0].counts['rows_out']} rows, expected {expected_rows}")
+    return wall, cpu
+
+
+def time_all(root: Path, rows: Sequence[tuple[bytes, str, dict]], upstream: ArtifactRef, cfg: ShardConfig,
+             repeats: int) -> dict[str, list[tuple[float, float]]]:
+    """(wall, CPU) of every round of: the tarfile reference, the stage on one worker, on two.
+
+    Rounds interleave the three, so a load change on a shared machine hits all of them alike. An
+    untimed stage run first lets both workers load shard_job's code. The last round's outputs stay
+    (under root/tarfile and root/stage-2) for the content check.
+    """
+    time_stage(root / "warm-up", upstream, cfg, 2, len(rows))
+    shutil.rmtree(root / "warm-up")
+    runs: dict[str, list[tuple[float, float]]] = {"tarfile": [], "stage-1": [], "stage-2": []}
+    for repeat in range(repeats):
+        for name in runs:
+            shutil.rmtree(root / name, ignore_errors=True)
+        runs["tarfile"].append(timed(lambda: write_tarfile_reference(rows, root / "tarfile", cfg.samples_per_shard)))
+        for workers in (1, 2):
+            runs[f"stage-{workers}"].append(time_stage(root / f"stage-{workers}", upstream, cfg, workers, len(rows)))
+        print(f"round={repeat} " + " ".join(f"{name}_s={times[-1][0]:.3f}" for name, times in runs.items()),
+              load())
+    return runs
 
 
 def load() -> str:
@@ -236,9 +257,8 @@ def load() -> str:
 
 
 def report(name: str, n: int, wall: float, cpu: float) -> None:
-    """One figures line; cpu_per_wall near the worker count means the machine gave us those cores."""
-    print(f"{name} samples_per_s={n / wall:.0f} seconds={wall:.3f} cpu_s={cpu:.2f} cpu_per_wall={cpu / wall:.2f} "
-          f"{load()}")
+    """One figures line (best run); cpu_per_wall near the worker count means the machine gave us those cores."""
+    print(f"{name} samples_per_s={n / wall:.0f} seconds={wall:.3f} cpu_s={cpu:.2f} cpu_per_wall={cpu / wall:.2f}")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
@@ -262,20 +282,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         print(f"samples={n} parts={args.parts} samples_per_shard={args.samples_per_shard} "
               f"image_mb={tar_bytes / 2**20:.1f} prepared_s={time.perf_counter() - started:.1f} {load()}")
 
-        ref_dir = root / "tarfile"
-
-        ref_s, ref_cpu = best_run(lambda _: write_tarfile_reference(rows, ref_dir, args.samples_per_shard),
-                                  args.repeats, lambda _: shutil.rmtree(ref_dir, ignore_errors=True))
-        report("tarfile_one_process", n, ref_s, ref_cpu)
         start_ray(2)
-        seconds = {}
-        for workers in (1, 2):
-            seconds[workers], cpu, shards_dir = time_stage(root, upstream, cfg, workers, args.repeats, n)
-            report(f"shard_stage_{workers}_worker", n, seconds[workers], cpu)
+        runs = time_all(root, rows, upstream, cfg, args.repeats)
         ray.shutdown()
-        for ref_tar in sorted(ref_dir.glob("*.tar")):
+        shards_dir = next((root / "stage-2" / "artifacts" / "shard").glob("*/shards"))
+        for ref_tar in sorted((root / "tarfile").glob("*.tar")):
             if tar_members(shards_dir / ref_tar.name) != tar_members(ref_tar):
                 raise AssertionError(f"the stage's shard {ref_tar.name} differs from the tarfile reference's")
+    best = {name: min(times) for name, times in runs.items()}
+    for name, label in (("tarfile", "tarfile_one_process"), ("stage-1", "shard_stage_1_worker"),
+                        ("stage-2", "shard_stage_2_worker")):
+        report(label, n, *best[name])
+    ref_s, seconds = best["tarfile"][0], {1: best["stage-1"][0], 2: best["stage-2"][0]}
     result = {
         "ratio_one_worker_vs_tarfile": ref_s / seconds[1],
         "ratio_two_workers_vs_tarfile": ref_s / seconds[2],
