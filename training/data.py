@@ -15,6 +15,7 @@ short epochs a plain split leaves, and the stream never runs dry mid-run.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import random
@@ -98,10 +99,10 @@ def decode_image(data: bytes) -> Image.Image:
 
 def make_sample(image: bytes, text: str, meta: dict, transform: Callable, sampler: str,
                 rng: np.random.Generator) -> dict:
-    """One decoded, transformed sample with every caption field (defaults where `meta` lacks one)."""
-    sample = {k: meta.get(k, default) for k, default in META_DEFAULTS.items()}
+    """One decoded, transformed sample with every caption field (defaults where `meta` lacks or nulls one)."""
+    sample = {k: copy.copy(default) if meta.get(k) is None else meta[k] for k, default in META_DEFAULTS.items()}
     sample["uid"] = str(sample["uid"])
-    sample["raw_text"] = text
+    sample["raw_text"] = text or ""
     sample["caption"] = TEXT_SAMPLERS[sampler](sample, rng)
     sample["image"] = transform(decode_image(image))  # (3, H, W)
     return sample

@@ -9,7 +9,9 @@ import webdataset as wds
 from training.data import (
     LIST_FIELDS,
     ShardData,
+    collate,
     laclip_text,
+    make_sample,
     row_order,
     shard_loader,
     shard_passes,
@@ -77,6 +79,16 @@ def test_table_loader_is_seeded_and_resumes_mid_epoch(micro, colour_table):
     later = [b["uid"] for b in table_loader(colour_table, 16, tokenizer, True, seed=5, transform=val_tf,
                                             start_batch=2)]
     assert first == again and later == first[2:]
+
+
+def test_missing_or_null_fields_get_defaults(micro):
+    tokenizer, _, val_tf = micro
+    rows = colour_rows(2)
+    rows[0]["rewrites"], rows[0]["long_caption"], rows[1]["text"] = None, None, None
+    batch = collate([make_sample(r["image"], r["text"], r, val_tf, "laclip", np.random.default_rng(0))
+                     for r in rows], tokenizer)
+    assert batch["rewrites"][0] == [] and batch["long_caption"][0] == "" and batch["raw_text"][1] == ""
+    assert batch["caption"][0] == rows[0]["text"]
 
 
 def test_row_order_splits_ranks_without_overlap():
