@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from training.embedding import encode_images, encode_texts
-
 from curation import synthetic
 from curation.synthetic import WorldConfig
 from eval.suite import EvalConfig, run_suite
+from training.embedding import encode_images, encode_texts
 from training.models import create_model
 
 
