@@ -24,8 +24,8 @@ class EmbedConfig:
     """open_clip model name or JSON model config path."""
     checkpoint: str | None = None
     """open_clip checkpoint to embed with; None bootstrap-trains `model` on the curated data first."""
-    bootstrap_epochs: int = 2
-    """epochs of the bootstrap training (~10k curated samples: ~70 s on 2 CPU cores at batch 128)."""
+    bootstrap_epochs: int = 1
+    """epochs of the bootstrap training (one pass over ~8-10k curated samples: ~60-70 s on 2 CPU cores)."""
     batch_size: int = 256
     """images or texts per forward pass when embedding."""
 
