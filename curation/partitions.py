@@ -194,26 +194,15 @@ def _truth_rows(truth_path: str | None, uids: Sequence[str]) -> list[dict | None
     return [by_uid.get(uid) for uid in uids]
 
 
-def caption_part(in_path: str, truth_path: str | None, out_path: str, mode: str, backend_name: str,
-                 error_rate: float, k: int, seed: int, batch_size: int) -> dict[str, int]:
-    """Add LaCLIP ``rewrites`` (mode "rewrite") or DreamLIP/ALIP ``long_caption`` + ``synthetic_caption``."""
+def caption_part(in_path: str, truth_path: str | None, out_path: str,
+                 cfg: captions.RewriteConfig | captions.LongcapConfig, seed: int) -> dict[str, int]:
+    """Add LaCLIP ``rewrites`` (a RewriteConfig) or DreamLIP/ALIP ``long_caption`` + ``synthetic_caption``."""
     table = read_table(in_path)
-    backend = captions.make_backend(backend_name, error_rate)
-    uids, texts = table.column("uid").to_pylist(), table.column("text").to_pylist()
-    truths = _truth_rows(truth_path, uids)
-    images = table.column("image").to_pylist() if mode == "longcap" else []
-    outputs: dict[str, list] = {}
-    for start in range(0, len(uids), max(1, batch_size)):
-        sl = slice(start, start + batch_size)
-        if mode == "rewrite":
-            outputs.setdefault("rewrites", []).extend(backend.rewrite(uids[sl], texts[sl], truths[sl], k, seed))
-        else:
-            args = (uids[sl], images[sl], texts[sl], truths[sl], seed)
-            outputs.setdefault("long_caption", []).extend(backend.long_captions(*args))
-            outputs.setdefault("synthetic_caption", []).extend(backend.short_captions(*args))
-    types = {"rewrites": pa.list_(pa.string()), "long_caption": pa.string(), "synthetic_caption": pa.string()}
-    for name, values in outputs.items():
-        table = table.append_column(name, pa.array(values, types[name]))
+    truths = _truth_rows(truth_path, table.column("uid").to_pylist())
+    if isinstance(cfg, captions.RewriteConfig):
+        table = captions.rewrite_table(table, truths, cfg, seed)
+    else:
+        table = captions.longcap_table(table, truths, cfg, seed)
     write_table(table, out_path)
     return {"rows_in": table.num_rows, "rows_out": table.num_rows}
 

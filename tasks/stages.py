@@ -132,9 +132,8 @@ def _caption_stage(ctx: RunContext, stage: str, cfg: RewriteConfig | LongcapConf
     ingest_parts = {Path(p).name for p in P.list_parts(truth_dir)}
 
     def compute(tmp: Path, manifest: dict[str, Any]) -> None:
-        k = getattr(cfg, "k", 0)
         calls = [(p, str(truth_dir / Path(p).name) if Path(p).name in ingest_parts else None,
-                  _out(tmp, "parts", i), stage, cfg.backend, cfg.error_rate, k, seed, cfg.batch_size)
+                  _out(tmp, "parts", i), cfg, seed)
                  for i, p in enumerate(_parts(upstream))]
         manifest["counts"] = _passthrough_counts(ray_map(P.caption_part, calls))
         manifest["backend"] = cfg.backend
