@@ -6,9 +6,22 @@ at least 30, and Wikipedia article titles, and releases them as ``metadata.json`
 strings); the entry id is its position in that list. ``load_metadata`` reads that file or a text
 file of one entry per line, from any fsspec URL.
 
-``build_metadata`` is a small offline stand-in for that recipe when no metadata is given: unigrams
-from a word-frequency list (e.g. the ``wordfreq`` package's ``top_n_list("en", n)``, passed in)
-plus word pairs mined from the pool's own captions by PMI, capped like MetaCLIP's at 500k.
+``build_english_metadata`` is an offline stand-in for that recipe when no metadata is given. How it
+differs from MetaCLIP's:
+
+- unigrams come from the ``wordfreq`` package's English list (``top_n_list("en", n)``, a blend of
+  Wikipedia, subtitles, news, books, web text and social media; Speer, 2022) instead of a
+  Wikipedia count: alphabetic words (``str.isalpha``) of a minimum length whose Zipf frequency
+  (log10 of occurrences per billion words) is at least ``min_zipf``; the default 1.5 (about 30 per
+  billion) is close to MetaCLIP's 100 occurrences in English Wikipedia's 3-4 billion words;
+- wordfreq folds case, so its words are lowercase, while MetaCLIP's matching is case-sensitive:
+  ``capitalized`` adds each word's capitalised form after it (``dog``, ``Dog``), as a
+  case-sensitive Wikipedia count would have listed both;
+- bigrams are mined from the pool's own captions, not Wikipedia, with PMI in natural log over the
+  pool's word and pair frequencies (MetaCLIP's threshold of 30 is on its own scale, not comparable);
+- there are no WordNet synsets and no Wikipedia titles (multiword names come only from the bigrams).
+
+Entries are capped like MetaCLIP's at 500k; unigrams come first, most frequent first.
 """
 
 from __future__ import annotations
@@ -17,6 +30,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import fsspec
 
@@ -24,6 +38,28 @@ from curation.matching import spacing
 
 MAX_ENTRIES = 500_000
 """MetaCLIP's metadata size."""
+
+
+@dataclass(frozen=True)
+class MetadataBuilderConfig:
+    """Offline English metadata (``build_english_metadata``) for pools that bring none."""
+
+    unigrams: int = 500_000
+    """Most frequent wordfreq English words considered before filtering (the list holds ~320k)."""
+    min_zipf: float = 1.5
+    """Least Zipf frequency (log10 per billion words) of a unigram; 1.5 is ~100 Wikipedia counts."""
+    min_length: int = 2
+    """Fewest characters of a unigram (1 would add single letters)."""
+    ascii_only: bool = False
+    """Keep only ASCII unigrams (drops e.g. "café", "naïve")."""
+    capitalized: bool = False
+    """Also add each unigram's capitalised form ("Dog" after "dog"): matching is case-sensitive."""
+    bigram_min_count: int = 5
+    """Fewest occurrences of a caption word pair to become an entry."""
+    bigram_min_pmi: float = 3.0
+    """Least pointwise mutual information (natural log) of a caption word pair."""
+    max_entries: int = MAX_ENTRIES
+    """Cap on the entries (MetaCLIP: 500k)."""
 
 
 def _decode(raw: bytes, path: str) -> str:
@@ -72,20 +108,36 @@ def save_metadata(entries: Sequence[str], path: str) -> None:
         json.dump(list(entries), f, ensure_ascii=False)
 
 
+def _is_word(token: str) -> bool:
+    return any(c.isalnum() for c in token)
+
+
 def caption_words(text: str) -> list[str]:
     """Word tokens of a caption as MetaCLIP's matching sees them: spaced, split, punctuation dropped."""
-    return [token for token in spacing(text).split(" ") if token and any(c.isalnum() for c in token)]
+    return [token for token in spacing(text).split(" ") if _is_word(token)]
 
 
-def mine_bigrams(texts: Iterable[str | None], min_count: int = 5, min_pmi: float = 3.0) -> list[str]:
-    """Adjacent word pairs of the captions whose PMI ``log(p(a b) / (p(a) p(b)))`` (natural log)
-    is at least ``min_pmi`` and which occur at least ``min_count`` times, most frequent first."""
+def count_words_and_pairs(texts: Iterable[str | None]) -> tuple[Counter[str], Counter[tuple[str, str]]]:
+    """Word counts and adjacent word-pair counts of the captions, as MetaCLIP's matching tokenises them.
+
+    A pair is two words next to each other in the spaced caption, so ``"a b"`` is only counted where
+    it can match: not across punctuation (``"a, b"``) nor a double space. Counters of several
+    partitions add up (``+``) to those of the whole pool.
+    """
     words: Counter[str] = Counter()
     pairs: Counter[tuple[str, str]] = Counter()
     for text in texts:
-        tokens = caption_words(text or "")
-        words.update(tokens)
-        pairs.update(zip(tokens, tokens[1:], strict=False))
+        tokens = spacing(text or "").split(" ")
+        is_word = [_is_word(token) for token in tokens]
+        words.update(token for token, w in zip(tokens, is_word) if w)
+        pairs.update((a, b) for a, b, wa, wb in zip(tokens, tokens[1:], is_word, is_word[1:]) if wa and wb)
+    return words, pairs
+
+
+def pmi_bigrams(words: Counter[str], pairs: Counter[tuple[str, str]], min_count: int = 5,
+                min_pmi: float = 3.0) -> list[str]:
+    """Pairs whose PMI ``log(p(a b) / (p(a) p(b)))`` (natural log) is at least ``min_pmi`` and which
+    occur at least ``min_count`` times, most frequent first (ties in string order)."""
     total_words, total_pairs = sum(words.values()), sum(pairs.values())
     kept = []
     for (a, b), count in pairs.items():
@@ -97,6 +149,11 @@ def mine_bigrams(texts: Iterable[str | None], min_count: int = 5, min_pmi: float
     return [pair for _, pair in sorted(kept)]
 
 
+def mine_bigrams(texts: Iterable[str | None], min_count: int = 5, min_pmi: float = 3.0) -> list[str]:
+    """``pmi_bigrams`` of the captions' own word and pair counts."""
+    return pmi_bigrams(*count_words_and_pairs(texts), min_count=min_count, min_pmi=min_pmi)
+
+
 def build_metadata(texts: Iterable[str | None], unigrams: Sequence[str], min_count: int = 5,
                    min_pmi: float = 3.0, max_entries: int = MAX_ENTRIES) -> list[str]:
     """Unigrams (in the given order, e.g. most frequent first) then PMI bigrams mined from ``texts``,
@@ -105,3 +162,36 @@ def build_metadata(texts: Iterable[str | None], unigrams: Sequence[str], min_cou
     for pair in mine_bigrams(texts, min_count, min_pmi):
         entries.setdefault(pair)
     return list(entries)[:max_entries]
+
+
+def english_unigrams(n: int = 500_000, min_zipf: float = 1.5, min_length: int = 2, ascii_only: bool = False,
+                     capitalized: bool = False) -> list[str]:
+    """wordfreq's most frequent English words that metadata entries can use, most frequent first.
+
+    Of ``top_n_list("en", n)``: words of letters only (no digits, apostrophes or dots: ``"it's"``,
+    ``"u.s"``), at least ``min_length`` long, with a Zipf frequency of at least ``min_zipf``; with
+    ``capitalized``, each followed by its capitalised form. The data ships inside the package, so
+    this reads no network.
+    """
+    import wordfreq  # a dependency of this builder only; loading the metadata needs none
+
+    frequency = wordfreq.get_frequency_dict("en")
+    # Zipf = log10(frequency * 1e9); wordfreq stores frequencies in centibels, so allow rounding at the cut
+    min_frequency = 10.0 ** (min_zipf - 9) * (1 - 1e-9)
+    words = []
+    for word in wordfreq.top_n_list("en", n, ascii_only=ascii_only):
+        if frequency.get(word, 0.0) < min_frequency:
+            break  # the list is in decreasing frequency
+        if len(word) >= min_length and word.isalpha():
+            words.append(word)
+            if capitalized and word.capitalize() != word:
+                words.append(word.capitalize())
+    return list(dict.fromkeys(words))
+
+
+def build_english_metadata(texts: Iterable[str | None], cfg: MetadataBuilderConfig = MetadataBuilderConfig()
+                           ) -> list[str]:
+    """MetaCLIP-like English metadata, offline: ``english_unigrams`` then the captions' PMI bigrams,
+    unique and capped at ``cfg.max_entries``."""
+    unigrams = english_unigrams(cfg.unigrams, cfg.min_zipf, cfg.min_length, cfg.ascii_only, cfg.capitalized)
+    return build_metadata(texts, unigrams, cfg.bigram_min_count, cfg.bigram_min_pmi, cfg.max_entries)

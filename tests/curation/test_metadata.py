@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 import json
+import socket
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import wordfreq
 
-from curation.metadata import build_metadata, caption_words, load_metadata, mine_bigrams, save_metadata
+from curation.matching import EntryMatcher
+from curation.metadata import (
+    MAX_ENTRIES,
+    MetadataBuilderConfig,
+    build_english_metadata,
+    build_metadata,
+    caption_words,
+    count_words_and_pairs,
+    english_unigrams,
+    load_metadata,
+    mine_bigrams,
+    pmi_bigrams,
+    save_metadata,
+)
 
 
 def test_json_list(tmp_path: Path) -> None:
@@ -79,3 +96,79 @@ def test_build_metadata() -> None:
     assert "golden gate" in entries and "gate bridge" in entries
     assert len(entries) == len(set(entries))
     assert build_metadata(texts, ["a", "b", "c"], max_entries=2) == ["a", "b"]
+
+
+def test_caption_pairs_only_where_matching_can_see_them() -> None:
+    words, pairs = count_words_and_pairs(["a, b  c d", "c d!", None])
+    assert pairs == Counter({("c", "d"): 2})  # not across the comma nor the double space
+    assert words == Counter({"a": 1, "b": 1, "c": 2, "d": 2})
+
+
+def test_word_and_pair_counts_add_over_partitions() -> None:
+    texts = ["New York at night", "a cat in New York", "", None, "cat, cat cat"]
+    whole = count_words_and_pairs(texts)
+    first, second = count_words_and_pairs(texts[:2]), count_words_and_pairs(texts[2:])
+    assert (first[0] + second[0], first[1] + second[1]) == whole
+    assert pmi_bigrams(*whole, min_count=2, min_pmi=0.0) == mine_bigrams(texts, min_count=2, min_pmi=0.0)
+
+
+def test_mined_bigrams_match_their_captions() -> None:
+    texts = ["New York, at night", "New York  skyline", "Photo: New York!"] * 3 + ["York New"]
+    pairs = mine_bigrams(texts, min_count=3, min_pmi=0.0)
+    assert pairs == ["New York", "at night"]  # 9 and 3 occurrences; "York New" once
+    matched = Counter(i for ids in EntryMatcher(pairs).match_batch(texts) for i in ids)
+    assert matched == Counter({0: 9, 1: 3})  # every counted occurrence is one MetaCLIP matching finds
+
+
+def test_english_unigrams_frequent_alphabetic_words() -> None:
+    words = english_unigrams(n=100_000, min_zipf=3.0)
+    assert words[:3] == ["the", "to", "and"]
+    assert {"dog", "water", "photo", "house", "beautiful"} <= set(words[:5000])
+    assert all(w.isalpha() and len(w) >= 2 for w in words)
+    assert "it's" not in words and "a" not in words and "u.s" not in words
+    assert all(wordfreq.zipf_frequency(w, "en") >= 3.0 for w in words[-50:])
+    assert len(words) == len(set(words))
+    rarer = english_unigrams(n=100_000, min_zipf=2.5)
+    assert rarer[: len(words)] == words and len(rarer) > len(words)
+    assert english_unigrams(n=100, min_zipf=0.0, min_length=1)[4] == "a"
+
+
+def test_english_unigrams_capitalized_and_ascii() -> None:
+    words = english_unigrams(n=3000, capitalized=True)
+    assert words[:4] == ["the", "The", "to", "To"]
+    assert words.index("Dog") == words.index("dog") + 1
+    assert len(words) == 2 * len(english_unigrams(n=3000))
+    assert all(w.isascii() for w in english_unigrams(n=50_000, ascii_only=True))
+    assert not all(w.isascii() for w in english_unigrams(n=320_000))
+
+
+POOL = ["Golden Gate Bridge at dusk", "the Golden Gate from a boat", "a dog on the beach"] * 4
+
+
+def test_build_english_metadata() -> None:
+    cfg = MetadataBuilderConfig(unigrams=5000, bigram_min_count=4, bigram_min_pmi=0.5)
+    entries = build_english_metadata(POOL, cfg)
+    assert entries[:3] == ["the", "to", "and"] and "dog" in entries and "beach" in entries
+    assert {"Golden Gate", "Gate Bridge"} <= set(entries)
+    assert entries.index("Golden Gate") > entries.index("beach")  # unigrams first
+    assert len(entries) == len(set(entries))
+    assert entries == build_english_metadata(list(POOL), cfg)  # deterministic
+    capped = build_english_metadata(POOL, replace(cfg, max_entries=100))
+    assert capped == entries[:100]
+
+
+def test_build_english_metadata_default_size() -> None:
+    entries = build_english_metadata(POOL)
+    assert 100_000 < len(entries) <= MAX_ENTRIES  # ~160k wordfreq words at Zipf >= 1.5
+
+
+def test_builder_reads_no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("the metadata builder tried to reach the network")
+
+    for name in ("top_n_list", "get_frequency_dict", "get_frequency_list"):
+        getattr(wordfreq, name).cache_clear()  # make it read its data files again, now
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    assert "Golden Gate" in build_english_metadata(POOL, MetadataBuilderConfig(unigrams=1000, bigram_min_count=4,
+                                                                                 bigram_min_pmi=0.5))
