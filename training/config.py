@@ -1,8 +1,60 @@
-"""The `train` stage's configuration: one frozen dataclass, every field with its unit and reason."""
+"""The `train` stage's configuration: one frozen dataclass, every field with its unit and reason, with one nested
+frozen dataclass per objective that has settings of its own."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ALIPConfig:
+    """ALIP's gates (Yang et al. 2023, "ALIP: Adaptive Language-Image Pre-training with Synthetic Caption")."""
+
+    momentum: float = 0.99
+    """running-mean momentum of the gate similarities: mu <- momentum x mu + (1 - momentum) x mean(s) (paper: 0.99)."""
+    init_mean: float = 1.0
+    """starting value of every running mean mu (paper and reference code: 1)."""
+
+
+@dataclass(frozen=True)
+class DreamLIPConfig:
+    """DreamLIP's sub-captions and grouping loss (Zheng et al. 2024, "DreamLIP: Language-Image Pre-training with
+    Long Captions")."""
+
+    num_text: int = 6
+    """sub-captions (sentences of the long caption) sampled per image per step (paper default: 6)."""
+    grouping_weight: float = 1.0
+    """weight of the sub-caption grouping loss inside the dreamlip term; 0 skips it (and the patch tokens)."""
+    grouping_temperature: float = 0.07
+    """initial temperature of the grouping loss (learned, clamped like CLIP's at 1/100); CLIP's initial value."""
+
+
+@dataclass(frozen=True)
+class NegCLIPConfig:
+    """NegCLIP's composition-aware hard negatives (Yuksekgonul et al. 2023, ARO)."""
+
+    shuffled: bool = True
+    """add each caption with its words in a random order as a hard negative."""
+    swapped: bool = True
+    """add each caption with two of its attribute words (colour, size, texture, relation) swapped."""
+
+
+@dataclass(frozen=True)
+class MLCDConfig:
+    """MLCD's cluster classifier (An et al. 2024, "Multi-label Cluster Discrimination for Visual Representation
+    Learning")."""
+
+    num_centers: int | None = None
+    """classifier rows, one per cluster center; None means the cluster stage's K (the flow fills it in)."""
+    top_k: int = 3
+    """positive labels per sample: the first top_k of its `cluster_labels` (the cluster stage keeps top_k too)."""
+    scale: float = 32.0
+    """scale s on the cosine logits s x cos(x, c_j), as in normalised-softmax classifiers (ArcFace uses 64 at 85k
+    classes; fewer centers need less)."""
+    margin: float = 0.2
+    """additive margin taken off the positives' cosines before scaling (CosFace-style)."""
+    negative_ratio: float = 0.1
+    """fraction of the non-positive centers scored each step (Partial FC's sample rate 0.1); 1.0 scores all."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +94,7 @@ class TrainConfig:
     device: str = "auto"
     """"auto" (cuda when available, else cpu), "cpu" or "cuda"."""
     objectives: tuple[str, ...] = ("clip",)
-    """training terms, keys of training.losses.OBJECTIVES; the loss is their weighted sum."""
+    """training terms, keys of training.losses.LOSSES; the loss is their weighted sum ("alip" replaces "clip")."""
     objective_weights: tuple[float, ...] = ()
     """one weight per objective; empty means 1.0 for each."""
     text_sampler: str = "original"
@@ -59,3 +111,21 @@ class TrainConfig:
     """samples in the WebDataset shuffle buffer (shard order is shuffled too)."""
     crop_scale_min: float = 0.8
     """RandomResizedCrop lower area bound; the crop keeps between this and all of the image."""
+    ranks: int = 1
+    """data-parallel ranks (Ray Train workers); each reads its own part of the data."""
+    gpus_per_rank: float = 0.0
+    """GPUs each rank holds (0 trains on CPUs with gloo; > 0 uses CUDA and NCCL)."""
+    accum_freq: int = 1
+    """micro-batches of batch_size per optimiser step, accumulated with open_clip's feature cache, so the gradient
+    equals that of one batch of batch_size x accum_freq."""
+    optimizer: str = "adamw"
+    """a key of training.optim.OPTIMIZERS: "adamw", or "lion" (Chen et al. 2023; wants a 3-10x lower lr and a 3-10x
+    higher weight_decay than AdamW)."""
+    alip: ALIPConfig = field(default_factory=ALIPConfig)
+    """settings of the "alip" objective."""
+    dreamlip: DreamLIPConfig = field(default_factory=DreamLIPConfig)
+    """settings of the "dreamlip" objective."""
+    negclip: NegCLIPConfig = field(default_factory=NegCLIPConfig)
+    """settings of the "negclip" objective."""
+    mlcd: MLCDConfig = field(default_factory=MLCDConfig)
+    """settings of the "mlcd" objective."""

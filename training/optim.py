@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -27,14 +28,26 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
-def make_optimizer(module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW over `param_groups`; the fused kernel where torch has one for the device (CPU and CUDA)."""
-    groups = param_groups(module, cfg.weight_decay)
+def adamw(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; the fused kernel where torch has one for the device (CPU and CUDA)."""
     kwargs = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2), "eps": cfg.eps}
     try:
         return torch.optim.AdamW(groups, fused=True, **kwargs)
     except RuntimeError:  # a device or dtype without the fused kernel
         return torch.optim.AdamW(groups, **kwargs)
+
+
+OPTIMIZERS: dict[str, Callable[[list[dict], TrainConfig], torch.optim.Optimizer]] = {
+    "adamw": adamw,
+}
+"""Optimiser factories by TrainConfig.optimizer: `factory(param_groups, cfg)`."""
+
+
+def make_optimizer(module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The configured optimiser over `param_groups` (no decay on biases, norms and temperatures)."""
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose from {sorted(OPTIMIZERS)}")
+    return OPTIMIZERS[cfg.optimizer](param_groups(module, cfg.weight_decay), cfg)
 
 
 def cosine_lr(step: int, base_lr: float, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:

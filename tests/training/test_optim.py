@@ -51,3 +51,9 @@ def test_logit_scale_is_clamped_at_ln_100(micro_model):
         model.logit_scale.fill_(-1.0)
     clamp_logit_scale(model)
     assert model.logit_scale.item() == 0.0
+
+
+def test_unknown_optimizer_is_refused(micro_model):
+    model, _, _ = create_model(micro_model)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        make_optimizer(model, TrainConfig(optimizer="sgd"))

@@ -1,0 +1,45 @@
+"""The train stage's configs: every field has a default, an allowed type and a docstring."""
+
+import ast
+import dataclasses
+import typing
+from pathlib import Path
+
+import pytest
+
+from training import config as config_module
+from training.config import ALIPConfig, DreamLIPConfig, MLCDConfig, NegCLIPConfig, TrainConfig
+
+SCALARS = {int, float, str, bool, int | None, float | None, str | None,
+           tuple[str, ...], tuple[int, ...], tuple[float, ...]}
+CONFIGS = [TrainConfig, ALIPConfig, DreamLIPConfig, NegCLIPConfig, MLCDConfig]
+
+
+def field_docstrings(cls: type) -> dict[str, str]:
+    """Field name -> the string literal right under it in the class body."""
+    tree = ast.parse(Path(config_module.__file__).read_text())
+    body = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls.__name__).body
+    docs = {}
+    for node, after in zip(body, body[1:], strict=False):
+        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+            docs[node.target.id] = after.value.value
+    return docs
+
+
+@pytest.mark.parametrize("cls", CONFIGS)
+def test_fields_have_allowed_types_defaults_and_docstrings(cls):
+    hints = typing.get_type_hints(cls)
+    docs = field_docstrings(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        assert tp in SCALARS or (dataclasses.is_dataclass(tp) and tp in CONFIGS), (cls.__name__, f.name, tp)
+        assert f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING, f.name
+        assert docs.get(f.name, "").strip(), f"{cls.__name__}.{f.name} has no docstring"
+    assert cls.__dataclass_params__.frozen
+
+
+def test_defaults_keep_plain_clip_on_one_rank():
+    cfg = TrainConfig()
+    assert cfg.objectives == ("clip",) and cfg.ranks == 1 and cfg.accum_freq == 1 and cfg.optimizer == "adamw"
+    assert cfg.gpus_per_rank == 0.0 and cfg.mlcd.num_centers is None and cfg.dreamlip.num_text == 6
+    assert dataclasses.replace(cfg, mlcd=MLCDConfig(num_centers=10)).mlcd.num_centers == 10
