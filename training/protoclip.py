@@ -183,6 +183,19 @@ def fit_prototypes(image_features: np.ndarray, text_features: np.ndarray, cfg: P
                       back_translate(text_labels, image, k), back_translate(image_labels, text, k), **teacher)
 
 
+def share_prototypes(p: Prototypes | None, dist: DistContext, device: torch.device | None = None) -> Prototypes:
+    """Rank 0's prototypes on every rank, so k-means runs once (`device`: this rank's GPU under NCCL)."""
+    if dist.world_size > 1:
+        import torch.distributed as torch_dist
+
+        box = [p]
+        torch_dist.broadcast_object_list(box, src=0, device=device)
+        p = box[0]
+    if p is None:
+        raise ValueError("share_prototypes: rank 0 has no prototypes to share")
+    return p
+
+
 def prototype_targets(teacher_prototypes: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
     """(B, K) targets: softmax(C_y . C^T / tau) over the target prototypes C (K, D); one-hot when tau <= 0."""
     k = teacher_prototypes.shape[0]

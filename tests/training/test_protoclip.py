@@ -25,6 +25,7 @@ from training.protoclip import (
     episode_seed,
     fit_prototypes,
     kmeans,
+    share_prototypes,
     teacher_text_features,
 )
 
@@ -306,12 +307,20 @@ def test_no_teacher_configured_gives_none_and_a_teacher_without_weights_is_refus
 
 # --- two ranks against one process ----------------------------------------------------------------------
 
+
+def test_share_prototypes_on_one_rank_is_the_identity_and_needs_prototypes():
+    _, _, _, _, p = episode()
+    assert share_prototypes(p, DistContext()) is p
+    with pytest.raises(ValueError, match="no prototypes"):
+        share_prototypes(None, DistContext())
+
+
 RANK_SCRIPT = r"""
 import json, sys
 from types import SimpleNamespace
 import numpy as np, torch, torch.distributed as dist
 from training.losses import DistContext
-from training.protoclip import ProtoCLIPConfig, ProtoCLIPObjective, Prototypes
+from training.protoclip import ProtoCLIPConfig, ProtoCLIPObjective, Prototypes, share_prototypes
 rank, init, out, state = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 torch.set_num_threads(1)
 dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
@@ -319,6 +328,8 @@ setup = torch.load(state, weights_only=True)
 cfg = SimpleNamespace(protoclip=ProtoCLIPConfig(**json.loads(setup["cfg"])))
 objective = ProtoCLIPObjective(cfg, 6)
 objective.load_state_dict(setup["objective"])
+mine = Prototypes(**{k: v.numpy() for k, v in setup["prototypes"].items()}) if rank == 0 else None
+objective.set_prototypes(share_prototypes(mine, DistContext.current()))
 rows = slice(rank * 4, (rank + 1) * 4)
 img, txt = setup["img"][rows].clone().requires_grad_(), setup["txt"][rows].clone().requires_grad_()
 loss = objective({"image_features": img, "text_features": txt}, {"episode_index": setup["index"][rows]},
@@ -331,15 +342,18 @@ dist.destroy_process_group()
 """
 
 
-def test_two_ranks_match_one_process_with_global_batch_norm(tmp_path):
+def test_two_ranks_share_prototypes_and_match_one_process_with_global_batch_norm(tmp_path):
     cfg = ProtoCLIPConfig(num_prototypes=3, projection_dim=4, projection_hidden_dim=5, temperature=0.2)
     torch.manual_seed(0)
     objective = ProtoCLIPObjective(SimpleNamespace(protoclip=cfg), 6)
     img, txt = torch.from_numpy(unit_rows(24, 6, 0)), torch.from_numpy(unit_rows(24, 6, 1))
-    objective.set_prototypes(fit_prototypes(*objective.episode_features(img, txt), cfg, seed=0))
+    heads = objective.state_dict()  # before set_prototypes: rank 1 gets the prototypes from rank 0 only
+    p = fit_prototypes(*objective.episode_features(img, txt), cfg, seed=0)
+    objective.set_prototypes(p)
     index = torch.tensor([5, 0, 11, 23, 7, 7, 19, 2])
     state = {"cfg": json.dumps({f.name: getattr(cfg, f.name) for f in fields(cfg)}), "img": img[index],
-             "txt": txt[index], "index": index, "objective": objective.state_dict()}
+             "txt": txt[index], "index": index, "objective": heads,
+             "prototypes": {f.name: torch.from_numpy(getattr(p, f.name)) for f in fields(p)[:6]}}
     torch.save(state, tmp_path / "state.pt")
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT)
