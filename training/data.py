@@ -5,7 +5,12 @@ Both loaders yield the same batch dict, so every objective reads one format:
 - "image": (B, 3, H, W) float32, open_clip's transform (RandomResizedCrop when training);
 - "text": (B, L) int64 tokens of "caption", the text drawn for this step by a TEXT_SAMPLERS entry;
 - lists of length B: "uid", "raw_text" (the original alt-text), "caption", "rewrites" (LaCLIP),
-  "long_caption" (DreamLIP), "synthetic_caption" (ALIP), "cluster_labels" and "cluster_scores" (MLCD).
+  "long_caption" (DreamLIP), "synthetic_caption" (ALIP), "cluster_labels" and "cluster_scores" (MLCD);
+- and only when the objectives ask for them (BatchFields): "synthetic_text" (B, L) tokens of the synthetic
+  caption (ALIP); "subcaption_text" (B*K, L) tokens of K sentences of the long caption per image, with
+  "subcaption_ids" (B, K) each sentence's index (DreamLIP); "negative_text" (B*M, L) tokens of M hard
+  negatives per caption, with "negative_mask" (B, M) marking the real ones (NegCLIP); "cluster_label_ids"
+  (B, k) the first k cluster labels, -1 padded (MLCD).
 
 The shard pipeline follows open_clip_train's `get_wds_dataset`: shard lists split across ranks and
 dataloader workers, a sample shuffle buffer, decode, transform, batch. Shards are drawn in passes: each
@@ -32,8 +37,10 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from curation.synthetic import COLOURS, SIZES, TEXTURES
 from training.config import TrainConfig
 from training.models import transform_for
+from training.objectives import sample_subcaption_ids, shuffle_words, split_sentences, swap_attributes
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 """Image members a shard sample may hold (open_clip's image_key "jpg;png;jpeg;webp")."""
@@ -51,6 +58,56 @@ META_DEFAULTS: dict[str, Any] = {
 LIST_FIELDS = ("uid", "raw_text", "caption", "rewrites", "long_caption", "synthetic_caption",
                "cluster_labels", "cluster_scores")
 """Batch keys holding a Python list of length B."""
+
+ATTRIBUTE_WORDS = frozenset(COLOURS) | frozenset(SIZES) | frozenset(TEXTURES) | frozenset({
+    "above", "below", "left", "right", "under", "over", "behind", "beside", "inside", "top", "bottom",
+    "big", "tiny", "huge", "little", "tall", "short", "long", "wide", "narrow", "grey", "gold", "silver",
+    "dark", "light", "bright", "wooden", "metal", "plastic", "glass", "furry", "shiny", "smooth", "rough",
+})
+"""Words NegCLIP may swap to make an attribute-binding negative: the synthetic world's colours, sizes, textures
+and relation words, and common English attribute words for real captions (ARO swaps adjectives and relations)."""
+
+TEXT_INPUTS: dict[str, str] = {
+    "text": "text_features",
+    "synthetic_text": "synthetic_features",
+    "subcaption_text": "subcaption_features",
+    "negative_text": "negative_features",
+}
+"""Token tensors a batch may hold -> the name of their (normalised) features in the model's `out`."""
+
+NEGATIVE_MAKERS: dict[str, Callable[[str, np.random.Generator], str | None]] = {
+    "shuffled": shuffle_words,
+    "swapped": lambda text, rng: swap_attributes(text, ATTRIBUTE_WORDS, rng),
+}
+"""NegCLIP hard-negative makers by name (ARO's word-order shuffle and attribute swap); None when impossible."""
+
+
+@dataclass(frozen=True)
+class BatchFields:
+    """The extra per-sample inputs the configured objectives read, built by the loaders."""
+
+    synthetic: bool = False
+    """tokenize each synthetic caption (ALIP's second text path)."""
+    num_subcaptions: int = 0
+    """sentences of the long caption drawn per image (DreamLIP's num_text); 0 draws none."""
+    negatives: tuple[str, ...] = ()
+    """NEGATIVE_MAKERS applied to each caption (NegCLIP)."""
+    num_labels: int = 0
+    """cluster labels kept per sample as a (B, k) tensor (MLCD's top-k positives); 0 keeps none."""
+
+
+NO_FIELDS = BatchFields()
+"""Plain CLIP's batches: image and text only."""
+
+
+def batch_fields(cfg: TrainConfig) -> BatchFields:
+    """What the loaders must build for `cfg.objectives` (nothing beyond image and text for plain CLIP)."""
+    names = set(cfg.objectives)
+    negatives = tuple(k for k, on in (("shuffled", cfg.negclip.shuffled), ("swapped", cfg.negclip.swapped)) if on)
+    return BatchFields(synthetic="alip" in names,
+                       num_subcaptions=cfg.dreamlip.num_text if "dreamlip" in names else 0,
+                       negatives=negatives if "negclip" in names else (),
+                       num_labels=cfg.mlcd.top_k if "mlcd" in names else 0)
 
 
 @dataclass(frozen=True)
@@ -97,22 +154,62 @@ def decode_image(data: bytes) -> Image.Image:
         return img.convert("RGB")
 
 
+def add_objective_inputs(sample: dict, fields: BatchFields, rng: np.random.Generator) -> None:
+    """Draw the sample's DreamLIP sub-captions and NegCLIP negatives (in that order, from `rng`).
+
+    Without a long caption the caption itself is the only sentence; an impossible negative is None."""
+    if fields.num_subcaptions:
+        sentences = split_sentences(sample["long_caption"]) or [sample["caption"]]
+        ids = sample_subcaption_ids(len(sentences), fields.num_subcaptions, rng)
+        sample["subcaptions"], sample["subcaption_ids"] = [sentences[k] for k in ids], ids
+    if fields.negatives:
+        sample["negatives"] = [NEGATIVE_MAKERS[name](sample["caption"], rng) for name in fields.negatives]
+
+
 def make_sample(image: bytes, text: str, meta: dict, transform: Callable, sampler: str,
-                rng: np.random.Generator) -> dict:
+                rng: np.random.Generator, fields: BatchFields = NO_FIELDS) -> dict:
     """One decoded, transformed sample with every caption field (defaults where `meta` lacks or nulls one)."""
     sample = {k: copy.copy(default) if meta.get(k) is None else meta[k] for k, default in META_DEFAULTS.items()}
     sample["uid"] = str(sample["uid"])
     sample["raw_text"] = text or ""
     sample["caption"] = TEXT_SAMPLERS[sampler](sample, rng)
+    add_objective_inputs(sample, fields, rng)
     sample["image"] = transform(decode_image(image))  # (3, H, W)
     return sample
 
 
-def collate(samples: Sequence[dict], tokenizer: Callable) -> dict:
-    """Stack images, tokenize the drawn captions, keep every other field as a list."""
+def label_matrix(labels: Sequence[Sequence[int]], k: int) -> torch.Tensor:
+    """(B, k) int64 of each sample's first k labels, -1 where a sample has fewer."""
+    out = torch.full((len(labels), k), -1, dtype=torch.long)
+    for i, row in enumerate(labels):
+        row = list(row)[:k]
+        out[i, :len(row)] = torch.as_tensor(row, dtype=torch.long)
+    return out
+
+
+def collate_objective_inputs(samples: Sequence[dict], fields: BatchFields, tokenizer: Callable) -> dict:
+    """The extra tensors of BatchFields (see the module docstring for their shapes)."""
+    batch: dict[str, Any] = {}
+    if fields.synthetic:  # a sample without a synthetic caption trains ALIP's caption path on its caption
+        batch["synthetic_text"] = tokenizer([s["synthetic_caption"] or s["caption"] for s in samples]).long()
+    if fields.num_subcaptions:
+        batch["subcaption_text"] = tokenizer([t for s in samples for t in s["subcaptions"]]).long()  # (B*K, L)
+        batch["subcaption_ids"] = torch.tensor([s["subcaption_ids"] for s in samples], dtype=torch.long)
+    if fields.negatives:
+        negatives = [n for s in samples for n in s["negatives"]]
+        batch["negative_text"] = tokenizer([n or "" for n in negatives]).long()  # (B*M, L)
+        batch["negative_mask"] = torch.tensor([n is not None for n in negatives]).reshape(len(samples), -1)
+    if fields.num_labels:
+        batch["cluster_label_ids"] = label_matrix([s["cluster_labels"] for s in samples], fields.num_labels)
+    return batch
+
+
+def collate(samples: Sequence[dict], tokenizer: Callable, fields: BatchFields = NO_FIELDS) -> dict:
+    """Stack images, tokenize the drawn captions (and the objectives' extra texts), keep other fields as lists."""
     batch: dict[str, Any] = {
         "image": torch.stack([s["image"] for s in samples]),  # (B, 3, H, W)
         "text": tokenizer([s["caption"] for s in samples]).long(),  # (B, L)
+        **collate_objective_inputs(samples, fields, tokenizer),
     }
     for key in LIST_FIELDS:
         batch[key] = [s[key] for s in samples]
@@ -162,8 +259,8 @@ def shuffle_samples(samples: Iterable[dict], bufsize: int, seed: int, rank: int)
     yield from buf
 
 
-def decode_samples(samples: Iterable[dict], transform: Callable, sampler: str, seed: int, rank: int
-                   ) -> Iterator[dict]:
+def decode_samples(samples: Iterable[dict], transform: Callable, sampler: str, seed: int, rank: int,
+                   fields: BatchFields = NO_FIELDS) -> Iterator[dict]:
     """Raw tar members -> decoded samples; members without an image or caption are skipped."""
     rng = np.random.default_rng(worker_seed(seed, rank))
     for raw in samples:
@@ -172,7 +269,7 @@ def decode_samples(samples: Iterable[dict], transform: Callable, sampler: str, s
             continue
         meta = json.loads(raw["json"]) if "json" in raw else {}
         meta.setdefault("uid", raw["__key__"])
-        yield make_sample(raw[ext], raw["txt"].decode("utf-8"), meta, transform, sampler, rng)
+        yield make_sample(raw[ext], raw["txt"].decode("utf-8"), meta, transform, sampler, rng, fields)
 
 
 def shard_loader(
@@ -188,6 +285,7 @@ def shard_loader(
     shuffle_buffer: int = 2000,
     rank: int = 0,
     world_size: int = 1,
+    fields: BatchFields = NO_FIELDS,
 ) -> Iterable[dict]:
     """Batches from WebDataset tars. Training: ceil(num_samples / (batch_size x world_size)) full batches for
     this rank (rounded up to a multiple of `workers`), from endless shard passes. Evaluation: one ordered
@@ -197,8 +295,10 @@ def shard_loader(
                 wds.tarfile_to_samples(handler=wds.warn_and_continue)]
     if train:
         pipeline.append(partial(shuffle_samples, bufsize=shuffle_buffer, seed=seed, rank=rank))
-    pipeline += [partial(decode_samples, transform=transform, sampler=text_sampler, seed=seed, rank=rank),
-                 wds.batched(batch_size, collation_fn=partial(collate, tokenizer=tokenizer), partial=not train)]
+    pipeline += [partial(decode_samples, transform=transform, sampler=text_sampler, seed=seed, rank=rank,
+                         fields=fields),
+                 wds.batched(batch_size, collation_fn=partial(collate, tokenizer=tokenizer, fields=fields),
+                             partial=not train)]
     dataset = wds.DataPipeline(*pipeline)
     if train:
         batches = -(-num_samples // (batch_size * world_size))
@@ -235,13 +335,19 @@ def table_loader(
     rank: int = 0,
     world_size: int = 1,
     start_batch: int = 0,
+    fields: BatchFields = NO_FIELDS,
+    stop_batch: int | None = None,
 ) -> Iterator[dict]:
     """One epoch of batches from a table with `image` (encoded bytes) and `text` columns (other contract
-    columns - uid, rewrites, long_caption, ... - travel along when present). Decodes in this process."""
+    columns - uid, rewrites, long_caption, ... - travel along when present). Decodes in this process.
+    Batches [start_batch, stop_batch) of the epoch's order are yielded."""
     transform = transform or default_transform(train)
-    rng = np.random.default_rng([seed, rank])
-    for idx in row_order(table.num_rows, batch_size, train, seed, rank, world_size)[start_batch:]:
+    order = row_order(table.num_rows, batch_size, train, seed, rank, world_size)
+    for b in range(start_batch, len(order) if stop_batch is None else min(stop_batch, len(order))):
+        idx = order[b]
+        rng = np.random.default_rng([seed, rank, b])  # per batch, so a resumed run draws the same captions
         rows = table.take(pa.array(idx)).to_pylist()
         for i, row in zip(idx, rows, strict=True):
             row["uid"] = row.get("uid") or str(i)  # tables without uids (the bootstrap's) use the row number
-        yield collate([make_sample(r["image"], r["text"], r, transform, text_sampler, rng) for r in rows], tokenizer)
+        samples = [make_sample(r["image"], r["text"], r, transform, text_sampler, rng, fields) for r in rows]
+        yield collate(samples, tokenizer, fields)

@@ -5,6 +5,12 @@ norms and the temperature, linear warmup then cosine decay, gradient clipping, t
 ln 100. A step whose loss or gradient norm is not finite is skipped and counted (too many abort). Inside a
 torch.distributed process group (Ray Train, torchrun) the model is wrapped in DDP and each rank reads its
 own part of the data; only rank 0 writes checkpoints and metrics.
+
+The model runs only the passes the configured objectives read (`TrainModule.encode`): every caption of a step
+(raw text, ALIP's synthetic caption, DreamLIP's sub-captions, NegCLIP's negatives) goes through the text tower
+in one batched forward. With accum_freq > 1 a step is open_clip's feature-cached accumulation: a no-grad
+forward of every micro-batch caches its features, then each micro-batch is re-encoded with gradients and
+spliced into the cached global features, so the gradient equals that of the whole accumulated batch.
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
@@ -22,23 +30,26 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 import torch.distributed as torch_dist
+import torch.nn.functional as F
 from torch import nn
 
 from training.checkpoints import (
+    gather_sharded_state,
     latest_checkpoint,
     load_checkpoint,
     model_state,
     prune_epoch_checkpoints,
     restore_rng,
     save_atomic,
+    slice_sharded_optimizer_state,
     training_state,
     write_checkpoint,
 )
 from training.config import TrainConfig
-from training.data import ShardData, shard_loader, table_loader
+from training.data import TEXT_INPUTS, ShardData, batch_fields, shard_loader, table_loader
 from training.losses import DistContext, WeightedObjectives
 from training.models import create_model, embed_dim, image_transform, unwrap
-from training.optim import clamp_logit_scale, cosine_lr, make_optimizer, set_lr
+from training.optim import clamp_logit_scales, cosine_lr, make_optimizer, set_lr
 
 
 class NonFiniteLossError(RuntimeError):
@@ -67,6 +78,39 @@ class Progress:
     window: list[dict] = field(default_factory=list)
 
 
+SHARED_OUTPUTS = ("logit_scale", "logit_bias")
+"""`out` entries that are parameters, not per-sample features (never cached or spliced)."""
+
+
+@dataclass
+class FeatureCache:
+    """open_clip's accumulation cache: every micro-batch's no-grad features, the micro-batches' labels and masks
+    merged, and which micro-batch is being re-encoded with gradients."""
+
+    features: list[dict[str, torch.Tensor]]
+    batch: dict
+    index: int = 0
+
+    def splice(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The whole accumulated batch's features with micro-batch `index`'s rows replaced by `out`'s."""
+        j = self.index
+        return {k: v if k in SHARED_OUTPUTS else
+                torch.cat([f[k] for f in self.features[:j]] + [v] + [f[k] for f in self.features[j + 1:]])
+                for k, v in out.items()}
+
+
+def concat_batches(batches: list[dict]) -> dict:
+    """The micro-batches' labels and masks (tensors) and list fields as one batch; images and tokens are left
+    out (their features stand for them)."""
+    merged = {}
+    for key, value in batches[0].items():
+        if key == "image" or key in TEXT_INPUTS:
+            continue
+        merged[key] = torch.cat([b[key] for b in batches]) if isinstance(value, torch.Tensor) \
+            else [x for b in batches for x in b[key]]
+    return merged
+
+
 class TrainModule(nn.Module):
     """The model and its objectives as one module, so DDP sees one forward and every parameter."""
 
@@ -75,16 +119,60 @@ class TrainModule(nn.Module):
         self.model = model
         self.objectives = objectives
         self.dist = dist
+        objectives.attach(model)
+        self.reads = objectives.reads
 
-    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        out = {
-            "image_features": self.model.encode_image(batch["image"], normalize=True),  # (B, D)
-            "text_features": self.model.encode_text(batch["text"], normalize=True),  # (B, D)
-            "logit_scale": self.model.logit_scale.exp(),
-        }
+    def encode_image(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        if "patch_tokens" not in self.reads:
+            return {"image_features": self.model.encode_image(image, normalize=True)}  # (B, D)
+        # DreamLIP's grouping loss also needs the patch tokens: the last block's, after ln_post, as open_clip's
+        # output_tokens gives them; the pooled features are exactly encode_image's.
+        o = self.model.visual.forward_intermediates(image, indices=1, output_fmt="NLC", normalize_intermediates=True)
+        return {"image_features": F.normalize(o["image_features"], dim=-1),  # (B, D)
+                "patch_tokens": o["image_intermediates"][-1]}  # (B, P, width)
+
+    def encode_texts(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Every caption the objectives read, in ONE text-tower forward; per-image groups as (B, K, D)."""
+        keys = [k for k, name in TEXT_INPUTS.items() if k in batch and name in self.reads]
+        if not keys:
+            return {}
+        tokens = [batch[k] for k in keys]
+        features = self.model.encode_text(tokens[0] if len(tokens) == 1 else torch.cat(tokens), normalize=True)
+        rows, out = batch["image"].shape[0], {}
+        for key, part in zip(keys, features.split([t.shape[0] for t in tokens]), strict=True):
+            out[TEXT_INPUTS[key]] = part if part.shape[0] == rows and key in ("text", "synthetic_text") \
+                else part.reshape(rows, -1, part.shape[-1])
+        return out
+
+    def encode(self, batch: dict) -> dict[str, torch.Tensor]:
+        """`out`: the features of this batch the objectives read, and the temperature (and bias)."""
+        out = {**self.encode_image(batch["image"]), **self.encode_texts(batch),
+               "logit_scale": self.model.logit_scale.exp()}
         if getattr(self.model, "logit_bias", None) is not None:
             out["logit_bias"] = self.model.logit_bias
+        return out
+
+    def forward(self, batch: dict, cache: FeatureCache | None = None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out = self.encode(batch)
+        if cache is not None:
+            out, batch = cache.splice(out), cache.batch
         return self.objectives(out, batch, self.dist)
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters each accumulated micro-batch's loss depends on in full (temperatures, biases, objectives')."""
+        own = [p for p in (self.model.logit_scale, getattr(self.model, "logit_bias", None)) if p is not None]
+        return own + list(self.objectives.parameters())
+
+    def sharded_parameters(self) -> list[nn.Parameter]:
+        """Rank-local parameters (kept out of DDP; their gradient norm is summed over ranks)."""
+        return [self.objectives.get_parameter(name) for name in self.objectives.sharded()]
+
+    def may_leave_parameters_unused(self) -> bool:
+        """True when no objective reads the text tower, the temperature or the model's bias (DDP must know)."""
+        text = any(name in self.reads for name in TEXT_INPUTS.values())
+        bias = getattr(self.model, "logit_bias", None) is not None and "logit_bias" not in self.reads
+        return not text or "logit_scale" not in self.reads or bias
 
 
 def configure_threads() -> int:
@@ -105,8 +193,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def steps_per_epoch(num_samples: int, cfg: TrainConfig, world_size: int) -> int:
-    """Full global batches per pass over the data (at least one)."""
-    return max(1, num_samples // (cfg.batch_size * world_size))
+    """Optimiser steps (of batch_size x world_size x accum_freq samples) per pass over the data (at least one)."""
+    return max(1, num_samples // (cfg.batch_size * world_size * cfg.accum_freq))
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -121,25 +209,85 @@ def all_ranks_finite(value: torch.Tensor, dist: DistContext) -> bool:
     return bool(flag.item() > 0)
 
 
-def train_step(module: nn.Module, optimizer: torch.optim.Optimizer, batch: dict, cfg: TrainConfig,
-               dist: DistContext) -> dict[str, float] | None:
-    """One optimiser step; None (parameters untouched) when the loss or the gradient norm is not finite."""
-    optimizer.zero_grad(set_to_none=True)
-    device = batch["image"].device
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-        total, terms = module(batch)
+def autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+
+
+Loss = tuple[torch.Tensor, dict[str, torch.Tensor]]
+
+
+def accumulate(module: nn.Module, batches: list[dict], cfg: TrainConfig, dist: DistContext) -> Loss | None:
+    """open_clip's feature-cached accumulation over micro-batches; None when the loss is not finite."""
+    core, device = unwrap(module), batches[0]["image"].device
+    with torch.no_grad(), autocast(cfg, device):
+        cache = FeatureCache([core.encode(b) for b in batches], concat_batches(batches))
+    for j, batch in enumerate(batches):
+        cache.index = j
+        last = j == len(batches) - 1
+        with nullcontext() if last or not hasattr(module, "no_sync") else module.no_sync():  # one all-reduce
+            with autocast(cfg, device):
+                total, terms = module(batch, cache)
+            if j == 0 and not all_ranks_finite(total, dist):
+                return None
+            total.backward()
+    # Every micro-batch's loss depends in full on the shared parameters, so their gradient was summed K times.
+    for p in core.shared_parameters():
+        if p.grad is not None:
+            p.grad.div_(len(batches))
+    return total, terms
+
+
+def forward_backward(module: nn.Module, batches: list[dict], cfg: TrainConfig, dist: DistContext) -> Loss | None:
+    """The step's loss with its gradient accumulated in .grad; None when the loss is not finite."""
+    if len(batches) > 1:
+        return accumulate(module, batches, cfg, dist)
+    with autocast(cfg, batches[0]["image"].device):
+        total, terms = module(batches[0])
     if not all_ranks_finite(total, dist):
         return None
     total.backward()
-    clip = cfg.grad_clip_norm if cfg.grad_clip_norm > 0 else math.inf
-    grad_norm = torch.nn.utils.clip_grad_norm_([p for p in module.parameters() if p.grad is not None], clip)
+    return total, terms
+
+
+def clip_gradients(core: TrainModule, max_norm: float, dist: DistContext) -> torch.Tensor:
+    """The global gradient norm (rank-local parameters' squares summed over ranks), clipped to max_norm when
+    max_norm > 0 (as torch's clip_grad_norm_, which it equals without rank-local parameters)."""
+    params = [p for p in core.parameters() if p.grad is not None]
+    local_ids = {id(p) for p in core.sharded_parameters()}
+    replicated = [p.grad for p in params if id(p) not in local_ids]
+    norm = torch.nn.utils.get_total_norm(replicated) if replicated else torch.zeros(())
+    local = [p.grad for p in params if id(p) in local_ids]
+    if local:
+        squares = torch.nn.utils.get_total_norm(local) ** 2
+        if dist.world_size > 1:
+            torch_dist.all_reduce(squares)
+        norm = (norm.to(squares.device) ** 2 + squares).sqrt()
+    if max_norm > 0:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+    return norm
+
+
+def train_step(module: nn.Module, optimizer: torch.optim.Optimizer, batches: dict | list[dict], cfg: TrainConfig,
+               dist: DistContext) -> dict[str, float] | None:
+    """One optimiser step over one batch or accum_freq micro-batches; None (parameters untouched) when the loss
+    or the gradient norm is not finite."""
+    batches = [batches] if isinstance(batches, dict) else batches
+    optimizer.zero_grad(set_to_none=True)
+    loss = forward_backward(module, batches, cfg, dist)
+    if loss is None:
+        return None
+    (total, terms), core = loss, unwrap(module)
+    grad_norm = clip_gradients(core, cfg.grad_clip_norm, dist)
     if not all_ranks_finite(grad_norm, dist):
         optimizer.zero_grad(set_to_none=True)
         return None
     optimizer.step()
-    clamp_logit_scale(unwrap(module).model)
-    return {"loss": total.item(), **{f"loss_{k}": v.item() for k, v in terms.items()},
-            "grad_norm": grad_norm.item()}
+    clamp_logit_scales(core)
+    metrics = {"loss": total.item(), **{f"loss_{k}": v.item() for k, v in terms.items()},
+               "grad_norm": grad_norm.item(), "logit_scale": core.model.logit_scale.exp().item(),
+               **{k: float(v) for k, v in core.objectives.metrics().items()}}
+    core.objectives.end_step()
+    return metrics
 
 
 def batch_stream(data: ShardData | pa.Table, cfg: TrainConfig, tokenizer: Callable, transform: Callable,
@@ -150,19 +298,23 @@ def batch_stream(data: ShardData | pa.Table, cfg: TrainConfig, tokenizer: Callab
     Shards restart their stream from a seed mixed with the resume step (open_clip likewise does not
     replay a WebDataset mid-epoch), so resumed steps see fresh, not repeated, samples.
     """
+    fields, per_step = batch_fields(cfg), cfg.accum_freq  # micro-batches of batch_size per step
     if isinstance(data, pa.Table):
-        per_epoch = steps_per_epoch(data.num_rows, cfg, dist.world_size)
-        for epoch in count(start_step // per_epoch):
-            skip = start_step % per_epoch if epoch == start_step // per_epoch else 0
+        per_epoch = steps_per_epoch(data.num_rows, cfg, dist.world_size) * per_step
+        start = start_step * per_step
+        for epoch in count(start // per_epoch):
+            skip = start % per_epoch if epoch == start // per_epoch else 0
             yield from table_loader(data, cfg.batch_size, tokenizer, True, seed=cfg.seed * 100_003 + epoch,
                                     transform=transform, text_sampler=cfg.text_sampler, rank=dist.rank,
-                                    world_size=dist.world_size, start_batch=skip)
+                                    world_size=dist.world_size, start_batch=skip, stop_batch=per_epoch,
+                                    fields=fields)
         return
     total = steps_per_epoch(data.num_samples, cfg, dist.world_size) * cfg.epochs
-    yield from shard_loader(data.urls, cfg.batch_size, (total - start_step) * cfg.batch_size * dist.world_size,
-                            tokenizer, True, cfg.workers, seed=cfg.seed * 100_003 + start_step,
-                            transform=transform, text_sampler=cfg.text_sampler, shuffle_buffer=cfg.shuffle_buffer,
-                            rank=dist.rank, world_size=dist.world_size)
+    samples = (total - start_step) * per_step * cfg.batch_size * dist.world_size
+    yield from shard_loader(data.urls, cfg.batch_size, samples, tokenizer, True, cfg.workers,
+                            seed=cfg.seed * 100_003 + start_step, transform=transform, text_sampler=cfg.text_sampler,
+                            shuffle_buffer=cfg.shuffle_buffer, rank=dist.rank, world_size=dist.world_size,
+                            fields=fields)
 
 
 def read_history(path: Path, until_step: int) -> list[dict]:
@@ -179,8 +331,9 @@ def restore(path: str | None, module: TrainModule, optimizer: torch.optim.Optimi
         return Progress()
     state = load_checkpoint(path)
     module.model.load_state_dict(state["state_dict"])
-    module.objectives.load_state_dict(state["objectives"])
-    optimizer.load_state_dict(state["optimizer"])
+    module.objectives.load_state_dict(state["objectives"])  # sharded rows are cut to this rank's by a hook
+    shards = module.objectives.sharded()
+    optimizer.load_state_dict(slice_sharded_optimizer_state(state["optimizer"], optimizer, module.objectives, shards))
     restore_rng(state["rng"])
     return Progress(step=int(state["step"]), skipped=int(state["skipped_steps"]))
 
@@ -217,6 +370,8 @@ def setup(cfg: TrainConfig, data: ShardData | pa.Table, out_dir: str, log: Calla
           on_checkpoint: Callable[[str], None] | None) -> tuple[Run, Callable, Callable]:
     """Build the run: seeded model, objectives, optimiser, device and DDP; returns (run, tokenizer, transform)."""
     configure_threads()
+    if cfg.accum_freq < 1:
+        raise ValueError(f"accum_freq must be >= 1, got {cfg.accum_freq}")
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     dist, device = DistContext.current(), resolve_device(cfg.device)
@@ -225,7 +380,7 @@ def setup(cfg: TrainConfig, data: ShardData | pa.Table, out_dir: str, log: Calla
     core = TrainModule(model, WeightedObjectives(cfg, embed_dim(cfg.model)), dist).to(device)
     module: nn.Module = core
     if dist.world_size > 1:
-        module = nn.parallel.DistributedDataParallel(core, device_ids=[device.index] if device.type == "cuda" else None)
+        module = wrap_ddp(core, device)
     num_samples = data.num_rows if isinstance(data, pa.Table) else data.num_samples
     per_epoch = steps_per_epoch(num_samples, cfg, dist.world_size)
     run = Run(cfg, Path(out_dir), dist, module, core, make_optimizer(core, cfg), device, per_epoch,
@@ -233,11 +388,23 @@ def setup(cfg: TrainConfig, data: ShardData | pa.Table, out_dir: str, log: Calla
     return run, tokenizer, transform
 
 
+def wrap_ddp(core: TrainModule, device: torch.device) -> nn.Module:
+    """DDP over the module, leaving out rank-local parameters (each rank holds different rows)."""
+    local = [f"objectives.{name}" for name in core.objectives.sharded()]
+    if local:
+        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(core, local)
+    return nn.parallel.DistributedDataParallel(core, device_ids=[device.index] if device.type == "cuda" else None,
+                                               find_unused_parameters=core.may_leave_parameters_unused())
+
+
 def save_progress(run: Run, progress: Progress, filename: str) -> None:
-    """A resumable checkpoint from rank 0, then older epoch checkpoints pruned and the hook told."""
+    """A resumable checkpoint from rank 0 (every rank joins in gathering rank-local parameters), then older
+    epoch checkpoints pruned and the hook told."""
+    objectives, optimizer = gather_sharded_state(run.core.objectives, run.optimizer, run.core.objectives.sharded(),
+                                                 run.dist)
     if run.dist.rank != 0:
         return
-    state = training_state(run.core.model, run.core.objectives, run.optimizer, run.cfg,
+    state = training_state(run.core.model, objectives, optimizer, run.cfg,
                            progress.step // run.per_epoch, progress.step, progress.skipped)
     path = write_checkpoint(run.out, filename, state)
     prune_epoch_checkpoints(run.out, run.cfg.keep_epoch_checkpoints)
@@ -266,25 +433,48 @@ def after_step(run: Run, progress: Progress, lr: float, clock: dict[str, float])
         save_progress(run, progress, "latest.pt")
 
 
+def progress_bar(run: Run, progress: Progress):  # noqa: ANN201 - tqdm or None
+    """A tqdm bar over the steps on rank 0 when stderr is a terminal (tqdm ships with open_clip)."""
+    if run.dist.rank != 0 or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=run.total_steps, initial=progress.step, unit="step", dynamic_ncols=True)
+
+
+def record(progress: Progress, metrics: dict[str, float] | None, cfg: TrainConfig) -> None:
+    """Keep a step's metrics for the next metrics line, or count it as skipped (too many abort)."""
+    if metrics is not None:
+        progress.window.append(metrics)
+        return
+    progress.skipped += 1
+    if progress.skipped > cfg.max_nonfinite_steps:
+        raise NonFiniteLossError(
+            f"{progress.skipped} steps had a non-finite loss or gradient "
+            f"(max_nonfinite_steps={cfg.max_nonfinite_steps}); the last at step {progress.step}")
+
+
 def run_steps(run: Run, progress: Progress, stream: Iterator[dict]) -> None:
     """Train from progress.step to the last step, skipping (and counting) non-finite steps."""
     cfg, clock = run.cfg, {"last": time.perf_counter(), "seen": float(progress.samples_seen)}
-    while progress.step < run.total_steps:
-        batch = to_device(next(stream), run.device)
-        lr = cosine_lr(progress.step, cfg.lr, cfg.warmup_steps, run.total_steps, cfg.min_lr_ratio)
-        set_lr(run.optimizer, lr)
-        metrics = train_step(run.module, run.optimizer, batch, cfg, run.dist)
-        progress.step += 1
-        progress.samples_seen += cfg.batch_size * run.dist.world_size
-        if metrics is None:
-            progress.skipped += 1
-            if progress.skipped > cfg.max_nonfinite_steps:
-                raise NonFiniteLossError(
-                    f"{progress.skipped} steps had a non-finite loss or gradient "
-                    f"(max_nonfinite_steps={cfg.max_nonfinite_steps}); the last at step {progress.step}")
-        else:
-            progress.window.append(metrics)
-        after_step(run, progress, lr, clock)
+    bar = progress_bar(run, progress)
+    try:
+        while progress.step < run.total_steps:
+            batches = [to_device(next(stream), run.device) for _ in range(cfg.accum_freq)]
+            lr = cosine_lr(progress.step, cfg.lr, cfg.warmup_steps, run.total_steps, cfg.min_lr_ratio)
+            set_lr(run.optimizer, lr)
+            metrics = train_step(run.module, run.optimizer, batches, cfg, run.dist)
+            progress.step += 1
+            progress.samples_seen += cfg.batch_size * run.dist.world_size * cfg.accum_freq
+            record(progress, metrics, cfg)
+            if bar is not None:
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}" if metrics else "skipped", lr=f"{lr:.2e}",
+                                refresh=False)
+                bar.update(1)
+            after_step(run, progress, lr, clock)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def train(cfg: TrainConfig, data: ShardData | pa.Table, out_dir: str, log: Callable[[dict], None] | None = None,
@@ -296,7 +486,7 @@ def train(cfg: TrainConfig, data: ShardData | pa.Table, out_dir: str, log: Calla
     run.out.mkdir(parents=True, exist_ok=True)
     progress = restore(latest_checkpoint(run.out) if resume else None, run.core, run.optimizer)
     start = progress.step
-    progress.samples_seen = start * cfg.batch_size * run.dist.world_size
+    progress.samples_seen = start * cfg.batch_size * run.dist.world_size * cfg.accum_freq
     progress.history = read_history(run.out / "metrics.jsonl", start)
     if run.dist.rank == 0:
         (run.out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in progress.history))
@@ -311,7 +501,8 @@ def train(cfg: TrainConfig, data: ShardData | pa.Table, out_dir: str, log: Calla
     if run.dist.rank == 0:
         save_atomic(model_state(run.core.model, cfg.model, progress.step // run.per_epoch, progress.step), final)
     last = progress.history[-1] if progress.history else {}
-    speed = (progress.step - start) * cfg.batch_size * run.dist.world_size / elapsed if progress.step > start \
+    speed = (progress.samples_seen - start * cfg.batch_size * run.dist.world_size * cfg.accum_freq) / elapsed \
+        if progress.step > start \
         else float(last.get("samples_per_second", 0.0))
     return TrainResult(final, progress.step, progress.samples_seen, float(last.get("loss", math.nan)), speed,
                        progress.history, progress.skipped)

@@ -1,27 +1,46 @@
-"""Training objectives: plain loss maths, and the registry of weighted terms the training loop sums.
+"""Training objectives: the registry of weighted terms the training loop sums, over features gathered across ranks.
 
 CLIP's symmetric InfoNCE (Radford et al. 2021, "Learning Transferable Visual Models From Natural Language
-Supervision"), computed as open_clip does across ranks: each rank scores its own rows against the
+Supervision") is computed as open_clip does across ranks: each rank scores its own rows against the
 features of the global batch, gathered with gradients flowing back through the gather, so DDP's
-gradient average equals the gradient of the single-process loss over the global batch.
+gradient average equals the gradient of the single-process loss over the global batch. The other terms
+(SigLIP, DCL, NegCLIP, ALIP, DreamLIP, MLCD; papers cited in `training.objectives`, whose plain loss
+functions they call) follow the same rule.
 
 An objective is a module `forward(out, batch, dist) -> scalar`, where `out` holds the model's outputs
-("image_features", "text_features", both L2-normalised, and "logit_scale", already exponentiated) and
-`batch` is the loader's batch dict (every caption field and label). Objectives with state (a classifier,
-a memory bank, a temperature) keep it as parameters or buffers; the loop optimises and checkpoints them.
+("image_features", "text_features", ... all L2-normalised, and "logit_scale", already exponentiated; see
+`TrainModule.encode` in training.loop) and `batch` is the loader's batch dict (every caption field and label).
+Objectives with state (a classifier, running means, a temperature) keep it as parameters, buffers or extra
+state; the loop optimises and checkpoints them. Optional hooks, with defaults in `Objective`: `reads` (the
+`out` keys it needs, so the model computes only those), `attach(model)` (adapt to the model before training),
+`end_step()` (commit per-step state once per optimiser step, not per micro-batch), `metrics` (detached
+scalars for the metrics line), and `sharded` (rank-local parameters, e.g. MLCD's Partial-FC classifier).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as torch_dist
-import torch.nn.functional as F
 from torch import nn
 
 from training.config import TrainConfig
+from training.objectives import (
+    alip_gates,
+    clip_loss_per_sample,
+    dcl_loss_gathered,
+    fp32,
+    grouping_loss,
+    log1p_sum_exp,
+    mlcd_logits,
+    multi_positive_loss_gathered,
+    negclip_loss_gathered,
+    siglip_loss_gathered,
+)
 
 
 @dataclass(frozen=True)
@@ -40,7 +59,7 @@ class DistContext:
 
 
 def gather_features(x: torch.Tensor, dist: DistContext) -> torch.Tensor:
-    """(world_size * B, D) features of the global batch, rank-major; gradients flow back to each rank."""
+    """(world_size * B, ...) features of the global batch, rank-major; gradients flow back to each rank."""
     if dist.world_size == 1:
         return x
     import torch.distributed.nn.functional as dist_fn
@@ -48,15 +67,27 @@ def gather_features(x: torch.Tensor, dist: DistContext) -> torch.Tensor:
     return torch.cat(dist_fn.all_gather(x), dim=0)
 
 
+@torch.no_grad()
+def gather_detached(x: torch.Tensor, dist: DistContext) -> torch.Tensor:
+    """All ranks' `x` (labels, masks) concatenated rank-major, without gradients."""
+    if dist.world_size == 1:
+        return x
+    flat = x.to(torch.int64) if x.dtype == torch.bool else x
+    parts = [torch.empty_like(flat) for _ in range(dist.world_size)]
+    torch_dist.all_gather(parts, flat.contiguous())
+    out = torch.cat(parts, dim=0)
+    return out.bool() if x.dtype == torch.bool else out
+
+
 def clip_loss_gathered(image_features: torch.Tensor, text_features: torch.Tensor, all_image: torch.Tensor,
                        all_text: torch.Tensor, logit_scale: torch.Tensor, offset: int) -> torch.Tensor:
     """InfoNCE of the local rows (B, D) against global columns (N, D); row i's positive is column offset + i."""
-    # Softmax in at least fp32: under bf16 autocast the logits arrive in bf16.
-    dtype = torch.promote_types(image_features.dtype, torch.float32)
-    logits_per_image = (logit_scale * image_features @ all_text.T).to(dtype)  # (B, N)
-    logits_per_text = (logit_scale * text_features @ all_image.T).to(dtype)  # (B, N)
     labels = torch.arange(image_features.shape[0], device=image_features.device) + offset
-    return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+    # Softmax in at least fp32: under bf16 autocast the logits arrive in bf16.
+    logits_per_image = fp32(logit_scale * image_features @ all_text.T)  # (B, N)
+    logits_per_text = fp32(logit_scale * text_features @ all_image.T)  # (B, N)
+    return (nn.functional.cross_entropy(logits_per_image, labels)
+            + nn.functional.cross_entropy(logits_per_text, labels)) / 2
 
 
 def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -64,7 +95,37 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     return clip_loss_gathered(image_features, text_features, image_features, text_features, logit_scale, 0)
 
 
-class ClipObjective(nn.Module):
+CONTRASTIVE_READS = frozenset({"image_features", "text_features", "logit_scale"})
+"""What a plain image-text contrastive term reads from `out` (also assumed of objectives that do not say)."""
+
+
+class Objective(nn.Module):
+    """Defaults of the optional objective hooks (see the module docstring)."""
+
+    reads: frozenset[str] = CONTRASTIVE_READS
+
+    def attach(self, model: nn.Module) -> None:
+        """Adapt to the model before training (nothing by default)."""
+
+    def end_step(self) -> None:
+        """Commit per-step state after an optimiser step (nothing by default)."""
+
+    @property
+    def metrics(self) -> dict[str, torch.Tensor]:
+        """Detached scalars of the last forward for the metrics line (none by default)."""
+        return getattr(self, "_metrics", {})
+
+    def sharded(self) -> dict[str, RowShard]:
+        """Rank-local parameters by name (none by default)."""
+        return {}
+
+
+def local_rows(x: torch.Tensor, dist: DistContext) -> tuple[torch.Tensor, int]:
+    """(x gathered over ranks, offset of this rank's rows in it)."""
+    return gather_features(x, dist), dist.rank * x.shape[0]
+
+
+class ClipObjective(Objective):
     """CLIP InfoNCE over the global batch (features gathered across ranks)."""
 
     def forward(self, out: dict[str, torch.Tensor], batch: dict, dist: DistContext) -> torch.Tensor:
@@ -73,8 +134,264 @@ class ClipObjective(nn.Module):
                                   out["logit_scale"], dist.rank * image.shape[0])
 
 
+SIGLIP_INIT_LOGIT_SCALE = math.log(10.0)
+SIGLIP_INIT_LOGIT_BIAS = -10.0
+"""SigLIP's initialisation, t' = log 10 and b = -10 (Zhai et al. 2023, sec. 3.2): with b = -10 the many
+negatives start near their target, so early steps are not spent pushing them down."""
+
+
+class SigLIPObjective(Objective):
+    """SigLIP's sigmoid loss. A SigLIP model (open_clip's `logit_bias`) uses its own scale and bias; for a CLIP
+    model the objective learns its own temperature and bias, initialised as in the SigLIP paper."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logit_scale = nn.Parameter(torch.tensor(SIGLIP_INIT_LOGIT_SCALE))
+        self.logit_bias = nn.Parameter(torch.tensor(SIGLIP_INIT_LOGIT_BIAS))
+        self.reads = frozenset({"image_features", "text_features"})
+
+    def attach(self, model: nn.Module) -> None:
+        if getattr(model, "logit_bias", None) is not None:
+            self.register_parameter("logit_scale", None)
+            self.register_parameter("logit_bias", None)
+            self.reads = frozenset({"image_features", "text_features", "logit_scale", "logit_bias"})
+
+    def forward(self, out: dict[str, torch.Tensor], batch: dict, dist: DistContext) -> torch.Tensor:
+        scale = out["logit_scale"] if self.logit_scale is None else self.logit_scale.exp()
+        bias = out["logit_bias"] if self.logit_bias is None else self.logit_bias
+        image = out["image_features"]
+        return siglip_loss_gathered(image, gather_features(out["text_features"], dist), scale, bias,
+                                    dist.rank * image.shape[0])
+
+
+class DCLObjective(Objective):
+    """Decoupled contrastive loss over the global batch."""
+
+    def forward(self, out: dict[str, torch.Tensor], batch: dict, dist: DistContext) -> torch.Tensor:
+        image, text = out["image_features"], out["text_features"]
+        return dcl_loss_gathered(image, text, gather_features(image, dist), gather_features(text, dist),
+                                 out["logit_scale"], dist.rank * image.shape[0])
+
+
+class NegCLIPObjective(Objective):
+    """CLIP with every rank's word-order-shuffled and attribute-swapped captions as extra image->text negatives."""
+
+    reads = CONTRASTIVE_READS | {"negative_features"}
+
+    def forward(self, out: dict[str, torch.Tensor], batch: dict, dist: DistContext) -> torch.Tensor:
+        image, text, negatives = out["image_features"], out["text_features"], out["negative_features"]  # (B, M, D)
+        all_negatives = gather_features(negatives.flatten(0, 1), dist)  # (N*M, D)
+        real = gather_detached(batch["negative_mask"].flatten(), dist)  # (N*M,)
+        return negclip_loss_gathered(image, text, gather_features(image, dist), gather_features(text, dist),
+                                     all_negatives[real], out["logit_scale"], dist.rank * image.shape[0])
+
+
+class ALIPObjective(Objective):
+    """ALIP: gated CLIP losses on the raw text and on the synthetic caption, summed.
+
+    The gates come from similarities of the gathered features (no gradient); the running means are committed
+    once per optimiser step (`end_step`), so accumulated micro-batches all see the same gates."""
+
+    reads = CONTRASTIVE_READS | {"synthetic_features"}
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.momentum = cfg.alip.momentum
+        self.register_buffer("mu", torch.full((3,), cfg.alip.init_mean))  # raw, cap, tc (ALIP_MEAN_KEYS)
+        self._pending: torch.Tensor | None = None
+
+    def forward(self, out: dict[str, torch.Tensor], batch: dict, dist: DistContext) -> torch.Tensor:
+        image, text, caption = out["image_features"], out["text_features"], out["synthetic_features"]
+        all_image, offset = local_rows(image, dist)
+        all_text, all_caption = gather_features(text, dist), gather_features(caption, dist)
+        with torch.no_grad():
+            sample_w, raw_w, cap_w, self._pending = alip_gates(
+                (all_image * all_text).sum(1), (all_image * all_caption).sum(1), (all_text * all_caption).sum(1),
+                self.mu, self.momentum)
+        mine, scale = slice(offset, offset + image.shape[0]), out["logit_scale"]
+        raw = clip_loss_per_sample(image, text, all_image, all_text, scale, offset)  # (B,)
+        cap = clip_loss_per_sample(image, caption, all_image, all_caption, scale, offset)  # (B,)
+        raw_loss = (sample_w[mine] * raw_w[mine] * raw).mean()
+        cap_loss = (sample_w[mine] * cap_w[mine] * cap).mean()
+        # The gated losses move with the gates as the means settle; the ungated ones show the fit itself.
+        self._metrics = {"alip_loss_raw": raw_loss.detach(), "alip_loss_caption": cap_loss.detach(),
+                         "alip_ungated_raw": raw.detach().mean(), "alip_ungated_caption": cap.detach().mean(),
+                         "alip_gate_sample": sample_w.mean(), "alip_gate_raw": raw_w.mean(),
+                         "alip_gate_caption": cap_w.mean(), "alip_mu_raw": self._pending[0],
+                         "alip_mu_caption": self._pending[1], "alip_mu_text_caption": self._pending[2]}
+        return raw_loss + cap_loss
+
+    @torch.no_grad()
+    def end_step(self) -> None:
+        if self._pending is not None:
+            self.mu.copy_(self._pending)
+            self._pending = None
+
+
+class DreamLIPObjective(Objective):
+    """DreamLIP: sub-captions as extra positives of their image, plus the sub-caption grouping loss over patch
+    tokens projected to the embedding width by a learned linear layer, with its own learned temperature."""
+
+    def __init__(self, cfg: TrainConfig, embed_dim: int) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.grouping_weight = cfg.dreamlip.grouping_weight
+        self.reads = frozenset({"image_features", "subcaption_features", "logit_scale"})
+        if self.grouping_weight > 0:
+            self.group_logit_scale = nn.Parameter(torch.tensor(math.log(1 / cfg.dreamlip.grouping_temperature)))
+            self.reads |= {"patch_tokens"}
+
+    def attach(self, model: nn.Module) -> None:
+        """The token projection, sized by the image tower and started as its own output projection (so pooled
+        patches begin in the joint space, as dense CLIP methods use it)."""
+        if self.grouping_weight <= 0:
+            return
+        visual = model.visual
+        if not hasattr(visual, "forward_intermediates") or getattr(visual, "proj", None) is None:
+            raise ValueError("DreamLIP's grouping loss needs an open_clip ViT image tower (patch tokens and a "
+                             "projection); set dreamlip.grouping_weight=0 for other towers")
+        self.token_proj = nn.Linear(visual.proj.shape[0], self.embed_dim, bias=False)
+        with torch.no_grad():
+            self.token_proj.weight.copy_(visual.proj.T)
+
+    def forward(self, out: dict[str, torch.Tensor], batch: dict, dist: DistContext) -> torch.Tensor:
+        image, subcaptions = out["image_features"], out["subcaption_features"]  # (B, D), (B, K, D)
+        all_image, offset = local_rows(image, dist)
+        all_texts = gather_features(subcaptions.flatten(0, 1), dist)  # (N*K, D)
+        loss = multi_positive_loss_gathered(image, subcaptions, all_image, all_texts, out["logit_scale"], offset)
+        self._metrics = {"dreamlip_loss_multi_positive": loss.detach()}
+        if self.grouping_weight > 0:
+            group = grouping_loss(self.token_proj(out["patch_tokens"]), subcaptions, batch["subcaption_ids"],
+                                  self.group_logit_scale.exp())
+            self._metrics["dreamlip_loss_grouping"] = group.detach()
+            loss = loss + self.grouping_weight * group
+        return loss
+
+
+@dataclass(frozen=True)
+class RowShard:
+    """Rows [start, stop) of a parameter whose full height is `total`, held by this rank."""
+
+    start: int
+    stop: int
+    total: int
+
+
+def shard_range(total: int, rank: int, world_size: int) -> RowShard:
+    """This rank's contiguous rows when `total` rows are split as evenly as possible."""
+    return RowShard(rank * total // world_size, (rank + 1) * total // world_size, total)
+
+
+INIT_CHUNK_ROWS = 4096
+"""Rows drawn per seeded chunk, so a shard's initial rows are the same whatever the number of ranks."""
+
+
+def init_rows(shard: RowShard, dim: int, seed: int, std: float = 0.01) -> torch.Tensor:
+    """Rows [start, stop) of a normal(0, std) (total, dim) matrix (Partial FC's init), without building it all."""
+    first, last = shard.start // INIT_CHUNK_ROWS, max(shard.start, shard.stop - 1) // INIT_CHUNK_ROWS
+    chunks = []
+    for chunk in range(first, last + 1):
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, chunk]).generate_state(1)[0]))
+        rows = min(INIT_CHUNK_ROWS, shard.total - chunk * INIT_CHUNK_ROWS)
+        chunks.append(torch.randn(rows, dim, generator=g) * std)
+    block = torch.cat(chunks)
+    return block[shard.start - first * INIT_CHUNK_ROWS: shard.stop - first * INIT_CHUNK_ROWS].clone()
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; the gradient multiplied by `factor` on the way back."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, factor: float) -> torch.Tensor:  # noqa: ANN001 - autograd's ctx
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
+        return grad * ctx.factor, None
+
+
+def distributed_log1p_sum_exp(values: torch.Tensor, mask: torch.Tensor, dist: DistContext) -> torch.Tensor:
+    """log(1 + sum over every rank's masked columns of exp(v)) per row; each rank holds some columns (N, S_r)."""
+    if dist.world_size == 1:
+        return log1p_sum_exp(values, mask)
+    import torch.distributed.nn.functional as dist_fn
+
+    masked = values.masked_fill(~mask, float("-inf"))
+    with torch.no_grad():  # a shared shift m >= 0 keeps every exp finite; it cancels exactly
+        shift = masked.amax(dim=1).clamp_min(0.0)
+        torch_dist.all_reduce(shift, op=torch_dist.ReduceOp.MAX)
+    partial = torch.exp(masked - shift[:, None]).sum(dim=1)  # (N,)
+    total = dist_fn.all_reduce(partial, op=torch_dist.ReduceOp.SUM)
+    return shift + torch.log(torch.exp(-shift) + total)
+
+
+class MLCDObjective(Objective):
+    """MLCD's multi-label cluster classifier on the image embedding, Partial-FC style across ranks.
+
+    Each rank holds rows [start, stop) of the (num_centers, D) classifier, scores the gathered embeddings of the
+    global batch against its sampled rows, and the per-row sums of the loss are all-reduced, so the loss (and,
+    with the 1 / world_size gradient scale on the rank-local rows, every gradient) equals the single-process one.
+    """
+
+    reads = frozenset({"image_features"})
+
+    def __init__(self, cfg: TrainConfig, embed_dim: int) -> None:
+        super().__init__()
+        if cfg.mlcd.num_centers is None:
+            raise ValueError('objective "mlcd" needs mlcd.num_centers (the cluster stage\'s num_centers); it is None')
+        dist = DistContext.current()
+        self.shard = shard_range(cfg.mlcd.num_centers, dist.rank, dist.world_size)
+        self.weight = nn.Parameter(init_rows(self.shard, embed_dim, cfg.seed))
+        self.settings, self.seed, self.steps_done = cfg.mlcd, cfg.seed, 0
+        self._register_load_state_dict_pre_hook(self._slice_full_weight)
+
+    def sharded(self) -> dict[str, RowShard]:
+        return {"weight": self.shard}
+
+    def get_extra_state(self) -> dict[str, int]:
+        return {"steps_done": self.steps_done}
+
+    def set_extra_state(self, state: dict[str, int]) -> None:
+        self.steps_done = int(state["steps_done"])
+
+    def _slice_full_weight(self, state: dict, prefix: str, *args) -> None:  # noqa: ANN002 - torch's hook signature
+        """A checkpoint holds the full classifier; keep this rank's rows."""
+        key = prefix + "weight"
+        if key in state and state[key].shape[0] == self.shard.total:
+            state[key] = state[key][self.shard.start:self.shard.stop]
+
+    def sampler(self, dist: DistContext) -> torch.Generator:
+        """Negative sampling seeded by (seed, step, rank): accumulated micro-batches of a step draw the same."""
+        seed = np.random.SeedSequence([self.seed, self.steps_done, dist.rank]).generate_state(1)[0]
+        return torch.Generator().manual_seed(int(seed))
+
+    def forward(self, out: dict[str, torch.Tensor], batch: dict, dist: DistContext) -> torch.Tensor:
+        labels = gather_detached(batch["cluster_label_ids"], dist)  # (N, k), -1 pads
+        if labels.numel() and int(labels.max()) >= self.shard.total:
+            raise ValueError(f"cluster label {int(labels.max())} >= mlcd.num_centers={self.shard.total}")
+        mine = (labels >= self.shard.start) & (labels < self.shard.stop)
+        local_labels = torch.where(mine, labels - self.shard.start, torch.full_like(labels, -1))
+        weight = _ScaleGrad.apply(self.weight, 1.0 / dist.world_size) if dist.world_size > 1 else self.weight
+        cfg = self.settings
+        s, positive = mlcd_logits(gather_features(out["image_features"], dist), weight, local_labels, cfg.scale,
+                                  cfg.margin, cfg.negative_ratio, self.sampler(dist))
+        neg = distributed_log1p_sum_exp(s, ~positive, dist)
+        pos = distributed_log1p_sum_exp(-s, positive, dist)
+        return (neg + pos).mean()
+
+    def end_step(self) -> None:
+        self.steps_done += 1
+
+
 LOSSES: dict[str, Callable[[TrainConfig, int], nn.Module]] = {
     "clip": lambda cfg, embed_dim: ClipObjective(),
+    "siglip": lambda cfg, embed_dim: SigLIPObjective(),
+    "dcl": lambda cfg, embed_dim: DCLObjective(),
+    "negclip": lambda cfg, embed_dim: NegCLIPObjective(),
+    "alip": lambda cfg, embed_dim: ALIPObjective(cfg),
+    "dreamlip": DreamLIPObjective,
+    "mlcd": MLCDObjective,
 }
 """Objective factories by config name: `factory(train_config, embed_dim) -> module`."""
 
@@ -98,8 +415,32 @@ class WeightedObjectives(nn.Module):
         self.weights = objective_weights(cfg)
         self.terms = nn.ModuleDict({name: LOSSES[name](cfg, embed_dim) for name in self.weights})
 
+    def attach(self, model: nn.Module) -> None:
+        for term in self.terms.values():
+            if hasattr(term, "attach"):
+                term.attach(model)
+
+    @property
+    def reads(self) -> frozenset[str]:
+        """Every `out` key some term reads."""
+        return frozenset().union(*(getattr(term, "reads", CONTRASTIVE_READS) for term in self.terms.values()))
+
     def forward(self, out: dict[str, torch.Tensor], batch: dict, dist: DistContext
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         terms = {name: term(out, batch, dist) for name, term in self.terms.items()}
         total = sum(self.weights[name] * value for name, value in terms.items())
         return total, terms
+
+    def metrics(self) -> dict[str, torch.Tensor]:
+        """Every term's detached statistics of the last forward (ALIP's gates and means, DreamLIP's parts)."""
+        return {k: v for term in self.terms.values() for k, v in getattr(term, "metrics", {}).items()}
+
+    def end_step(self) -> None:
+        for term in self.terms.values():
+            if hasattr(term, "end_step"):
+                term.end_step()
+
+    def sharded(self) -> dict[str, RowShard]:
+        """Rank-local parameters by their name in this module's state dict."""
+        return {f"terms.{name}.{key}": shard for name, term in self.terms.items()
+                for key, shard in (term.sharded() if hasattr(term, "sharded") else {}).items()}

@@ -1,7 +1,9 @@
 """Alternative and additional contrastive objectives, as plain functions over torch tensors.
 
 Every function takes L2-normalised features (`logit_scale` already exponentiated, as in `training.losses`)
-and returns a scalar loss; wiring them into `training.losses.LOSSES` as objectives comes later.
+and returns a scalar loss. The `*_gathered` forms score this rank's B rows against the N columns of the
+global batch (row i's own column is offset + i), as open_clip's local loss does; the plain forms are the
+single-process case. `training.losses` wraps them as the objectives of the LOSSES registry.
 
 - SigLIP: Zhai et al. 2023, "Sigmoid Loss for Language Image Pre-Training". Each pair is a binary
   problem, z_ij = +1 on the diagonal and -1 elsewhere: L = -1/|B| sum_i sum_j log sigmoid(z_ij (t x_i.y_j + b)).
@@ -14,7 +16,9 @@ and returns a scalar loss; wiring them into `training.losses.LOSSES` as objectiv
   Consistency Gate w_s = min(exp(2 (s_tc - mu_tc)), 1) and Description Consistency Gate pair weights
   exp(2 (s - mu)), mu running means (start 1, mu <- 0.99 mu + 0.01 mean(s)), weighting per-sample losses.
 - DreamLIP: Zheng et al. 2024, "DreamLIP: Language-Image Pre-training with Long Captions". Sentences of a
-  long caption are sampled as sub-captions, each an extra positive of its image in a multi-positive loss.
+  long caption are sampled as sub-captions, each an extra positive of its image in a multi-positive loss;
+  a grouping loss pools the image's patch tokens by their similarity to each sub-caption and contrasts each
+  pooled region with the sub-captions of its image.
 - MLCD: An et al. 2024, "Multi-label Cluster Discrimination for Visual Representation Learning". A sample
   is scored against cluster centers, s_j = scale cos(x, c_j) (margin taken off positives):
   L = log(1 + sum_neg exp(s_j)) + log(1 + sum_pos exp(-s_i)); negatives are a random fraction of the
@@ -32,41 +36,72 @@ import torch
 import torch.nn.functional as F
 
 
-def _fp32(logits: torch.Tensor) -> torch.Tensor:
+def fp32(logits: torch.Tensor) -> torch.Tensor:
     """Softmax/sigmoid maths in at least fp32: under bf16 autocast the logits arrive in bf16."""
     return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
+def _own_columns(rows: int, offset: int, device: torch.device) -> torch.Tensor:
+    """(B,) column of each local row's positive in the global batch."""
+    return torch.arange(rows, device=device) + offset
+
+
+def siglip_loss_gathered(image_features: torch.Tensor, all_text: torch.Tensor, logit_scale: torch.Tensor,
+                         logit_bias: torch.Tensor, offset: int) -> torch.Tensor:
+    """SigLIP over local image rows (B, D) x global texts (N, D): -sum log sigmoid(z_ij (t x_i.y_j + b)) / B.
+
+    Averaged over ranks this is the paper's loss over the global batch (each pair is counted once)."""
+    logits = fp32(logit_scale * image_features @ all_text.T + logit_bias)  # (B, N)
+    signs = -torch.ones_like(logits)  # z_ij: +1 on each row's own pair, -1 elsewhere
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    signs[rows, rows + offset] = 1.0
+    return -F.logsigmoid(signs * logits).sum() / logits.shape[0]
 
 
 def siglip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
                 logit_bias: torch.Tensor) -> torch.Tensor:
     """SigLIP: -sum of log sigmoid(z_ij (t x_i.y_j + b)) over all (B, B) pairs, divided by the batch size B."""
-    logits = _fp32(logit_scale * image_features @ text_features.T + logit_bias)  # (B, B)
-    n = logits.shape[0]
-    signs = 2 * torch.eye(n, device=logits.device, dtype=logits.dtype) - 1  # z_ij: +1 diagonal, -1 elsewhere
-    return -F.logsigmoid(signs * logits).sum() / n
+    return siglip_loss_gathered(image_features, text_features, logit_scale, logit_bias, 0)
 
 
-def _decoupled_nce(logits: torch.Tensor) -> torch.Tensor:
-    """Mean over rows of -s_ii + logsumexp_{j != i} s_ij for square logits (B, B)."""
-    eye = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
-    negatives = logits.masked_fill(eye, float("-inf"))
-    return (torch.logsumexp(negatives, dim=1) - logits.diagonal()).mean()
+def _decoupled_nce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of -s_i,label + logsumexp_{j != label} s_ij for logits (B, N)."""
+    own = torch.zeros_like(logits, dtype=torch.bool)
+    own[torch.arange(logits.shape[0], device=logits.device), labels] = True
+    negatives = logits.masked_fill(own, float("-inf"))
+    return (torch.logsumexp(negatives, dim=1) - logits[own]).mean()
+
+
+def dcl_loss_gathered(image_features: torch.Tensor, text_features: torch.Tensor, all_image: torch.Tensor,
+                      all_text: torch.Tensor, logit_scale: torch.Tensor, offset: int) -> torch.Tensor:
+    """DCL of local rows (B, D) against global columns (N, D), both directions averaged."""
+    labels = _own_columns(image_features.shape[0], offset, image_features.device)
+    logits_per_image = fp32(logit_scale * image_features @ all_text.T)  # (B, N)
+    logits_per_text = fp32(logit_scale * text_features @ all_image.T)  # (B, N)
+    return (_decoupled_nce(logits_per_image, labels) + _decoupled_nce(logits_per_text, labels)) / 2
 
 
 def dcl_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """DCL: decoupled InfoNCE (positive out of the denominator), averaged over both directions."""
-    logits = _fp32(logit_scale * image_features @ text_features.T)  # (B, B)
-    return (_decoupled_nce(logits) + _decoupled_nce(logits.T)) / 2
+    return dcl_loss_gathered(image_features, text_features, image_features, text_features, logit_scale, 0)
+
+
+def negclip_loss_gathered(image_features: torch.Tensor, text_features: torch.Tensor, all_image: torch.Tensor,
+                          all_text: torch.Tensor, hard_negatives: torch.Tensor, logit_scale: torch.Tensor,
+                          offset: int) -> torch.Tensor:
+    """NegCLIP of local rows: image->text over [N texts; M hard negatives (M, D)], text->image over N images."""
+    labels = _own_columns(image_features.shape[0], offset, image_features.device)
+    candidates = torch.cat([all_text, hard_negatives], dim=0)  # (N + M, D)
+    logits_per_image = fp32(logit_scale * image_features @ candidates.T)  # (B, N + M)
+    logits_per_text = fp32(logit_scale * text_features @ all_image.T)  # (B, N)
+    return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
 
 
 def negclip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
                  hard_negative_text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """NegCLIP: image->text softmax over [B texts; M hard negatives] (M, D), text->image over the B images."""
-    all_text = torch.cat([text_features, hard_negative_text_features], dim=0)  # (B + M, D)
-    logits_per_image = _fp32(logit_scale * image_features @ all_text.T)  # (B, B + M)
-    logits_per_text = _fp32(logit_scale * text_features @ image_features.T)  # (B, B)
-    labels = torch.arange(image_features.shape[0], device=image_features.device)
-    return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+    return negclip_loss_gathered(image_features, text_features, image_features, text_features,
+                                 hard_negative_text_features, logit_scale, 0)
 
 
 def shuffle_words(text: str, rng: np.random.Generator) -> str | None:
@@ -97,47 +132,96 @@ def swap_attributes(text: str, attributes: set[str], rng: np.random.Generator) -
 
 
 ALIP_MEAN_KEYS = ("raw", "cap", "tc")
-"""Running means ALIP keeps: image/raw-text, image/caption and raw-text/caption similarity."""
+"""Running means ALIP keeps, in this order: image/raw-text, image/caption and raw-text/caption similarity."""
 
 
-def alip_gates(s_raw: torch.Tensor, s_cap: torch.Tensor, s_tc: torch.Tensor, mu: dict[str, float]
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]:
-    """ALIP gates from per-sample cosine similarities (B,): (sample_weight, raw_pair_weight, cap_pair_weight, new_mu).
+def alip_gates(s_raw: torch.Tensor, s_cap: torch.Tensor, s_tc: torch.Tensor, mu: torch.Tensor,
+               momentum: float = 0.99) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ALIP gates from per-sample cosine similarities (N,): (sample_weight, raw_pair_weight, cap_pair_weight, new_mu).
 
-    `mu` maps "raw", "cap", "tc" to running means (missing keys start at 1, as in the paper). The means are
-    updated with this batch first, then the gates use the updated means. No gradient reaches the gates.
+    `mu` (3,) holds the running means in ALIP_MEAN_KEYS order (the paper starts them at 1). The means are
+    updated with this batch first, mu <- momentum mu + (1 - momentum) mean(s), then the gates use the updated
+    means, as ALIP's reference trainer does. No gradient reaches the gates.
     """
     with torch.no_grad():
-        sims = {"raw": s_raw.float(), "cap": s_cap.float(), "tc": s_tc.float()}
-        new_mu = {key: 0.99 * float(mu.get(key, 1.0)) + 0.01 * float(sims[key].mean()) for key in ALIP_MEAN_KEYS}
-        sample_weight = torch.exp(2 * (sims["tc"] - new_mu["tc"])).clamp(max=1.0)  # language consistency gate
-        raw_pair_weight = torch.exp(2 * (sims["raw"] - new_mu["raw"]))  # description consistency gate
-        cap_pair_weight = torch.exp(2 * (sims["cap"] - new_mu["cap"]))
+        sims = torch.stack([s_raw, s_cap, s_tc]).float()  # (3, N)
+        new_mu = momentum * mu.float() + (1 - momentum) * sims.mean(dim=1)  # (3,)
+        sample_weight = torch.exp(2 * (sims[2] - new_mu[2])).clamp(max=1.0)  # language consistency gate
+        raw_pair_weight = torch.exp(2 * (sims[0] - new_mu[0]))  # description consistency gate
+        cap_pair_weight = torch.exp(2 * (sims[1] - new_mu[1]))
     return sample_weight, raw_pair_weight, cap_pair_weight, new_mu
+
+
+def clip_loss_per_sample(image_features: torch.Tensor, text_features: torch.Tensor, all_image: torch.Tensor,
+                         all_text: torch.Tensor, logit_scale: torch.Tensor, offset: int) -> torch.Tensor:
+    """(B,) symmetric CLIP loss of each local pair (rows (B, D) against global columns (N, D))."""
+    labels = _own_columns(image_features.shape[0], offset, image_features.device)
+    logits_per_image = fp32(logit_scale * image_features @ all_text.T)  # (B, N)
+    logits_per_text = fp32(logit_scale * text_features @ all_image.T)  # (B, N)
+    return (F.cross_entropy(logits_per_image, labels, reduction="none")
+            + F.cross_entropy(logits_per_text, labels, reduction="none")) / 2
+
+
+def weighted_clip_loss_gathered(image_features: torch.Tensor, text_features: torch.Tensor, all_image: torch.Tensor,
+                                all_text: torch.Tensor, logit_scale: torch.Tensor, offset: int,
+                                sample_weight: torch.Tensor, pair_weight: torch.Tensor) -> torch.Tensor:
+    """ALIP of local rows (B, D) against global columns (N, D): mean of sample_weight_i * pair_weight_i * the
+    symmetric CLIP loss of pair i; the weights (B,) are this rank's rows of the global gates."""
+    per_sample = clip_loss_per_sample(image_features, text_features, all_image, all_text, logit_scale, offset)
+    return (sample_weight.detach() * pair_weight.detach() * per_sample).mean()
 
 
 def weighted_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
                        sample_weight: torch.Tensor, pair_weight: torch.Tensor) -> torch.Tensor:
     """ALIP: mean over samples of sample_weight_i * pair_weight_i * (symmetric CLIP loss of pair i)."""
-    logits = _fp32(logit_scale * image_features @ text_features.T)  # (B, B)
-    labels = torch.arange(logits.shape[0], device=logits.device)
-    per_sample = (F.cross_entropy(logits, labels, reduction="none")
-                  + F.cross_entropy(logits.T, labels, reduction="none")) / 2  # (B,)
-    return (sample_weight.detach() * pair_weight.detach() * per_sample).mean()
+    return weighted_clip_loss_gathered(image_features, text_features, image_features, text_features, logit_scale,
+                                       0, sample_weight, pair_weight)
+
+
+def multi_positive_loss_gathered(image_features: torch.Tensor, text_features_groups: torch.Tensor,
+                                 all_image: torch.Tensor, all_texts: torch.Tensor, logit_scale: torch.Tensor,
+                                 offset: int) -> torch.Tensor:
+    """DreamLIP of local rows: image i (B, D) against all N*K texts (N*K, D), its K sub-captions positive (the
+    texts of global image j are rows j*K .. j*K + K - 1); each local text (B, K, D) against the N images."""
+    b, k, d = text_features_groups.shape
+    device = image_features.device
+    owner = torch.arange(all_texts.shape[0], device=device) // k  # (N*K,) global image of each text
+    logits = fp32(logit_scale * image_features @ all_texts.T)  # (B, N*K)
+    positive = owner[None, :] == _own_columns(b, offset, device)[:, None]  # (B, N*K)
+    image_to_text = (torch.logsumexp(logits, dim=1)
+                     - torch.logsumexp(logits.masked_fill(~positive, float("-inf")), dim=1)).mean()
+    logits_per_text = fp32(logit_scale * text_features_groups.reshape(b * k, d) @ all_image.T)  # (B*K, N)
+    text_to_image = F.cross_entropy(logits_per_text, _own_columns(b, offset, device).repeat_interleave(k))
+    return (image_to_text + text_to_image) / 2
 
 
 def multi_positive_loss(image_features: torch.Tensor, text_features_groups: torch.Tensor,
                         logit_scale: torch.Tensor) -> torch.Tensor:
     """DreamLIP: image i against all B*K texts with its K sub-captions (B, K, D) positive; text->image plain CE."""
     b, k, d = text_features_groups.shape
-    texts = text_features_groups.reshape(b * k, d)  # (B*K, D), rows of image i at i*K .. i*K + K - 1
-    owner = torch.arange(b, device=texts.device).repeat_interleave(k)  # (B*K,) image index of each text
-    logits = _fp32(logit_scale * image_features @ texts.T)  # (B, B*K)
-    positive = owner[None, :] == torch.arange(b, device=texts.device)[:, None]  # (B, B*K)
-    image_to_text = (torch.logsumexp(logits, dim=1)
-                     - torch.logsumexp(logits.masked_fill(~positive, float("-inf")), dim=1)).mean()
-    text_to_image = F.cross_entropy(logits.T, owner)
-    return (image_to_text + text_to_image) / 2
+    return multi_positive_loss_gathered(image_features, text_features_groups, image_features,
+                                        text_features_groups.reshape(b * k, d), logit_scale, 0)
+
+
+def grouping_loss(patch_features: torch.Tensor, subcaption_features: torch.Tensor, subcaption_ids: torch.Tensor,
+                  logit_scale: torch.Tensor) -> torch.Tensor:
+    """DreamLIP's sub-caption grouping loss over projected patch tokens (B, P, D) and sub-captions (B, K, D).
+
+    Each sub-caption k pools its image's patches by softmax(t x <z_p, y_k>) into a region g_k; each region is
+    contrasted with the K sub-captions of its image and each sub-caption with the K regions (symmetric),
+    with temperature 1/t. Sub-captions with the same id (one sentence drawn twice) are positives of each other.
+    """
+    patches = F.normalize(patch_features, dim=-1)  # (B, P, D)
+    attention = torch.softmax(fp32(logit_scale * subcaption_features @ patches.transpose(1, 2)), dim=-1)  # (B,K,P)
+    regions = F.normalize(attention.to(patches.dtype) @ patches, dim=-1)  # (B, K, D)
+    logits = fp32(logit_scale * regions @ subcaption_features.transpose(1, 2))  # (B, K regions, K texts)
+    same = subcaption_ids[:, :, None] == subcaption_ids[:, None, :]  # (B, K, K)
+
+    def multi_positive_nll(scores: torch.Tensor) -> torch.Tensor:
+        positive = torch.logsumexp(scores.masked_fill(~same, float("-inf")), dim=-1)
+        return (torch.logsumexp(scores, dim=-1) - positive).mean()
+
+    return (multi_positive_nll(logits) + multi_positive_nll(logits.transpose(1, 2))) / 2
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -148,41 +232,60 @@ def split_sentences(long_caption: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(long_caption or "") if s.strip()]
 
 
+def sample_subcaption_ids(num_sentences: int, num_text: int, rng: np.random.Generator) -> list[int]:
+    """DreamLIP: num_text sentence indices, without replacement when there are enough, with replacement otherwise."""
+    if num_sentences <= 0 or num_text <= 0:
+        return []
+    return [int(k) for k in rng.choice(num_sentences, size=num_text, replace=num_sentences < num_text)]
+
+
 def sample_subcaptions(sentences: list[str], num_text: int, rng: np.random.Generator) -> list[str]:
     """DreamLIP: num_text sentences, without replacement when there are enough, with replacement otherwise."""
-    if not sentences or num_text <= 0:
-        return []
-    picks = rng.choice(len(sentences), size=num_text, replace=len(sentences) < num_text)
-    return [sentences[int(k)] for k in picks]
+    return [sentences[k] for k in sample_subcaption_ids(len(sentences), num_text, rng)]
 
 
-def _sampled_centers(positive: torch.Tensor, negative_ratio: float, generator: torch.Generator | None
-                     ) -> torch.Tensor:
-    """(C,) mask of centers scored: every batch positive, plus round(ratio * rest) random others (Partial FC)."""
-    in_batch = positive.any(dim=0)  # (C,)
+def sample_centers(labels: torch.Tensor, num_centers: int, negative_ratio: float,
+                   generator: torch.Generator | None) -> torch.Tensor:
+    """(S,) sorted ids of the centers scored this step: every positive in `labels` (N, P; -1 pads), plus
+    round(ratio x the rest) random others (Partial FC's class sampling)."""
+    in_batch = torch.zeros(num_centers, dtype=torch.bool, device=labels.device)
+    in_batch[labels[labels >= 0]] = True
     others = (~in_batch).nonzero().squeeze(1)
     keep = round(min(max(negative_ratio, 0.0), 1.0) * others.numel())
     order = torch.randperm(others.numel(), generator=generator).to(others.device)
     sampled = in_batch.clone()
     sampled[others[order[:keep]]] = True
-    return sampled
+    return sampled.nonzero().squeeze(1)
+
+
+def mlcd_logits(embeddings: torch.Tensor, centers: torch.Tensor, labels: torch.Tensor, scale: float, margin: float,
+                negative_ratio: float, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, positive), both (N, S) over the sampled centers: s = scale (cos - margin [positive]); labels (N, P)
+    index `centers` (C, D), -1 pads. Only the sampled rows of `centers` are read, so C can be a million."""
+    ids = sample_centers(labels, centers.shape[0], negative_ratio, generator)  # (S,)
+    column = torch.full((centers.shape[0],), -1, dtype=torch.long, device=ids.device)
+    column[ids] = torch.arange(ids.numel(), device=ids.device)
+    cos = fp32(F.normalize(embeddings, dim=-1) @ F.normalize(centers[ids], dim=-1).T)  # (N, S)
+    valid = labels >= 0
+    positive = torch.zeros_like(cos, dtype=torch.bool)
+    rows = torch.arange(cos.shape[0], device=cos.device)[:, None].expand_as(labels)
+    positive[rows[valid], column[labels[valid]]] = True
+    return scale * (cos - margin * positive.to(cos.dtype)), positive
+
+
+def log1p_sum_exp(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log(1 + sum_{j in mask} exp(v_j)) per row of (N, S); 0 for an empty mask, with finite gradients."""
+    # The leading zero column is the "1 +": it keeps logsumexp finite (and its gradient defined) for empty masks.
+    padded = torch.cat([values.new_zeros(values.shape[0], 1), values.masked_fill(~mask, float("-inf"))], dim=1)
+    return torch.logsumexp(padded, dim=1)
 
 
 def mlcd_loss(embeddings: torch.Tensor, centers: torch.Tensor, positive_labels: torch.Tensor, scale: float,
               margin: float, negative_ratio: float = 1.0, generator: torch.Generator | None = None
               ) -> torch.Tensor:
     """MLCD multi-label loss of embeddings (B, D) over centers (C, D); positive_labels (B, P), -1 pads."""
-    cos = _fp32(F.normalize(embeddings, dim=-1) @ F.normalize(centers, dim=-1).T)  # (B, C)
-    valid = positive_labels >= 0
-    positive = torch.zeros_like(cos, dtype=torch.bool)
-    positive[torch.arange(cos.shape[0], device=cos.device)[:, None].expand_as(positive_labels)[valid],
-             positive_labels[valid]] = True
-    negative = _sampled_centers(positive, negative_ratio, generator)[None, :] & ~positive  # (B, C)
-    s = scale * (cos - margin * positive.to(cos.dtype))
-    # log(1 + sum exp(v)) = softplus(logsumexp(v)); an empty set gives logsumexp = -inf, softplus 0.
-    neg_term = F.softplus(torch.logsumexp(s.masked_fill(~negative, float("-inf")), dim=1))
-    pos_term = F.softplus(torch.logsumexp((-s).masked_fill(~positive, float("-inf")), dim=1))
-    return (neg_term + pos_term).mean()
+    s, positive = mlcd_logits(embeddings, centers, positive_labels, scale, margin, negative_ratio, generator)
+    return (log1p_sum_exp(s, ~positive) + log1p_sum_exp(-s, positive)).mean()
 
 
 LOSS_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {

@@ -1,6 +1,8 @@
 """Training throughput of a model config: samples/s of full optimiser steps on random data, no data loading.
 
     python -m training.throughput --model curaclip-vit-tiny --batch-size 128 --steps 8
+    python -m training.throughput --objectives clip,dreamlip --steps 8
+    python -m training.throughput --objectives mlcd --num-centers 100000
 
 Reports wall-clock samples/s (median step) and a CPU-time estimate (batch / (process CPU seconds per step /
 threads)), which stays close to the uncontended figure when other processes share the cores.
@@ -16,20 +18,36 @@ from dataclasses import replace
 
 import torch
 
-from training.config import TrainConfig
+from training.config import MLCDConfig, TrainConfig
+from training.data import NO_FIELDS, BatchFields, batch_fields
 from training.loop import TrainModule, configure_threads, train_step
 from training.losses import DistContext, WeightedObjectives
 from training.models import create_model, embed_dim
 from training.optim import make_optimizer
 
 
-def random_batch(model: torch.nn.Module, batch_size: int, seed: int) -> dict:
-    """Images and token ids of the model's shapes (full-length captions: the text tower's worst case)."""
+def random_batch(model: torch.nn.Module, batch_size: int, seed: int, fields: BatchFields = NO_FIELDS,
+                 num_centers: int = 1) -> dict:
+    """Images and token ids of the model's shapes (full-length captions: the text tower's worst case), and the
+    objectives' extra inputs `fields` asks for (distinct sub-captions, real negatives, labels < num_centers)."""
     g = torch.Generator().manual_seed(seed)
-    size = model.visual.image_size
-    context = model.context_length
-    return {"image": torch.randn(batch_size, 3, *size, generator=g),
-            "text": torch.randint(1, 49407, (batch_size, context), generator=g)}
+    size, context = model.visual.image_size, model.context_length
+
+    def tokens(rows: int) -> torch.Tensor:
+        return torch.randint(1, 49407, (rows, context), generator=g)
+
+    batch = {"image": torch.randn(batch_size, 3, *size, generator=g), "text": tokens(batch_size)}
+    if fields.synthetic:
+        batch["synthetic_text"] = tokens(batch_size)
+    if fields.num_subcaptions:
+        batch["subcaption_text"] = tokens(batch_size * fields.num_subcaptions)
+        batch["subcaption_ids"] = torch.arange(fields.num_subcaptions).repeat(batch_size, 1)
+    if fields.negatives:
+        batch["negative_text"] = tokens(batch_size * len(fields.negatives))
+        batch["negative_mask"] = torch.ones(batch_size, len(fields.negatives), dtype=torch.bool)
+    if fields.num_labels:
+        batch["cluster_label_ids"] = torch.randint(0, num_centers, (batch_size, fields.num_labels), generator=g)
+    return batch
 
 
 def measure_throughput(cfg: TrainConfig, steps: int = 8, warmup: int = 2) -> dict[str, float]:
@@ -39,20 +57,22 @@ def measure_throughput(cfg: TrainConfig, steps: int = 8, warmup: int = 2) -> dic
     model, _, _ = create_model(cfg.model, context_length=cfg.context_length)
     module = TrainModule(model, WeightedObjectives(cfg, embed_dim(cfg.model)), DistContext())
     optimizer = make_optimizer(module, cfg)
-    batch = random_batch(model, cfg.batch_size, cfg.seed)
+    batch = random_batch(model, cfg.batch_size, cfg.seed, batch_fields(cfg), cfg.mlcd.num_centers or 1)
     wall, cpu = [], []
     for i in range(warmup + steps):
         w0, c0 = time.perf_counter(), time.process_time()
-        train_step(module, optimizer, batch, cfg, DistContext())
+        train_step(module, optimizer, [batch] * cfg.accum_freq, cfg, DistContext())
         if i >= warmup:
             wall.append(time.perf_counter() - w0)
             cpu.append(time.process_time() - c0)
     params = sum(p.numel() for p in model.parameters())
+    samples = cfg.batch_size * cfg.accum_freq
     return {
         "model": cfg.model, "batch_size": cfg.batch_size, "threads": threads, "params_millions": params / 1e6,
-        "samples_per_second": cfg.batch_size / statistics.median(wall),
-        "samples_per_second_best": cfg.batch_size / min(wall),
-        "samples_per_second_cpu_time": cfg.batch_size * threads / statistics.median(cpu),
+        "objectives": list(cfg.objectives), "accum_freq": cfg.accum_freq,
+        "samples_per_second": samples / statistics.median(wall),
+        "samples_per_second_best": samples / min(wall),
+        "samples_per_second_cpu_time": samples * threads / statistics.median(cpu),
     }
 
 
@@ -62,8 +82,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--objectives", default="clip", help="comma-separated keys of training.losses.LOSSES")
+    parser.add_argument("--num-centers", type=int, default=None, help="MLCD classifier rows (for mlcd)")
+    parser.add_argument("--accum-freq", type=int, default=1)
     args = parser.parse_args()
-    cfg = replace(TrainConfig(), model=args.model, batch_size=args.batch_size, precision=args.precision)
+    cfg = replace(TrainConfig(), model=args.model, batch_size=args.batch_size, precision=args.precision,
+                  objectives=tuple(args.objectives.split(",")), accum_freq=args.accum_freq,
+                  mlcd=MLCDConfig(num_centers=args.num_centers))
     print(json.dumps(measure_throughput(cfg, args.steps)))
 
 

@@ -6,10 +6,14 @@ import pytest
 import torch
 import webdataset as wds
 
+from training.config import MLCDConfig, NegCLIPConfig, TrainConfig
 from training.data import (
     LIST_FIELDS,
+    BatchFields,
     ShardData,
+    batch_fields,
     collate,
+    label_matrix,
     laclip_text,
     make_sample,
     row_order,
@@ -150,3 +154,63 @@ def test_table_loader_laclip_sampler_tokenizes_the_drawn_caption(micro, colour_t
                                    text_sampler="laclip")))
     assert any(c != r for c, r in zip(batch["caption"], batch["raw_text"], strict=True))
     assert torch.equal(batch["text"], tokenizer(batch["caption"]))
+
+
+# --- the objectives' extra inputs ----------------------------------------------------------------------
+
+
+ALL_FIELDS = BatchFields(synthetic=True, num_subcaptions=3, negatives=("shuffled", "swapped"), num_labels=2)
+
+
+def test_batch_fields_follow_the_objectives():
+    assert batch_fields(TrainConfig()) == BatchFields()
+    cfg = TrainConfig(objectives=("alip", "dreamlip", "negclip", "mlcd"), negclip=NegCLIPConfig(shuffled=False),
+                      mlcd=MLCDConfig(num_centers=8, top_k=2))
+    assert batch_fields(cfg) == BatchFields(synthetic=True, num_subcaptions=6, negatives=("swapped",), num_labels=2)
+
+
+def test_collate_builds_every_extra_input(micro):
+    tokenizer, _, val_tf = micro
+    rows = colour_rows(4)
+    rows[1]["long_caption"], rows[2]["synthetic_caption"], rows[3]["cluster_labels"] = "", None, [3]
+    rows[3]["text"] = "square"  # one word: neither shuffle nor swap can make a negative of it
+    samples = [make_sample(r["image"], r["text"], r, val_tf, "original", np.random.default_rng(i), ALL_FIELDS)
+               for i, r in enumerate(rows)]
+    batch = collate(samples, tokenizer, ALL_FIELDS)
+    assert batch["synthetic_text"].shape == (4, 16) and batch["subcaption_text"].shape == (12, 16)
+    assert torch.equal(batch["synthetic_text"][2], batch["text"][2])  # no synthetic caption: the caption
+    assert set(samples[0]["subcaptions"]) <= {"A red square.", "It sits on grey."}  # 3 draws of 2 sentences
+    assert samples[1]["subcaptions"] == [rows[1]["text"]] * 3 and batch["subcaption_ids"][1].tolist() == [0, 0, 0]
+    assert batch["subcaption_ids"].shape == (4, 3)
+    shuffled, swapped = samples[0]["negatives"]
+    assert sorted(shuffled.split()) == sorted("a red square".split()) and shuffled != "a red square"
+    assert swapped is None  # one attribute word: nothing to swap with
+    assert batch["negative_text"].shape == (8, 16)
+    assert batch["negative_mask"].tolist() == [[True, False]] * 3 + [[False, False]]
+    assert batch["cluster_label_ids"].tolist() == [[0, 1], [1, 2], [2, 3], [3, -1]]
+
+
+def test_attribute_swaps_use_the_synthetic_worlds_vocabulary(micro):
+    tokenizer, _, val_tf = micro
+    row = colour_rows(1)[0]
+    row["text"] = "a small red circle above a large blue square"
+    fields = BatchFields(negatives=("swapped",))
+    sample = make_sample(row["image"], row["text"], row, val_tf, "original", np.random.default_rng(0), fields)
+    swapped = sample["negatives"][0].split()
+    assert swapped != row["text"].split() and sorted(swapped) == sorted(row["text"].split())
+
+
+def test_label_matrix_pads_and_truncates():
+    assert label_matrix([[4, 5, 6], [], [7]], 2).tolist() == [[4, 5], [-1, -1], [7, -1]]
+
+
+def test_resumed_table_batches_draw_the_same_subcaptions(micro, colour_table):
+    tokenizer, _, val_tf = micro
+    fields = BatchFields(num_subcaptions=1, negatives=("shuffled",))
+
+    def draws(**kw):
+        return [(b["uid"], b["negative_text"].tolist(), b["subcaption_ids"].tolist())
+                for b in table_loader(colour_table, 16, tokenizer, True, seed=5, transform=val_tf, fields=fields, **kw)]
+
+    full = draws()
+    assert draws(start_batch=2) == full[2:] and draws(start_batch=1, stop_batch=3) == full[1:3]

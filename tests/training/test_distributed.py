@@ -61,3 +61,98 @@ def test_two_ranks_match_the_single_process_loss_and_gradients(tmp_path):
     grad_img = torch.cat([torch.tensor(r["grad_img"]) for r in ranks]) / 2
     grad_txt = torch.cat([torch.tensor(r["grad_txt"]) for r in ranks]) / 2
     assert torch.allclose(grad_img, img.grad, atol=1e-6) and torch.allclose(grad_txt, txt.grad, atol=1e-6)
+
+
+OBJECTIVES_SCRIPT = r"""
+import json, sys
+from types import SimpleNamespace
+import torch, torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from training.checkpoints import gather_sharded_state
+from training.config import DreamLIPConfig, MLCDConfig, TrainConfig
+from training.losses import DistContext, WeightedObjectives
+rank, world, init, out_path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+torch.set_num_threads(1)
+if world > 1:
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+N, D, K, M, P, W = 8, 6, 3, 2, 5, 10  # global batch, embedding, sub-captions, negatives, patches, width
+g = torch.Generator().manual_seed(0)
+data = {"img": torch.randn(N, D, generator=g), "txt": torch.randn(N, D, generator=g),
+        "cap": torch.randn(N, D, generator=g), "subs": torch.randn(N, K, D, generator=g),
+        "negs": torch.randn(N, M, D, generator=g), "tokens": torch.randn(N, P, W, generator=g)}
+batch = {"negative_mask": torch.rand(N, M, generator=g) > 0.3,
+         "subcaption_ids": torch.randint(0, 2, (N, K), generator=g),
+         "cluster_label_ids": torch.randint(-1, 9, (N, 2), generator=g)}
+rows = slice(rank * N // world, (rank + 1) * N // world)
+leaves = {k: v[rows].clone().requires_grad_() for k, v in data.items()}
+out = {"image_features": F.normalize(leaves["img"], dim=-1), "text_features": F.normalize(leaves["txt"], dim=-1),
+       "synthetic_features": F.normalize(leaves["cap"], dim=-1),
+       "subcaption_features": F.normalize(leaves["subs"], dim=-1),
+       "negative_features": F.normalize(leaves["negs"], dim=-1), "patch_tokens": leaves["tokens"],
+       "logit_scale": torch.tensor(5.0)}
+cfg = TrainConfig(objectives=("clip", "siglip", "dcl", "negclip", "alip", "dreamlip", "mlcd"),
+                  dreamlip=DreamLIPConfig(num_text=K), mlcd=MLCDConfig(num_centers=9, negative_ratio=1.0, scale=4.0))
+objectives = WeightedObjectives(cfg, D)
+visual = nn.Module()
+visual.proj = nn.Parameter(torch.randn(W, D, generator=torch.Generator().manual_seed(3)))
+visual.forward_intermediates = None
+objectives.attach(SimpleNamespace(visual=visual, logit_bias=None))
+total, terms = objectives(out, {k: v[rows] for k, v in batch.items()}, DistContext.current())
+total.backward()
+optimizer = torch.optim.AdamW(objectives.parameters(), lr=0.1)
+optimizer.step()
+state, opt_state = gather_sharded_state(objectives, optimizer, objectives.sharded(), DistContext.current())
+mlcd = objectives.terms["mlcd"]
+slot = opt_state["state"][[i for i, p in enumerate(objectives.parameters()) if p is mlcd.weight][0]]
+report = {"terms": {k: v.item() for k, v in terms.items()},
+          "grads": {k: v.grad.tolist() for k, v in leaves.items()},
+          "params": {n: p.grad.tolist() for n, p in objectives.named_parameters() if n != "terms.mlcd.weight"},
+          "shard_grad": mlcd.weight.grad.tolist()}
+if rank == 0:
+    report["full_weight"] = state["terms.mlcd.weight"].tolist()
+    report["full_exp_avg"] = slot["exp_avg"].tolist()
+json.dump(report, open(out_path, "w"))
+if world > 1:
+    dist.destroy_process_group()
+"""
+
+
+def run_worlds(script: str, tmp_path, worlds: dict[str, int]) -> dict[str, list[dict]]:
+    """Run `script` as every rank of each named world at once; each rank's JSON report, by world."""
+    path = tmp_path / "objectives.py"
+    path.write_text(script)
+    procs = {(tag, r): subprocess.Popen([sys.executable, str(path), str(r), str(world),
+                                         f"file://{tmp_path / ('store_' + tag)}", str(tmp_path / f"{tag}{r}.json")],
+                                        env={**os.environ, "OMP_NUM_THREADS": "1"})
+             for tag, world in worlds.items() for r in range(world)}
+    try:
+        codes = [p.wait(timeout=180) for p in procs.values()]
+    finally:
+        for p in procs.values():
+            p.kill()
+    assert codes == [0] * len(procs)
+    return {tag: [json.loads((tmp_path / f"{tag}{r}.json").read_text()) for r in range(world)]
+            for tag, world in worlds.items()}
+
+
+def test_every_objective_on_two_ranks_matches_one_rank_with_the_same_global_batch(tmp_path):
+    """SigLIP, DCL, NegCLIP, ALIP, DreamLIP and MLCD (its classifier split into uneven 4 + 5 row shards,
+    Partial-FC style) give the single-process losses and gradients, and the checkpoint gathers the whole
+    classifier and its optimiser moments."""
+    reports = run_worlds(OBJECTIVES_SCRIPT, tmp_path, {"one": 1, "two": 2})
+    (one,), two = reports["one"], reports["two"]
+    for name, value in one["terms"].items():
+        assert sum(r["terms"][name] for r in two) / 2 == pytest.approx(value, rel=1e-5), name
+    # DDP averages rank gradients, so each rank's rows carry world_size x the single-process gradient.
+    for name, grad in one["grads"].items():
+        got = torch.cat([torch.tensor(r["grads"][name]) for r in two]) / 2
+        assert torch.allclose(got, torch.tensor(grad), atol=1e-6), name
+    for name, grad in one["params"].items():  # replicated objective parameters: DDP's average
+        got = sum(torch.tensor(r["params"][name]) for r in two) / 2
+        assert torch.allclose(got, torch.tensor(grad), atol=1e-6), name
+    assert [len(r["shard_grad"]) for r in two] == [4, 5]
+    shard_grads = torch.cat([torch.tensor(r["shard_grad"]) for r in two])
+    assert torch.allclose(shard_grads, torch.tensor(one["shard_grad"]), atol=1e-6)
+    assert torch.allclose(torch.tensor(two[0]["full_weight"]), torch.tensor(one["full_weight"]), atol=1e-6)
+    assert torch.allclose(torch.tensor(two[0]["full_exp_avg"]), torch.tensor(one["full_exp_avg"]), atol=1e-7)

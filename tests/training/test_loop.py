@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from training import losses
-from training.config import TrainConfig
+from training.config import MLCDConfig, TrainConfig
 from training.loop import NonFiniteLossError, TrainModule, train, train_step
 from training.losses import DistContext, WeightedObjectives
 from training.models import create_model
@@ -92,3 +92,92 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_on_the_same_curve(micro_m
     for a, b in zip(whole.history, resumed.history, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4), (a, b)
     assert resumed.steps == 16 and resumed.final_loss == pytest.approx(whole.final_loss, rel=1e-4)
+
+
+# --- objectives in the loop ----------------------------------------------------------------------------
+
+ALL_OBJECTIVES = ("clip", "siglip", "dcl", "negclip", "alip", "dreamlip", "mlcd")
+
+
+def objective_cfg(micro_model, objectives, **kw) -> TrainConfig:
+    return tiny_cfg(micro_model, objectives=objectives, mlcd=MLCDConfig(num_centers=4, negative_ratio=1.0), **kw)
+
+
+@pytest.mark.parametrize("objectives", [(name,) for name in ALL_OBJECTIVES] + [ALL_OBJECTIVES],
+                         ids=[*ALL_OBJECTIVES, "all"])
+def test_each_objective_and_all_together_lower_their_loss(micro_model, colour_table, tmp_path, objectives):
+    result = train(objective_cfg(micro_model, objectives, epochs=4), colour_table, str(tmp_path))
+    first, last = result.history[0], result.history[-1]
+    # ALIP's gated loss rises while its running means fall from 1 towards the similarities; the ungated
+    # losses of both paths show the fit.
+    keys = ["alip_ungated_raw", "alip_ungated_caption"] if objectives == ("alip",) else ["loss"]
+    for key in keys:
+        assert last[key] < 0.85 * first[key], (key, [m[key] for m in result.history])
+    assert all(f"loss_{name}" in last for name in objectives)
+    if "alip" in objectives:
+        assert 0 < last["alip_gate_sample"] <= 1 and last["alip_mu_raw"] < 1.0
+
+
+def count_text_rows(model) -> list[int]:
+    calls: list[int] = []
+    real = model.encode_text
+
+    def counting(tokens, normalize=False):
+        calls.append(tokens.shape[0])
+        return real(tokens, normalize=normalize)
+
+    model.encode_text = counting
+    return calls
+
+
+@pytest.mark.parametrize(("objectives", "rows_per_image", "patch_tokens"), [
+    (("clip",), [1], False), (("alip",), [2], False), (("clip", "dreamlip"), [7], True),
+    (("dreamlip",), [6], True), (("clip", "negclip"), [3], False), (("mlcd",), [], False)])
+def test_the_model_runs_only_the_passes_the_objectives_read(micro_model, colour_table, objectives, rows_per_image,
+                                                            patch_tokens):
+    from training.data import batch_fields, table_loader
+    from training.models import image_transform
+
+    cfg = objective_cfg(micro_model, objectives)
+    model, _, tokenizer = create_model(micro_model)
+    module = TrainModule(model, WeightedObjectives(cfg, 32), DistContext())
+    batch = next(table_loader(colour_table, 8, tokenizer, True, 0, transform=image_transform(model, True),
+                              fields=batch_fields(cfg)))
+    calls = count_text_rows(model)
+    out = module.encode(batch)
+    assert calls == [8 * r for r in rows_per_image]  # every caption of the step in ONE text-tower forward
+    assert ("patch_tokens" in out) == patch_tokens
+    if patch_tokens:
+        assert out["patch_tokens"].shape == (8, 16, 64) and out["subcaption_features"].shape == (8, 6, 32)
+        plain = model.encode_image(batch["image"], normalize=True)
+        assert torch.allclose(out["image_features"], plain, atol=1e-6)
+
+
+def test_mlcd_without_its_number_of_centers_is_a_clear_error(micro_model, colour_table, tmp_path):
+    with pytest.raises(ValueError, match="mlcd.num_centers"):
+        train(tiny_cfg(micro_model, objectives=("clip", "mlcd")), colour_table, str(tmp_path))
+
+
+def test_a_killed_run_with_stateful_objectives_resumes_on_the_same_curve(micro_model, colour_table, tmp_path):
+    """ALIP's running means, MLCD's classifier and sampling step, DreamLIP's projection and temperature and
+    SigLIP's bias are all in the checkpoint: the resumed run repeats the uninterrupted one."""
+    cfg = tiny_cfg(micro_model, epochs=3, log_every=2, checkpoint_every=6,
+                   objectives=("siglip", "alip", "dreamlip", "negclip", "mlcd"),
+                   mlcd=MLCDConfig(num_centers=6, negative_ratio=0.5))
+    whole = train(cfg, colour_table, str(tmp_path / "whole"))
+
+    def kill_at_step_8(line):
+        if line["step"] == 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, colour_table, str(tmp_path / "killed"), log=kill_at_step_8)
+    state = torch.load(tmp_path / "killed" / "checkpoints" / "latest.pt", weights_only=True)
+    assert state["step"] == 6 and state["objectives"]["terms.mlcd._extra_state"] == {"steps_done": 6}
+    assert {"terms.alip.mu", "terms.mlcd.weight", "terms.dreamlip.token_proj.weight",
+            "terms.dreamlip.group_logit_scale", "terms.siglip.logit_bias"} <= set(state["objectives"])
+    resumed = train(cfg, colour_table, str(tmp_path / "killed"))
+    assert [m["step"] for m in resumed.history] == [2, 4, 6, 8, 10, 12]
+    for a, b in zip(whole.history, resumed.history, strict=True):
+        for key in ("loss", "loss_mlcd", "alip_mu_raw", "loss_dreamlip"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4), (key, a, b)

@@ -9,12 +9,14 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 from training.objectives import (
+    ALIP_MEAN_KEYS,
     LOSS_FUNCTIONS,
     alip_gates,
     dcl_loss,
     mlcd_loss,
     multi_positive_loss,
     negclip_loss,
+    sample_subcaption_ids,
     sample_subcaptions,
     shuffle_words,
     siglip_loss,
@@ -154,7 +156,8 @@ def test_swap_attributes_swaps_two_distinct_attributes():
 
 def test_alip_gates_follow_paper_and_update_means():
     s_raw, s_cap, s_tc = (torch.tensor(v) for v in ([0.2, 0.4, 0.9], [0.3, 0.5, 0.1], [0.1, 0.95, 1.2]))
-    sample_w, raw_w, cap_w, mu = alip_gates(s_raw, s_cap, s_tc, {})
+    sample_w, raw_w, cap_w, mu_t = alip_gates(s_raw, s_cap, s_tc, torch.ones(3))
+    mu = dict(zip(ALIP_MEAN_KEYS, mu_t.tolist(), strict=True))
     expected_mu = {"raw": 0.99 + 0.01 * 0.5, "cap": 0.99 + 0.01 * 0.3, "tc": 0.99 + 0.01 * 0.75}
     assert mu == pytest.approx(expected_mu)
     for i in range(3):
@@ -162,13 +165,15 @@ def test_alip_gates_follow_paper_and_update_means():
         assert float(raw_w[i]) == pytest.approx(math.exp(2 * (float(s_raw[i]) - mu["raw"])), rel=1e-6)
         assert float(cap_w[i]) == pytest.approx(math.exp(2 * (float(s_cap[i]) - mu["cap"])), rel=1e-6)
     assert (sample_w > 0).all() and (sample_w <= 1).all() and float(sample_w[2]) == 1.0
-    _, _, _, mu2 = alip_gates(s_raw, s_cap, s_tc, mu)
-    assert mu2["raw"] == pytest.approx(0.99 * mu["raw"] + 0.01 * 0.5)
+    _, _, _, mu2 = alip_gates(s_raw, s_cap, s_tc, mu_t)
+    assert float(mu2[0]) == pytest.approx(0.99 * mu["raw"] + 0.01 * 0.5)
+    _, _, _, mu3 = alip_gates(s_raw, s_cap, s_tc, mu_t, momentum=0.5)
+    assert float(mu3[1]) == pytest.approx(0.5 * mu["cap"] + 0.5 * 0.3)
 
 
 def test_alip_gates_carry_no_gradient():
     s = torch.tensor([0.3, 0.6], requires_grad=True)
-    weights = alip_gates(s * 1, s * 2, s * 0.5, {"raw": 0.4, "cap": 0.4, "tc": 0.4})[:3]
+    weights = alip_gates(s * 1, s * 2, s * 0.5, torch.full((3,), 0.4))[:3]
     assert all(not w.requires_grad for w in weights)
 
 
@@ -276,3 +281,71 @@ def test_mlcd_gradient_reaches_embeddings_and_centers():
 def test_registry_names_the_plain_functions():
     assert LOSS_FUNCTIONS == {"siglip": siglip_loss, "dcl": dcl_loss, "negclip": negclip_loss,
                               "alip": weighted_clip_loss, "dreamlip": multi_positive_loss, "mlcd": mlcd_loss}
+
+
+# --- gathered forms: two simulated ranks average to the single-process loss ---------------------------
+
+
+def test_gathered_forms_averaged_over_ranks_equal_the_global_loss():
+    from training.objectives import (
+        dcl_loss_gathered,
+        multi_positive_loss_gathered,
+        negclip_loss_gathered,
+        siglip_loss_gathered,
+        weighted_clip_loss_gathered,
+    )
+
+    img, txt, neg = unit(8, 5, seed=30), unit(8, 5, seed=31), unit(3, 5, seed=32)
+    groups = unit(8, 3, 5, seed=33)
+    t, b = torch.tensor(6.0, dtype=torch.float64), torch.tensor(-4.0, dtype=torch.float64)
+    sw, pw = torch.rand(8, dtype=torch.float64), torch.rand(8, dtype=torch.float64)
+    flat = groups.reshape(24, 5)
+    cases = {
+        "siglip": (siglip_loss(img, txt, t, b),
+                   lambda r, s: siglip_loss_gathered(img[s], txt, t, b, 4 * r)),
+        "dcl": (dcl_loss(img, txt, t), lambda r, s: dcl_loss_gathered(img[s], txt[s], img, txt, t, 4 * r)),
+        "negclip": (negclip_loss(img, txt, neg, t),
+                    lambda r, s: negclip_loss_gathered(img[s], txt[s], img, txt, neg, t, 4 * r)),
+        "alip": (weighted_clip_loss(img, txt, t, sw, pw),
+                 lambda r, s: weighted_clip_loss_gathered(img[s], txt[s], img, txt, t, 4 * r, sw[s], pw[s])),
+        "dreamlip": (multi_positive_loss(img, groups, t),
+                     lambda r, s: multi_positive_loss_gathered(img[s], groups[s], img, flat, t, 4 * r)),
+    }
+    for name, (whole, by_rank) in cases.items():
+        halves = [by_rank(r, slice(4 * r, 4 * r + 4)) for r in range(2)]
+        assert_close(sum(halves) / 2, whole, msg=name)
+
+
+# --- DreamLIP grouping, MLCD sampling -----------------------------------------------------------------
+
+
+def test_grouping_loss_is_zero_when_every_subcaption_is_the_same_sentence():
+    from training.objectives import grouping_loss
+
+    patches, subs = unit(2, 6, 4, seed=34), unit(2, 3, 4, seed=35)
+    same = torch.zeros(2, 3, dtype=torch.long)
+    assert grouping_loss(patches, subs, same, torch.tensor(10.0)).item() == pytest.approx(0.0, abs=1e-12)
+    distinct = torch.arange(3).repeat(2, 1)
+    assert grouping_loss(patches, subs, distinct, torch.tensor(10.0)).item() > 0
+
+
+def test_subcaption_ids_sample_without_replacement_when_possible():
+    rng = np.random.default_rng(3)
+    ids = sample_subcaption_ids(10, 6, rng)
+    assert len(ids) == 6 and len(set(ids)) == 6 and all(0 <= k < 10 for k in ids)
+    assert sorted(sample_subcaption_ids(6, 6, rng)) == list(range(6))
+    assert len(sample_subcaption_ids(2, 6, rng)) == 6 and sample_subcaption_ids(0, 6, rng) == []
+
+
+def test_mlcd_reads_only_the_sampled_centers_and_survives_samples_without_labels():
+    from training.objectives import mlcd_logits
+
+    centers = torch.randn(1000, 4, dtype=torch.float64, requires_grad=True)
+    x = unit(3, 4, seed=36).requires_grad_()
+    labels = torch.tensor([[5, 7], [-1, -1], [999, -1]])
+    s, positive = mlcd_logits(x, centers, labels, 4.0, 0.1, 0.01, torch.Generator().manual_seed(0))
+    assert s.shape == (3, 3 + 10) and positive.sum().item() == 3  # the 3 positives + 1% of the other 997
+    loss = mlcd_loss(x, centers, labels, 4.0, 0.1, 0.01, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(centers.grad).all()
+    assert (centers.grad.abs().sum(1) > 0).sum().item() == 13  # only the scored rows get a gradient
