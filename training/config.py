@@ -68,13 +68,14 @@ class TrainConfig:
     batch_size: int = 128
     """samples per step per rank (the contrastive batch is batch_size x world_size)."""
     lr: float = 1e-3
-    """peak AdamW learning rate; on the synthetic world at batch 128, 1e-3 beat 2e-3 (lower loss, better recall)."""
+    """peak learning rate; with AdamW on the synthetic world at batch 128, 1e-3 beat 2e-3 (lower loss, better
+    recall)."""
     weight_decay: float = 0.1
-    """AdamW decoupled weight decay on weight matrices only (open_clip's default 0.2 at ViT-B scale)."""
+    """decoupled weight decay on weight matrices only (open_clip's AdamW default 0.2 at ViT-B scale)."""
     beta1: float = 0.9
-    """AdamW beta1."""
+    """AdamW beta1 (Lion's beta1 too: the gradient/momentum interpolation of its update; paper default 0.9)."""
     beta2: float = 0.98
-    """AdamW beta2; 0.98 as in CLIP and open_clip for ViTs."""
+    """AdamW beta2; 0.98 as in CLIP and open_clip for ViTs (Lion's momentum decay, paper default 0.99)."""
     eps: float = 1e-6
     """AdamW epsilon (CLIP's value)."""
     warmup_steps: int = 50

@@ -439,7 +439,7 @@ def progress_bar(run: Run, progress: Progress):  # noqa: ANN201 - tqdm or None
         return None
     from tqdm import tqdm
 
-    return tqdm(total=run.total_steps, initial=progress.step, unit="step", dynamic_ncols=True)
+    return tqdm(total=run.total_steps, initial=progress.step, unit="step", dynamic_ncols=True, file=sys.stderr)
 
 
 def record(progress: Progress, metrics: dict[str, float] | None, cfg: TrainConfig) -> None:

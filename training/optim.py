@@ -1,4 +1,5 @@
-"""Optimiser, learning-rate schedule and temperature clamp, as in open_clip's trainer."""
+"""Optimisers (AdamW; Lion, Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"), learning-rate
+schedule and temperature clamp, as in open_clip's trainer."""
 
 from __future__ import annotations
 
@@ -37,8 +38,50 @@ def adamw(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
         return torch.optim.AdamW(groups, **kwargs)
 
 
+class Lion(torch.optim.Optimizer):
+    """Lion (Chen et al. 2023, Algorithm 2): the update is the sign of an interpolation of the gradient and its
+    momentum, with decoupled weight decay:
+
+        c = beta1 m + (1 - beta1) g;  theta <- theta - lr (sign(c) + wd theta);  m <- beta2 m + (1 - beta2) g
+
+    One state tensor per parameter ("exp_avg", the momentum m), half of AdamW's.
+    """
+
+    def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),  # noqa: ANN001
+                 weight_decay: float = 0.0) -> None:
+        if lr < 0 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"invalid Lion lr {lr} or betas {betas}")
+        super().__init__(params, {"lr": lr, "betas": betas, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, (beta1, beta2), decay = group["lr"], group["betas"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                momentum = state["exp_avg"]
+                p.mul_(1 - lr * decay)
+                p.add_(momentum.mul(beta1).add_(p.grad, alpha=1 - beta1).sign_(), alpha=-lr)
+                momentum.mul_(beta2).add_(p.grad, alpha=1 - beta2)
+        return loss
+
+
+def lion(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Lion with TrainConfig's lr, betas and (per group) weight decay."""
+    return Lion(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+
+
 OPTIMIZERS: dict[str, Callable[[list[dict], TrainConfig], torch.optim.Optimizer]] = {
     "adamw": adamw,
+    "lion": lion,
 }
 """Optimiser factories by TrainConfig.optimizer: `factory(param_groups, cfg)`."""
 

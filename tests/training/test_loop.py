@@ -1,3 +1,4 @@
+import io
 import json
 from pathlib import Path
 
@@ -181,3 +182,75 @@ def test_a_killed_run_with_stateful_objectives_resumes_on_the_same_curve(micro_m
     for a, b in zip(whole.history, resumed.history, strict=True):
         for key in ("loss", "loss_mlcd", "alip_mu_raw", "loss_dreamlip"):
             assert a[key] == pytest.approx(b[key], rel=1e-4), (key, a, b)
+
+
+# --- optimisation: Lion, feature-cached accumulation, progress bar ------------------------------------------
+
+
+def test_lion_trains(micro_model, colour_table, tmp_path):
+    result = train(tiny_cfg(micro_model, optimizer="lion", lr=3e-4, weight_decay=0.5, epochs=4), colour_table,
+                   str(tmp_path))
+    assert result.history[-1]["loss"] < 0.8 * result.history[0]["loss"]
+    state = torch.load(tmp_path / "checkpoints" / "epoch_4.pt", weights_only=True)
+    assert all(set(s) == {"exp_avg"} for s in state["optimizer"]["state"].values())
+
+
+def split_batch(batch: dict, parts: int) -> list[dict]:
+    """`parts` micro-batches of a collated batch (per-image token groups split with their images)."""
+    rows = batch["image"].shape[0]
+    out = [{} for _ in range(parts)]
+    for key, value in batch.items():
+        size = len(value) // parts
+        for j in range(parts):
+            out[j][key] = value[j * size:(j + 1) * size]
+    assert all(len(b["uid"]) == rows // parts for b in out)
+    return out
+
+
+def test_accumulated_micro_batches_give_the_big_batch_gradient(micro_model, colour_table):
+    """open_clip's feature-cached accumulation with every objective: 2 x 8 samples = one batch of 16."""
+    import copy
+
+    from training.data import batch_fields, table_loader
+    from training.loop import forward_backward
+    from training.models import image_transform
+
+    cfg = tiny_cfg(micro_model, objectives=ALL_OBJECTIVES, mlcd=MLCDConfig(num_centers=6, negative_ratio=0.5))
+    model, _, tokenizer = create_model(micro_model)
+    big = TrainModule(model, WeightedObjectives(cfg, 32), DistContext())
+    accumulated = copy.deepcopy(big)
+    batch = next(table_loader(colour_table, 16, tokenizer, True, 0, transform=image_transform(model, True),
+                              fields=batch_fields(cfg)))
+    total, terms = forward_backward(big, [batch], cfg, DistContext())
+    total_acc, terms_acc = forward_backward(accumulated, split_batch(batch, 2), cfg, DistContext())
+    assert total_acc.item() == pytest.approx(total.item(), rel=1e-5)
+    assert all(terms_acc[k].item() == pytest.approx(v.item(), rel=1e-5) for k, v in terms.items())
+    grads = dict(big.named_parameters())
+    for name, p in accumulated.named_parameters():
+        assert (p.grad is None) == (grads[name].grad is None), name
+        if p.grad is not None:
+            assert torch.allclose(p.grad, grads[name].grad, rtol=1e-4, atol=1e-6), name
+
+
+def test_training_with_accumulation_counts_samples_per_step(micro_model, colour_table, tmp_path):
+    result = train(tiny_cfg(micro_model, batch_size=8, accum_freq=2, epochs=4), colour_table, str(tmp_path))
+    assert result.steps == 16 and result.samples_seen == 16 * 16
+    assert result.history[-1]["loss"] < 0.8 * result.history[0]["loss"]
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_progress_bar_on_a_terminal_only(micro_model, colour_table, tmp_path, monkeypatch):
+    import training.loop as loop
+
+    terminal = Terminal()
+    monkeypatch.setattr(loop.sys, "stderr", terminal)
+    train(tiny_cfg(micro_model, epochs=1), colour_table, str(tmp_path / "tty"))
+    assert "4/4" in terminal.getvalue() and "loss=" in terminal.getvalue()
+    plain = io.StringIO()
+    monkeypatch.setattr(loop.sys, "stderr", plain)
+    train(tiny_cfg(micro_model, epochs=1), colour_table, str(tmp_path / "pipe"))
+    assert plain.getvalue() == ""

@@ -57,3 +57,29 @@ def test_unknown_optimizer_is_refused(micro_model):
     model, _, _ = create_model(micro_model)
     with pytest.raises(ValueError, match="unknown optimizer"):
         make_optimizer(model, TrainConfig(optimizer="sgd"))
+
+
+def test_lion_step_is_the_papers_update():
+    from training.optim import Lion
+
+    theta = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5, 3.0]))
+    opt = Lion([{"params": [theta], "weight_decay": 0.1}], lr=0.01, betas=(0.9, 0.99))
+    momentum = torch.tensor([0.0, 0.0, 0.0, 0.0])
+    expected = theta.detach().clone()
+    for grad in ([0.3, -0.1, 0.0, 2.0], [-0.5, -0.2, 0.4, 1.0]):
+        g = torch.tensor(grad)
+        theta.grad = g.clone()
+        opt.step()
+        c = 0.9 * momentum + 0.1 * g
+        expected = expected - 0.01 * (torch.sign(c) + 0.1 * expected)
+        momentum = 0.99 * momentum + 0.01 * g
+        assert torch.allclose(theta.detach(), expected, atol=1e-7)
+        assert torch.allclose(opt.state[theta]["exp_avg"], momentum, atol=1e-7)
+    assert theta.detach()[2] != 0.5  # sign(0) = 0 on the first step, then the momentum moves it
+
+
+def test_lion_keeps_the_no_decay_groups(micro_model):
+    model, _, _ = create_model(micro_model)
+    opt = make_optimizer(model, TrainConfig(optimizer="lion", lr=2e-4, weight_decay=1.0, beta2=0.99))
+    assert type(opt).__name__ == "Lion" and [g["weight_decay"] for g in opt.param_groups] == [0.0, 1.0]
+    assert opt.param_groups[0]["betas"] == (0.9, 0.99) and opt.param_groups[1]["lr"] == 2e-4
