@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from training.protoclip import ProtoCLIPConfig
+
 
 @dataclass(frozen=True)
 class ALIPConfig:
@@ -130,3 +132,5 @@ class TrainConfig:
     """settings of the "negclip" objective."""
     mlcd: MLCDConfig = field(default_factory=MLCDConfig)
     """settings of the "mlcd" objective."""
+    protoclip: ProtoCLIPConfig = field(default_factory=ProtoCLIPConfig)
+    """settings of the "protoclip" objective and its episodes (training.protoclip)."""

@@ -345,9 +345,14 @@ def table_loader(
     order = row_order(table.num_rows, batch_size, train, seed, rank, world_size)
     for b in range(start_batch, len(order) if stop_batch is None else min(stop_batch, len(order))):
         idx = order[b]
-        rng = np.random.default_rng([seed, rank, b])  # per batch, so a resumed run draws the same captions
         rows = table.take(pa.array(idx)).to_pylist()
         for i, row in zip(idx, rows, strict=True):
             row["uid"] = row.get("uid") or str(i)  # tables without uids (the bootstrap's) use the row number
-        samples = [make_sample(r["image"], r["text"], r, transform, text_sampler, rng, fields) for r in rows]
+        # Captions and augmentations drawn from per-batch seeds (torchvision's crops use torch's global RNG,
+        # forked here and left as it was): batch b is the same whenever it is drawn, so a resumed run, or
+        # one that draws a ProtoCLIP episode ahead, sees exactly the batches of an uninterrupted run.
+        rng = np.random.default_rng([seed, rank, b])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(rng.integers(2**63)))
+            samples = [make_sample(r["image"], r["text"], r, transform, text_sampler, rng, fields) for r in rows]
         yield collate(samples, tokenizer, fields)

@@ -11,6 +11,8 @@ The model runs only the passes the configured objectives read (`TrainModule.enco
 in one batched forward. With accum_freq > 1 a step is open_clip's feature-cached accumulation: a no-grad
 forward of every micro-batch caches its features, then each micro-batch is re-encoded with gradients and
 spliced into the cached global features, so the gradient equals that of the whole accumulated batch.
+With "protoclip" the steps run in ProtoCLIP's episodes (EpisodeFeed): each episode's batches are drawn ahead,
+encoded and clustered, then trained on.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import torch
 import torch.distributed as torch_dist
@@ -50,6 +53,7 @@ from training.data import TEXT_INPUTS, ShardData, batch_fields, shard_loader, ta
 from training.losses import DistContext, WeightedObjectives
 from training.models import create_model, embed_dim, image_transform, unwrap
 from training.optim import clamp_logit_scales, cosine_lr, make_optimizer, set_lr
+from training.protoclip import Prototypes, episode_seed, fit_prototypes, share_prototypes, teacher_text_features
 
 
 class NonFiniteLossError(RuntimeError):
@@ -454,13 +458,108 @@ def record(progress: Progress, metrics: dict[str, float] | None, cfg: TrainConfi
             f"(max_nonfinite_steps={cfg.max_nonfinite_steps}); the last at step {progress.step}")
 
 
-def run_steps(run: Run, progress: Progress, stream: Iterator[dict]) -> None:
+class BatchFeed:
+    """Each step's accum_freq micro-batches, straight from the stream."""
+
+    def __init__(self, stream: Iterator[dict], cfg: TrainConfig) -> None:
+        self.stream, self.cfg = stream, cfg
+
+    def take(self, step: int) -> list[dict]:
+        return [next(self.stream) for _ in range(self.cfg.accum_freq)]
+
+
+def episode_steps(cfg: TrainConfig, world_size: int) -> int:
+    """Optimiser steps per ProtoCLIP episode: protoclip.episode_size samples over all ranks (at least one step)."""
+    return max(1, cfg.protoclip.episode_size // (cfg.batch_size * world_size * cfg.accum_freq))
+
+
+def gather_numpy(x: np.ndarray, dist: DistContext, device: torch.device) -> np.ndarray:
+    """Every rank's equally shaped rows, rank-major (through `device`, the collective backend's)."""
+    if dist.world_size == 1:
+        return x
+    rows = torch.from_numpy(np.ascontiguousarray(x)).to(device)
+    parts = [torch.empty_like(rows) for _ in range(dist.world_size)]
+    torch_dist.all_gather(parts, rows)
+    return torch.cat(parts).cpu().numpy()
+
+
+@torch.no_grad()
+def episode_prototypes(run: Run, batches: list[dict], episode: int) -> Prototypes:
+    """ProtoCLIP's feature extraction: this rank's episode batches encoded without gradients (model in eval
+    mode), every rank's prototype-space features (and teacher features) clustered on rank 0 and shared."""
+    core, cfg = run.core, run.cfg
+    term = core.objectives.terms["protoclip"]
+    was_training, features = core.model.training, []
+    core.model.eval()
+    try:
+        for batch in batches:
+            with autocast(cfg, run.device):
+                out = core.encode(to_device({"image": batch["image"], "text": batch["text"]}, run.device))
+            features.append(term.episode_features(out["image_features"], out["text_features"]))
+    finally:
+        core.model.train(was_training)
+    collective = run.device if run.device.type == "cuda" else torch.device("cpu")
+    image, text = (gather_numpy(np.concatenate(part), run.dist, collective) for part in zip(*features, strict=True))
+    teacher = teacher_text_features(cfg.protoclip, [c for b in batches for c in b["caption"]], device=str(run.device))
+    teacher = None if teacher is None else gather_numpy(teacher, run.dist, collective)
+    fitted = fit_prototypes(image, text, cfg.protoclip, episode_seed(cfg.protoclip, episode), teacher) \
+        if run.dist.rank == 0 else None
+    return share_prototypes(fitted, run.dist, run.device if run.device.type == "cuda" else None)
+
+
+class EpisodeFeed(BatchFeed):
+    """ProtoCLIP's episodes (Chen et al. 2023) over the stream: at an episode's first step this rank's micro-
+    batches of the whole episode are drawn and clustered (episode_prototypes); the episode's steps then train
+    on them, each sample carrying `episode_index`, its position in the episode (rank-major across ranks).
+
+    A table replays the same batches after a resume (they are seeded per batch), so a run resumed mid-episode
+    keeps the checkpoint's prototypes and finishes the episode exactly; on shards, whose resumed stream holds
+    fresh samples, the rest of the episode is clustered anew. Episode batches wait in host memory."""
+
+    def __init__(self, stream: Iterator[dict], run: Run, replays: bool) -> None:
+        super().__init__(stream, run.cfg)
+        self.run, self.replays = run, replays
+        self.length = episode_steps(run.cfg, run.dist.world_size)
+        self.queue: list[dict] = []
+
+    def take(self, step: int) -> list[dict]:
+        if not self.queue:
+            self.queue = self.start(step)
+        taken, self.queue = self.queue[:self.cfg.accum_freq], self.queue[self.cfg.accum_freq:]
+        return taken
+
+    def start(self, step: int) -> list[dict]:
+        """The micro-batches from `step` to the episode's end, with episode_index, prototypes set."""
+        cfg, dist, term = self.cfg, self.run.dist, self.run.core.objectives.terms["protoclip"]
+        first = step - step % self.length
+        stop = min(first + self.length, self.run.total_steps)
+        per_step = cfg.accum_freq * cfg.batch_size  # this rank's samples per step
+        saved = term.prototypes
+        keep = self.replays and step > first and saved is not None \
+            and saved.num_samples == (stop - first) * per_step * dist.world_size
+        first = first if keep else step
+        batches = [next(self.stream) for _ in range((stop - step) * cfg.accum_freq)]
+        if not keep:
+            term.set_prototypes(episode_prototypes(self.run, batches, step // self.length))
+        offset = dist.rank * (stop - first) * per_step + (step - first) * per_step
+        for j, batch in enumerate(batches):
+            batch["episode_index"] = torch.arange(cfg.batch_size) + offset + j * cfg.batch_size  # (B,)
+        return batches
+
+
+def make_feed(run: Run, stream: Iterator[dict], data: ShardData | pa.Table) -> BatchFeed:
+    if "protoclip" in run.core.objectives.terms:
+        return EpisodeFeed(stream, run, replays=isinstance(data, pa.Table))
+    return BatchFeed(stream, run.cfg)
+
+
+def run_steps(run: Run, progress: Progress, feed: BatchFeed) -> None:
     """Train from progress.step to the last step, skipping (and counting) non-finite steps."""
     cfg, clock = run.cfg, {"last": time.perf_counter(), "seen": float(progress.samples_seen)}
     bar = progress_bar(run, progress)
     try:
         while progress.step < run.total_steps:
-            batches = [to_device(next(stream), run.device) for _ in range(cfg.accum_freq)]
+            batches = [to_device(b, run.device) for b in feed.take(progress.step)]
             lr = cosine_lr(progress.step, cfg.lr, cfg.warmup_steps, run.total_steps, cfg.min_lr_ratio)
             set_lr(run.optimizer, lr)
             metrics = train_step(run.module, run.optimizer, batches, cfg, run.dist)
@@ -493,7 +592,7 @@ def train(cfg: TrainConfig, data: ShardData | pa.Table, out_dir: str, log: Calla
     began = time.perf_counter()
     stream = batch_stream(data, cfg, tokenizer, transform, start, run.dist)
     try:
-        run_steps(run, progress, stream)
+        run_steps(run, progress, make_feed(run, stream, data))
     finally:
         stream.close()  # stops the dataloader workers
     elapsed = time.perf_counter() - began

@@ -5,7 +5,7 @@ Supervision") is computed as open_clip does across ranks: each rank scores its o
 features of the global batch, gathered with gradients flowing back through the gather, so DDP's
 gradient average equals the gradient of the single-process loss over the global batch. The other terms
 (SigLIP, DCL, NegCLIP, ALIP, DreamLIP, MLCD; papers cited in `training.objectives`, whose plain loss
-functions they call) follow the same rule.
+functions they call) follow the same rule; ProtoCLIP's prototype loss lives in training.protoclip.
 
 An objective is a module `forward(out, batch, dist) -> scalar`, where `out` holds the model's outputs
 ("image_features", "text_features", ... all L2-normalised, and "logit_scale", already exponentiated; see
@@ -41,6 +41,7 @@ from training.objectives import (
     negclip_loss_gathered,
     siglip_loss_gathered,
 )
+from training.protoclip import ProtoCLIPObjective
 
 
 @dataclass(frozen=True)
@@ -392,6 +393,7 @@ LOSSES: dict[str, Callable[[TrainConfig, int], nn.Module]] = {
     "alip": lambda cfg, embed_dim: ALIPObjective(cfg),
     "dreamlip": DreamLIPObjective,
     "mlcd": MLCDObjective,
+    "protoclip": ProtoCLIPObjective,
 }
 """Objective factories by config name: `factory(train_config, embed_dim) -> module`."""
 

@@ -2,22 +2,23 @@
 
 import ast
 import dataclasses
+import inspect
 import typing
 from pathlib import Path
 
 import pytest
 
-from training import config as config_module
 from training.config import ALIPConfig, DreamLIPConfig, MLCDConfig, NegCLIPConfig, TrainConfig
+from training.protoclip import ProtoCLIPConfig
 
 SCALARS = {int, float, str, bool, int | None, float | None, str | None,
            tuple[str, ...], tuple[int, ...], tuple[float, ...]}
-CONFIGS = [TrainConfig, ALIPConfig, DreamLIPConfig, NegCLIPConfig, MLCDConfig]
+CONFIGS = [TrainConfig, ALIPConfig, DreamLIPConfig, NegCLIPConfig, MLCDConfig, ProtoCLIPConfig]
 
 
 def field_docstrings(cls: type) -> dict[str, str]:
     """Field name -> the string literal right under it in the class body."""
-    tree = ast.parse(Path(config_module.__file__).read_text())
+    tree = ast.parse(Path(inspect.getsourcefile(cls)).read_text())
     body = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls.__name__).body
     docs = {}
     for node, after in zip(body, body[1:], strict=False):
@@ -42,4 +43,5 @@ def test_defaults_keep_plain_clip_on_one_rank():
     cfg = TrainConfig()
     assert cfg.objectives == ("clip",) and cfg.ranks == 1 and cfg.accum_freq == 1 and cfg.optimizer == "adamw"
     assert cfg.gpus_per_rank == 0.0 and cfg.mlcd.num_centers is None and cfg.dreamlip.num_text == 6
+    assert isinstance(cfg.protoclip, ProtoCLIPConfig)
     assert dataclasses.replace(cfg, mlcd=MLCDConfig(num_centers=10)).mlcd.num_centers == 10

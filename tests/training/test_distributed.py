@@ -156,3 +156,79 @@ def test_every_objective_on_two_ranks_matches_one_rank_with_the_same_global_batc
     assert torch.allclose(shard_grads, torch.tensor(one["shard_grad"]), atol=1e-6)
     assert torch.allclose(torch.tensor(two[0]["full_weight"]), torch.tensor(one["full_weight"]), atol=1e-6)
     assert torch.allclose(torch.tensor(two[0]["full_exp_avg"]), torch.tensor(one["full_exp_avg"]), atol=1e-7)
+
+
+TRAIN_SCRIPT = r"""
+import json, sys
+import pyarrow as pa
+import torch, torch.distributed as dist
+import training.loop as loop
+from training.config import MLCDConfig, TrainConfig
+from training.protoclip import ProtoCLIPConfig
+rank, world, init, out_path, setup_path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+setup = json.loads(open(setup_path).read())
+torch.set_num_threads(1)
+dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+rows = [{**r, "image": bytes.fromhex(r["image"])} for r in json.loads(open(setup["rows"]).read())]
+table = pa.Table.from_pylist(rows)
+cfg = TrainConfig(model=setup["model"], epochs=3, batch_size=8, lr=2e-3, warmup_steps=2, log_every=1,
+                  checkpoint_every=3, context_length=16, workers=0,
+                  objectives=("clip", "dreamlip", "mlcd", "protoclip"),
+                  mlcd=MLCDConfig(num_centers=5, negative_ratio=0.5),
+                  protoclip=ProtoCLIPConfig(num_prototypes=4, episode_size=32, projection_dim=8,
+                                            projection_hidden_dim=16))
+if setup["kill_at"]:
+    real = loop.after_step
+    def after_step(run, progress, lr, clock):
+        real(run, progress, lr, clock)
+        if progress.step == setup["kill_at"]:
+            raise KeyboardInterrupt
+    loop.after_step = after_step
+try:
+    result = loop.train(cfg, table, setup["out"])
+    report = {"history": result.history, "steps": result.steps}
+except KeyboardInterrupt:
+    report = {"killed": True}
+if rank == 0:
+    latest = json.load(open(setup["out"] + "/checkpoints/latest.json"))["path"]
+    state = torch.load(setup["out"] + "/checkpoints/" + latest, weights_only=True)
+    report["mlcd_rows"] = state["objectives"]["terms.mlcd.weight"].shape[0]
+json.dump(report, open(out_path, "w"))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_two_rank_training_with_sharded_and_episodic_objectives_resumes_on_the_same_curve(tmp_path, micro_model):
+    """train() on 2 gloo ranks with DreamLIP, Partial-FC MLCD (rows 2 + 3) and ProtoCLIP episodes of 2 steps:
+    killed after its step-3 checkpoint (mid-episode) and rerun, it continues the uninterrupted run's curve."""
+    from .conftest import colour_rows
+
+    rows = [{**r, "image": r["image"].hex()} for r in colour_rows(64)]
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    script = tmp_path / "train_rank.py"
+    script.write_text(TRAIN_SCRIPT)
+
+    def run(tag: str, out: str, kill_at: int) -> list[dict]:
+        (tmp_path / f"{tag}setup.json").write_text(json.dumps(
+            {"rows": str(tmp_path / "rows.json"), "model": micro_model, "out": str(tmp_path / out),
+             "kill_at": kill_at}))
+        procs = [subprocess.Popen([sys.executable, str(script), str(r), "2", f"file://{tmp_path / ('s' + tag)}",
+                                   str(tmp_path / f"{tag}{r}.json"), str(tmp_path / f"{tag}setup.json")],
+                                  env={**os.environ, "OMP_NUM_THREADS": "1"}) for r in range(2)]
+        try:
+            assert [p.wait(timeout=300) for p in procs] == [0, 0]
+        finally:
+            for p in procs:
+                p.kill()
+        return [json.loads((tmp_path / f"{tag}{r}.json").read_text()) for r in range(2)]
+
+    whole = run("whole", "whole", 0)
+    killed = run("killed", "killed", 3)
+    assert killed[0] == {"killed": True, "mlcd_rows": 5}
+    resumed = run("resumed", "killed", 0)
+    assert resumed[0]["steps"] == whole[0]["steps"] == 12 and whole[0]["mlcd_rows"] == 5
+    assert [m["step"] for m in resumed[0]["history"]] == [m["step"] for m in whole[0]["history"]]
+    for a, b in zip(whole[0]["history"], resumed[0]["history"], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4), (a, b)
+    assert whole[0]["history"][-1]["loss"] < whole[0]["history"][0]["loss"]
