@@ -1,0 +1,220 @@
+"""Data-parallel training on Ray Train: one `training.loop.train` per worker, DDP over torch.distributed.
+
+Ray Train's `TorchTrainer` starts `ranks` workers, joins them in a process group (gloo on CPUs, NCCL with
+one GPU per rank) and runs `training.loop.train` in each; the loop sees the group, wraps the model in DDP
+and reads its rank's part of the data. Every checkpoint the loop writes is also reported to Ray Train
+(`ray.train.report` is a barrier, so the loop calls its checkpoint hook on every rank: the path on rank 0,
+None elsewhere). When a worker fails, Ray Train restarts the whole group (up to `max_failures` times) and
+each worker resumes from the newest checkpoint: the run folder's own (`checkpoints/latest.json`), or Ray
+Train's copy when that one is newer (a run folder that lost its checkpoints). A single rank skips Ray
+Train: it runs as one Ray task that Ray retries, resuming from the run folder the same way.
+
+Storage: Ray Train keeps its run state and its copy of the newest reported checkpoint in
+`<out_dir>/ray_train/`. On a cluster, `out_dir` must be on storage every node sees (NFS, a mounted
+bucket), as Ray Train requires of its storage path, and all ranks read the run folder to resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import ray
+import ray.train
+import torch.distributed as torch_dist
+from ray.train import Checkpoint, CheckpointConfig, CheckpointUploadMode, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from tasks.parallel import WORKER_ENV, cluster_cpus, ensure_ray
+from training.checkpoints import CHECKPOINT_DIR, LATEST, load_checkpoint, write_checkpoint
+from training.config import TrainConfig
+from training.data import ShardData
+from training.jobs import print_progress
+from training.loop import TrainResult, train
+
+RAY_TRAIN_DIR = "ray_train"
+"""Ray Train's storage path inside the run folder."""
+
+PROGRESS = print_progress("train")
+"""The default metrics callback: one printed line per metrics line, as train_job prints."""
+
+MARKER = "checkpoint.json"
+"""Inside a reported checkpoint: which file it holds and its step (checkpoints/latest.json's content)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Workers:
+    """How many Ray Train workers, and what each reserves."""
+
+    ranks: int
+    cpus: float
+    gpus: float
+
+
+def plan_workers(cfg: TrainConfig, cpus_per_rank: float | None = None) -> Workers:
+    """TrainConfig.ranks workers with gpus_per_rank GPUs each. CPUs, unless given: a CPU rank takes an equal
+    share of the cluster's (its torch threads), a GPU rank its dataloader processes plus one."""
+    if cfg.ranks < 1 or cfg.gpus_per_rank < 0:
+        raise ValueError(f"need at least one rank and no negative GPUs, got ranks={cfg.ranks} "
+                         f"gpus_per_rank={cfg.gpus_per_rank}")
+    if cpus_per_rank is None:
+        cpus_per_rank = float(cfg.workers + 1) if cfg.gpus_per_rank > 0 else float(max(1, cluster_cpus() // cfg.ranks))
+    return Workers(cfg.ranks, cpus_per_rank, cfg.gpus_per_rank)
+
+
+def checkpoint_step(out_dir: str | Path) -> int:
+    """Step of the run folder's newest checkpoint; -1 when it has none."""
+    marker = Path(out_dir) / CHECKPOINT_DIR / LATEST
+    return int(json.loads(marker.read_text())["step"]) if marker.exists() else -1
+
+
+def report_checkpoint(path: str | None) -> None:
+    """The loop's checkpoint hook, on every rank (ray.train.report is a barrier): rank 0 passes the file it
+    wrote and reports a hard link to it (a copy across file systems) with its marker.
+
+    The upload runs in Ray Train's background thread (ASYNC), which deletes the staging folder after it:
+    training does not wait for the controller to take each report (it polls every 2 s)."""
+    if path is None:
+        ray.train.report({}, checkpoint=None, checkpoint_upload_mode=CheckpointUploadMode.ASYNC)
+        return
+    marker = json.loads((Path(path).parent / LATEST).read_text())
+    staging = Path(tempfile.mkdtemp(prefix="curaclip-checkpoint-"))
+    try:
+        os.link(path, staging / Path(path).name)  # survives the loop replacing or pruning the file
+    except OSError:  # another device, or links not allowed
+        shutil.copy2(path, staging / Path(path).name)
+    (staging / MARKER).write_text(json.dumps(marker))
+    ray.train.report({"step": marker["step"]}, checkpoint=Checkpoint.from_directory(staging),
+                     checkpoint_dir_name=f"checkpoint_step_{marker['step']:08d}",
+                     checkpoint_upload_mode=CheckpointUploadMode.ASYNC)
+
+
+def restore_reported(folder: str | Path, out_dir: str | Path) -> bool:
+    """Copy a reported checkpoint (a folder from `report_checkpoint`) into the run folder when it is newer
+    than the run folder's own; True when it did."""
+    marker = json.loads((Path(folder) / MARKER).read_text())
+    if checkpoint_step(out_dir) >= marker["step"]:
+        return False
+    write_checkpoint(out_dir, marker["path"], load_checkpoint(Path(folder) / marker["path"]))
+    return True
+
+
+def restore_before_training(out_dir: str) -> None:
+    """Rank 0 restores Ray Train's checkpoint when the run folder lags it; the others wait for it."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None and ray.train.get_context().get_world_rank() == 0:
+        with checkpoint.as_directory() as folder:
+            restore_reported(folder, out_dir)
+    if torch_dist.is_available() and torch_dist.is_initialized() and torch_dist.get_world_size() > 1:
+        torch_dist.barrier()
+
+
+def training_data(data: str | pa.Table) -> ShardData | pa.Table:
+    """A shard folder (with sizes.json) becomes its ShardData; a table trains as it is."""
+    return data if isinstance(data, pa.Table) else ShardData.from_folder(data)
+
+
+def summarize_result(result: TrainResult, data: ShardData | pa.Table) -> dict[str, Any]:
+    """training.jobs.train_job's summary: the result without its per-step history, plus the data's size."""
+    summary = dataclasses.asdict(result)
+    summary.pop("history", None)
+    if isinstance(data, pa.Table):
+        summary.update(num_samples=data.num_rows, num_shards=0)
+    else:
+        summary.update(num_samples=data.num_samples, num_shards=len(data.urls))
+    return summary
+
+
+@contextmanager
+def omp_threads(threads: int) -> Iterator[None]:
+    """OMP_NUM_THREADS set while training (the loop's configure_threads reads it), then restored: Ray reuses
+    task processes, and later tasks size their threads by it."""
+    before = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = before
+
+
+def rank_job(cfg: TrainConfig, data: str | pa.Table, out_dir: str, threads: int, log: Callable[[dict], None] | None,
+             on_checkpoint: Callable[[str | None], None] | None) -> dict[str, Any]:
+    """One rank's training on `threads` torch threads, resumed from out_dir's newest checkpoint; its summary."""
+    resumed_from = max(0, checkpoint_step(out_dir))
+    loaded = training_data(data)
+    with omp_threads(threads):
+        result = train(cfg, loaded, out_dir, log=log, resume=True, on_checkpoint=on_checkpoint)
+    return {**summarize_result(result, loaded), "resumed_from_step": resumed_from}
+
+
+def train_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """One Ray Train worker: Ray Train's checkpoint restored if the run folder lags it, then rank_job."""
+    restore_before_training(config["out_dir"])
+    summary = rank_job(config["cfg"], config["data"], config["out_dir"], config["threads"], config["log"],
+                       report_checkpoint)
+    return {**summary, "ranks": ray.train.get_context().get_world_size()}
+
+
+def single_rank_job(cfg: TrainConfig, data: str | pa.Table, out_dir: str, threads: int,
+                    log: Callable[[dict], None] | None) -> dict[str, Any]:
+    """One rank as a plain Ray task (retried by Ray on failure), resuming from the run folder."""
+    return {**rank_job(cfg, data, out_dir, threads, log, None), "ranks": 1}
+
+
+def fit_ranks(cfg: TrainConfig, data: str | pa.Table, out_dir: str, workers: Workers, max_failures: int,
+              log: Callable[[dict], None] | None) -> dict[str, Any]:
+    """Ray Train TorchTrainer over `workers.ranks` DDP workers; rank 0's summary."""
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"cfg": cfg, "data": data, "out_dir": out_dir, "log": log, "threads": rank_threads(workers)},
+        torch_config=TorchConfig(backend="nccl" if workers.gpus >= 1 else "gloo"),  # NCCL: one GPU per rank
+        scaling_config=ScalingConfig(num_workers=workers.ranks, use_gpu=workers.gpus > 0,
+                                     resources_per_worker={"CPU": workers.cpus, "GPU": workers.gpus}),
+        run_config=RunConfig(
+            name="train", storage_path=str(Path(out_dir) / RAY_TRAIN_DIR),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            worker_runtime_env={"env_vars": dict(WORKER_ENV)},
+        ),
+    )
+    return trainer.fit().return_value
+
+
+def rank_threads(workers: Workers) -> int:
+    """torch threads of one rank: its whole CPUs."""
+    return max(1, math.floor(workers.cpus))
+
+
+def train_distributed(cfg: TrainConfig, data: str | pa.Table, out_dir: str, max_failures: int = 2,
+                      cpus_per_rank: float | None = None,
+                      log: Callable[[dict], None] | None = PROGRESS) -> dict[str, Any]:
+    """Train `cfg` on a shard folder (the shard stage's `shards/`, with sizes.json) or a table into out_dir;
+    returns train_job's summary plus "ranks" and "resumed_from_step" (where the last attempt began).
+
+    TrainConfig.ranks / gpus_per_rank say how many ranks and GPUs (plan_workers: CPUs). Several ranks train
+    with Ray Train DDP, its state in `<out_dir>/ray_train/`; one rank runs as a plain Ray task, because Ray
+    Train's controller, worker actor and process group add ~25-45 s of start-up on two loaded cores and have
+    nothing to synchronise. Either way a failure restarts training up to `max_failures` times (-1: without
+    limit), resuming from the last checkpoint. `log` runs on rank 0 for each metrics line. Joins or starts
+    Ray (tasks.parallel.ensure_ray). A table travels through Ray's object store: meant for tests."""
+    ensure_ray()
+    workers = plan_workers(cfg, cpus_per_rank)
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if workers.ranks > 1:
+        return fit_ranks(cfg, data, str(out), workers, max_failures, log)
+    job = ray.remote(num_cpus=workers.cpus, num_gpus=workers.gpus, max_retries=max_failures, retry_exceptions=True,
+                     runtime_env={"env_vars": dict(WORKER_ENV)})(single_rank_job)
+    return ray.get(job.remote(cfg, data, str(out), rank_threads(workers), log))
