@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.matching import hash_strings
+from curation.metadata import MetadataBuilderConfig
 
 Matched = Sequence[Sequence[int]] | pa.ListArray | pa.ChunkedArray
 
@@ -41,7 +42,10 @@ class CurateConfig:
     """Seed of the per-uid keep decision (a 64-bit hash of seed and uid)."""
     metadata: str | None = None
     """metadata.json (JSON list of entries) or text file (one entry a line), local or fsspec URL;
-    None uses the synthetic world's own entries."""
+    None uses the synthetic world's own entries when every source is synthetic, and otherwise builds
+    an English metadata offline from `builder` (wordfreq unigrams + the pool's PMI bigrams)."""
+    builder: MetadataBuilderConfig = MetadataBuilderConfig()
+    """The offline metadata builder, used only when `metadata` is None and a source is not synthetic."""
 
 
 def _flatten(matched: Matched) -> tuple[np.ndarray, np.ndarray, int]:

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from curation import balancing, captions, clustering, filters, sharding
 from curation.matching import EntryMatcher
+from curation.metadata import count_words_and_pairs
 from curation.sources import QUARANTINE_SCHEMA, IngestConfig, read_partition
 
 DROPPED_SCHEMA = QUARANTINE_SCHEMA
@@ -155,13 +156,23 @@ def apply_reasons_part(in_path: str, reasons_path: str, stage: str, out_part: st
 
 # --- curate (MetaCLIP) ------------------------------------------------------------------------
 
-def match_part(in_path: str, entries: Sequence[str], out_path: str) -> np.ndarray:
-    """Pass 1: matched entry ids per text, written beside; returns this part's entry counts."""
+def caption_counts_part(in_path: str) -> tuple[Counter, Counter]:
+    """Word and adjacent-pair counts of one part's captions, for the metadata builder's PMI bigrams
+    (counters of all parts add up to the pool's)."""
+    return count_words_and_pairs(read_table(in_path, ["text"]).column("text").to_pylist())
+
+
+def match_part(in_path: str, entries: Sequence[str] | EntryMatcher, out_path: str) -> np.ndarray:
+    """Pass 1: matched entry ids per text, written beside; returns this part's entry counts.
+
+    Pass a built EntryMatcher to share it across parts: building one over 300k entries costs more CPU
+    than matching 100k texts with it (measured by benchmarks/bench_curate.py)."""
     table = read_table(in_path, ["uid", "text"])
-    offsets, ids = EntryMatcher(entries).match_arrays(table.column("text"))
+    matcher = entries if isinstance(entries, EntryMatcher) else EntryMatcher(entries)
+    offsets, ids = matcher.match_arrays(table.column("text"))
     column = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(ids, pa.int32()))
     write_table(pa.table({"uid": table.column("uid"), "matched_entries": column}), out_path)
-    return balancing.count_entries(column, len(entries))
+    return balancing.count_entries(column, matcher.num_entries)
 
 
 def balance_part(in_path: str, matched_path: str, probs: np.ndarray, seed: int, out_part: str,

@@ -28,7 +28,8 @@ Refs = dict[str, ArtifactRef]
 STEPS: dict[str, Callable[[RunContext, RunConfig, Refs], ArtifactRef]] = {
     "ingest": lambda ctx, cfg, refs: T.ingest(ctx, cfg.ingest),
     "filter": lambda ctx, cfg, refs: T.filter_(ctx, cfg.filter, refs["ingest"]),
-    "curate": lambda ctx, cfg, refs: T.curate(ctx, cfg.curate, refs["filter"]),
+    "curate": lambda ctx, cfg, refs: T.curate(ctx, cfg.curate, refs["filter"],
+                                              all(s.format == "synthetic" for s in cfg.ingest.sources)),
     "rewrite": lambda ctx, cfg, refs: T.rewrite(ctx, cfg.rewrite, refs["curate"], refs["ingest"]),
     "longcap": lambda ctx, cfg, refs: T.longcap(ctx, cfg.longcap, refs["rewrite"], refs["ingest"]),
     "embed": lambda ctx, cfg, refs: T.embed(ctx, cfg.embed, cfg.train, refs["longcap"]),

@@ -53,6 +53,8 @@ def to_dict(cfg: Any) -> Any:
     and manifests."""
     if isinstance(cfg, (tuple, list)):
         return [to_dict(c) for c in cfg]
+    if not dataclasses.is_dataclass(cfg):
+        return cfg  # a plain JSON value beside the configs (e.g. a flag the stage's key depends on)
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 

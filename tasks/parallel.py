@@ -59,7 +59,20 @@ def ray_map(fn: Callable[..., Any], calls: Sequence[tuple], num_cpus: float = 1,
     through the artifact folders, never through Ray's object store.
     """
     remote = ray.remote(num_cpus=num_cpus, **options)(fn)
-    return ray.get([remote.remote(*args) for args in calls])
+    return ray.get([remote.remote(*args) for args in share_repeated(calls)])
+
+
+def share_repeated(calls: Sequence[tuple]) -> list[tuple]:
+    """Calls with each argument that every call passes as the same object (a matcher, an entry list)
+    put in the object store once: Ray would otherwise serialise it again for every task. Ray hands
+    tasks the value, not the reference, so the library functions see no difference."""
+    if len(calls) < 2:
+        return list(calls)
+    width = min(len(args) for args in calls)
+    same = [i for i in range(width) if all(args[i] is calls[0][i] for args in calls)
+            and not isinstance(calls[0][i], (str, int, float, bool, type(None)))]
+    refs = {i: ray.put(calls[0][i]) for i in same}
+    return [tuple(refs.get(i, a) for i, a in enumerate(args)) for args in calls]
 
 
 def ray_call(fn: Callable[..., Any], *args: Any, num_cpus: float | None = None, **options: Any) -> Any:

@@ -10,8 +10,10 @@ version is part of the key, so the stage and everything below it recompute.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,8 @@ from curation.balancing import CurateConfig, entry_probs
 from curation.captions import LongcapConfig, RewriteConfig
 from curation.clustering import ClusterConfig
 from curation.filters import FilterConfig
-from curation.metadata import load_metadata
+from curation.matching import EntryMatcher
+from curation.metadata import english_unigrams, load_metadata, pmi_bigrams, save_metadata
 from curation.sharding import ShardConfig, write_sizes
 from curation.sources import IngestConfig, plan_partitions
 from curation.statistics import distribution_stats, top_entries
@@ -97,15 +100,30 @@ def filter_(ctx: RunContext, cfg: FilterConfig, upstream: ArtifactRef) -> Artifa
     return run_stage(ctx, "filter", CODE_VERSIONS["filter"], cfg, [upstream], compute)
 
 
-def _entries(cfg: CurateConfig) -> list[str]:
-    return load_metadata(cfg.metadata) if cfg.metadata else metadata_entries()
+def _entries(cfg: CurateConfig, synthetic_only: bool, parts: list[str]) -> tuple[list[str], str]:
+    """The metadata entries and where they came from: the configured file, the synthetic world's own
+    entries, or (real data without metadata) the offline English builder over the pool's captions."""
+    if cfg.metadata:
+        return load_metadata(cfg.metadata), cfg.metadata
+    if synthetic_only:
+        return metadata_entries(), "synthetic world"
+    counts = ray_map(P.caption_counts_part, [(p,) for p in parts])
+    words, pairs = sum((c[0] for c in counts), Counter()), sum((c[1] for c in counts), Counter())
+    b = cfg.builder
+    unigrams = english_unigrams(b.unigrams, b.min_zipf, b.min_length, b.ascii_only, b.capitalized)
+    bigrams = pmi_bigrams(words, pairs, b.bigram_min_count, b.bigram_min_pmi)
+    entries = list(dict.fromkeys([*unigrams, *bigrams]))[:b.max_entries]
+    return entries, f"built: {len(unigrams)} wordfreq unigrams + {len(bigrams)} PMI bigrams of the pool"
 
 
 @task(name="curate", cache_policy=NO_CACHE)
-def curate(ctx: RunContext, cfg: CurateConfig, upstream: ArtifactRef) -> ArtifactRef:
+def curate(ctx: RunContext, cfg: CurateConfig, upstream: ArtifactRef, synthetic_only: bool = True) -> ArtifactRef:
     def compute(tmp: Path, manifest: dict[str, Any]) -> None:
-        parts, entries = _parts(upstream), _entries(cfg)
-        counts = ray_map(P.match_part, [(p, entries, _out(tmp, "matched", i)) for i, p in enumerate(parts)])
+        parts = _parts(upstream)
+        entries, manifest["metadata"] = _entries(cfg, synthetic_only, parts)
+        save_metadata(entries, str(tmp / "metadata.json"))
+        matcher = EntryMatcher(entries)  # built once, shared by every part's task
+        counts = ray_map(P.match_part, [(p, matcher, _out(tmp, "matched", i)) for i, p in enumerate(parts)])
         before = np.sum(counts, axis=0)
         probs = entry_probs(before, cfg.t)
         calls = [(p, _out(tmp, "matched", i), probs, cfg.seed, _out(tmp, "parts", i), _out(tmp, "filtered", i))
@@ -123,7 +141,10 @@ def curate(ctx: RunContext, cfg: CurateConfig, upstream: ArtifactRef) -> Artifac
         manifest["top_entries"] = top_entries(entries, before, after, n=20)
         (tmp / "curate_stats.json").write_text(json.dumps(manifest["distribution"]))
 
-    return run_stage(ctx, "curate", CODE_VERSIONS["curate"], cfg, [upstream], compute)
+    # Which metadata a None `metadata` means depends on the sources: part of the key.
+    key_config = cfg if cfg.metadata else (cfg, synthetic_only) if synthetic_only else \
+        (cfg, synthetic_only, f"wordfreq {importlib.metadata.version('wordfreq')}")  # the builder's word list
+    return run_stage(ctx, "curate", CODE_VERSIONS["curate"], key_config, [upstream], compute)
 
 
 def _caption_stage(ctx: RunContext, stage: str, cfg: RewriteConfig | LongcapConfig, upstream: ArtifactRef,

@@ -39,7 +39,10 @@ def test_match_and_balance_parts_agree_with_plain_functions(tmp_path):
     texts = ["a red star", "a circle", "nothing here", "blue circle", "star"] * 20
     uids = [f"u{i}" for i in range(len(texts))]
     part = _write(tmp_path, "p.parquet", pa.table({"uid": uids, "text": texts}))
+    shared = P.match_part(part, EntryMatcher(entries), str(tmp_path / "shared.parquet"))  # the stage's way
     counts = P.match_part(part, entries, str(tmp_path / "m.parquet"))
+    assert shared.tolist() == counts.tolist()
+    assert pq.read_table(tmp_path / "shared.parquet").equals(pq.read_table(tmp_path / "m.parquet"))
     matched = EntryMatcher(entries).match_batch(texts)
     assert counts.tolist() == balancing.count_entries(matched, len(entries)).tolist()
     probs = balancing.entry_probs(counts, t=10)
