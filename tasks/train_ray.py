@@ -79,7 +79,8 @@ def checkpoint_step(out_dir: str | Path) -> int:
 
 def report_checkpoint(path: str | None) -> None:
     """The loop's checkpoint hook, on every rank (ray.train.report is a barrier): rank 0 passes the file it
-    wrote and reports a hard link to it (a copy across file systems) with its marker.
+    wrote and reports it with its marker, from a staging folder beside it holding a hard link (no copy; the
+    link survives the loop replacing or pruning the file).
 
     The upload runs in Ray Train's background thread (ASYNC), which deletes the staging folder after it:
     training does not wait for the controller to take each report (it polls every 2 s)."""
@@ -87,10 +88,10 @@ def report_checkpoint(path: str | None) -> None:
         ray.train.report({}, checkpoint=None, checkpoint_upload_mode=CheckpointUploadMode.ASYNC)
         return
     marker = json.loads((Path(path).parent / LATEST).read_text())
-    staging = Path(tempfile.mkdtemp(prefix="curaclip-checkpoint-"))
+    staging = Path(tempfile.mkdtemp(prefix=".report-", dir=Path(path).parent))
     try:
-        os.link(path, staging / Path(path).name)  # survives the loop replacing or pruning the file
-    except OSError:  # another device, or links not allowed
+        os.link(path, staging / Path(path).name)
+    except OSError:  # a file system without hard links
         shutil.copy2(path, staging / Path(path).name)
     (staging / MARKER).write_text(json.dumps(marker))
     ray.train.report({"step": marker["step"]}, checkpoint=Checkpoint.from_directory(staging),

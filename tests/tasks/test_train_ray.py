@@ -118,6 +118,7 @@ def test_two_ddp_workers_follow_the_one_worker_curve_at_the_same_global_batch(cf
     assert all(torch.allclose(w1[k], w2[k], rtol=1e-3, atol=1e-5) for k in w1)
     reported = sorted(p.name for p in (two_dir / "ray_train" / "train").glob("checkpoint_step_*"))
     assert reported == [f"checkpoint_step_{STEPS:08d}"]  # num_to_keep=1: the epoch-2 checkpoint
+    assert not list((two_dir / "checkpoints").glob(".report-*"))  # staging folders removed after upload
     assert two["resumed_from_step"] == 0 and two["num_samples"] == 32
 
 
