@@ -153,7 +153,22 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {err}") from None
+    if isinstance(value, str) and "," in value and not raw.lstrip().startswith(("'", '"')):
+        value = [yaml.safe_load(v) for v in value.split(",")]  # train.objectives=clip,mlcd is a list
+    elif isinstance(value, str) and _is_tuple_field(key.strip()):
+        value = [value]  # train.objectives=mlcd: a one-item list
     return key.strip(), value
+
+
+def _is_tuple_field(dotted: str) -> bool:
+    """Whether the dotted key names a tuple-typed field of RunConfig (unknown keys: False)."""
+    tp: Any = RunConfig
+    for key in dotted.split("."):
+        fields = {f.name: f for f in dataclasses.fields(tp)} if dataclasses.is_dataclass(tp) else {}
+        if key not in fields:
+            return False
+        tp = typing.get_type_hints(tp)[key]
+    return typing.get_origin(tp) is tuple
 
 
 def default_config_text() -> str:
@@ -173,7 +188,23 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(data, key, value)
-    return from_dict(RunConfig, data)
+    return resolve(from_dict(RunConfig, data))
+
+
+def resolve(cfg: RunConfig) -> RunConfig:
+    """Fill the settings one stage takes from another: MLCD's classifier has one row per cluster center."""
+    mlcd = cfg.train.mlcd
+    if "mlcd" in cfg.train.objectives:
+        if mlcd.num_centers is None:
+            mlcd = dataclasses.replace(mlcd, num_centers=cfg.cluster.num_centers)
+        if mlcd.num_centers != cfg.cluster.num_centers:
+            raise ConfigError(f"train.mlcd.num_centers={mlcd.num_centers} but cluster.num_centers="
+                              f"{cfg.cluster.num_centers}: the labels index the cluster stage's centers")
+        if mlcd.top_k > cfg.cluster.top_k:
+            raise ConfigError(f"train.mlcd.top_k={mlcd.top_k} exceeds cluster.top_k={cfg.cluster.top_k}: "
+                              "the shards carry only cluster.top_k labels per sample")
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, mlcd=mlcd))
+    return cfg
 
 
 def to_yaml(cfg: RunConfig) -> str:

@@ -39,9 +39,10 @@ from eval.suite import EvalConfig
 from tasks.artifacts import ArtifactRef
 from tasks.common import RunContext, run_stage
 from tasks.parallel import ray_call, ray_map
+from tasks.train_ray import train_distributed
 from training.config import TrainConfig
 from training.embedding import EmbedConfig
-from training.jobs import bootstrap_job, embed_part, train_job
+from training.jobs import bootstrap_job, embed_part
 
 CODE_VERSIONS = {
     "ingest": "2", "filter": "1", "curate": "1", "rewrite": "1", "longcap": "1",
@@ -224,8 +225,9 @@ def shard(ctx: RunContext, cfg: ShardConfig, upstream: ArtifactRef) -> ArtifactR
 @task(name="train", cache_policy=NO_CACHE)
 def train(ctx: RunContext, cfg: TrainConfig, upstream: ArtifactRef) -> ArtifactRef:
     def compute(tmp: Path, manifest: dict[str, Any]) -> None:
-        summary = ray_call(train_job, cfg, str(Path(upstream.path) / "shards"), str(tmp))
-        summary["checkpoint"] = str(Path(summary["checkpoint"]).relative_to(tmp))
+        summary = train_distributed(cfg, str(Path(upstream.path) / "shards"), str(tmp))
+        shutil.rmtree(tmp / "ray_train", ignore_errors=True)  # Ray Train's duplicate of the last checkpoint
+        summary["checkpoint"] = str(Path(summary["checkpoint"]).relative_to(tmp.resolve()))
         manifest["train"] = summary
         rows = upstream.counts.get("rows_out", 0)
         manifest["counts"] = {"rows_in": rows, "rows_out": rows, "filtered": 0, "quarantined": 0}

@@ -342,13 +342,19 @@ def restore(path: str | None, module: TrainModule, optimizer: torch.optim.Optimi
     return Progress(step=int(state["step"]), skipped=int(state["skipped_steps"]))
 
 
-def summarize(progress: Progress, epoch: float, lr: float, samples_per_second: float) -> dict:
+def summarize(progress: Progress, epoch: float, lr: float, samples_per_second: float,
+              dist: DistContext | None = None, device: torch.device | None = None) -> dict:
     """One metrics line: the mean of each loss term over the steps since the last line, and throughput."""
     window = progress.window or [{}]
     keys = sorted({k for m in window for k in m})
     line = {"step": progress.step, "epoch": round(epoch, 4), "lr": lr, "samples_seen": progress.samples_seen,
             "skipped_steps": progress.skipped}
     line.update({k: sum(m[k] for m in window) / len(window) for k in keys})
+    if dist is not None and dist.world_size > 1 and keys:
+        # Each rank's loss covers its own rows (against the global batch); the global batch's is their mean.
+        means = torch.tensor([line[k] for k in keys], dtype=torch.float64, device=device)
+        torch_dist.all_reduce(means)
+        line.update(zip(keys, (means / dist.world_size).tolist()))
     line["samples_per_second"] = samples_per_second
     return line
 
@@ -367,11 +373,11 @@ class Run:
     per_epoch: int
     total_steps: int
     log: Callable[[dict], None] | None
-    on_checkpoint: Callable[[str], None] | None
+    on_checkpoint: Callable[[str | None], None] | None
 
 
 def setup(cfg: TrainConfig, data: ShardData | pa.Table, out_dir: str, log: Callable[[dict], None] | None,
-          on_checkpoint: Callable[[str], None] | None) -> tuple[Run, Callable, Callable]:
+          on_checkpoint: Callable[[str | None], None] | None) -> tuple[Run, Callable, Callable]:
     """Build the run: seeded model, objectives, optimiser, device and DDP; returns (run, tokenizer, transform)."""
     configure_threads()
     if cfg.accum_freq < 1:
@@ -406,13 +412,13 @@ def save_progress(run: Run, progress: Progress, filename: str) -> None:
     epoch checkpoints pruned and the hook told."""
     objectives, optimizer = gather_sharded_state(run.core.objectives, run.optimizer, run.core.objectives.sharded(),
                                                  run.dist)
-    if run.dist.rank != 0:
-        return
-    state = training_state(run.core.model, objectives, optimizer, run.cfg,
-                           progress.step // run.per_epoch, progress.step, progress.skipped)
-    path = write_checkpoint(run.out, filename, state)
-    prune_epoch_checkpoints(run.out, run.cfg.keep_epoch_checkpoints)
-    if run.on_checkpoint is not None:
+    path = None
+    if run.dist.rank == 0:
+        state = training_state(run.core.model, objectives, optimizer, run.cfg,
+                               progress.step // run.per_epoch, progress.step, progress.skipped)
+        path = write_checkpoint(run.out, filename, state)
+        prune_epoch_checkpoints(run.out, run.cfg.keep_epoch_checkpoints)
+    if run.on_checkpoint is not None:  # on every rank: a collective hook (ray.train.report) needs them all
         run.on_checkpoint(path)
 
 
@@ -422,7 +428,8 @@ def after_step(run: Run, progress: Progress, lr: float, clock: dict[str, float])
     if step % cfg.log_every == 0 or step == run.total_steps:
         now = time.perf_counter()
         speed = (progress.samples_seen - clock["seen"]) / max(now - clock["last"], 1e-9)
-        line = summarize(progress, step / run.per_epoch, lr, speed)
+        line = summarize(progress, step / run.per_epoch, lr, speed, run.dist,
+                         run.device if run.device.type == "cuda" else None)  # NCCL reduces on the GPU
         clock.update(last=now, seen=progress.samples_seen)
         progress.window.clear()
         progress.history.append(line)
@@ -577,7 +584,7 @@ def run_steps(run: Run, progress: Progress, feed: BatchFeed) -> None:
 
 
 def train(cfg: TrainConfig, data: ShardData | pa.Table, out_dir: str, log: Callable[[dict], None] | None = None,
-          resume: bool = True, on_checkpoint: Callable[[str], None] | None = None) -> TrainResult:
+          resume: bool = True, on_checkpoint: Callable[[str | None], None] | None = None) -> TrainResult:
     """Train `cfg.model` on shards or a table (`image` bytes + `text`) into out_dir: checkpoints/epoch_<n>.pt,
     checkpoints/latest.pt, final.pt (open_clip format) and metrics.jsonl. With `resume`, continues from the
     newest checkpoint in out_dir. `on_checkpoint(path)` hears of each checkpoint (e.g. to report it to Ray Train)."""

@@ -49,3 +49,26 @@ def test_parse_override():
     assert parse_override("a.b=null") == ("a.b", None)
     with pytest.raises(ConfigError):
         parse_override("novalue")
+
+
+def test_set_takes_comma_lists_and_single_items_for_list_fields():
+    from flows.config import load_config
+
+    assert load_config(overrides=["train.objectives=alip,mlcd"]).train.objectives == ("alip", "mlcd")
+    assert load_config(overrides=["train.objectives=dcl"]).train.objectives == ("dcl",)
+    assert load_config(overrides=["train.objective_weights=1,0.5", "train.objectives=clip,mlcd"]
+                       ).train.objective_weights == (1.0, 0.5)
+
+
+def test_mlcd_takes_its_classes_from_the_cluster_stage():
+    import pytest
+
+    from flows.config import ConfigError, load_config
+
+    cfg = load_config(overrides=["train.objectives=clip,mlcd", "cluster.num_centers=40"])
+    assert cfg.train.mlcd.num_centers == 40
+    assert load_config().train.mlcd.num_centers is None  # untouched when MLCD is off
+    with pytest.raises(ConfigError, match="cluster.num_centers"):
+        load_config(overrides=["train.objectives=mlcd", "train.mlcd.num_centers=7"])
+    with pytest.raises(ConfigError, match="top_k"):
+        load_config(overrides=["train.objectives=mlcd", "train.mlcd.top_k=9"])
