@@ -42,7 +42,7 @@ from tasks.parallel import ray_call, ray_map
 from tasks.train_ray import train_distributed
 from training.config import TrainConfig
 from training.embedding import EmbedConfig
-from training.jobs import bootstrap_job, embed_part
+from training.jobs import bootstrap_config, bootstrap_job, embed_part
 
 CODE_VERSIONS = {
     "ingest": "2", "filter": "1", "curate": "1", "rewrite": "1", "longcap": "1",
@@ -188,8 +188,8 @@ def embed(ctx: RunContext, cfg: EmbedConfig, train_cfg: TrainConfig, upstream: A
         manifest["counts"] = _passthrough_counts(results)
         manifest["dim"] = results[0]["dim"] if results else 0
 
-    return run_stage(ctx, "embed", CODE_VERSIONS["embed"], (cfg, train_cfg) if cfg.checkpoint is None else cfg,
-                     [upstream], compute)
+    key_config = (cfg, bootstrap_config(cfg, train_cfg)) if cfg.checkpoint is None else cfg
+    return run_stage(ctx, "embed", CODE_VERSIONS["embed"], key_config, [upstream], compute)
 
 
 @task(name="cluster", cache_policy=NO_CACHE)

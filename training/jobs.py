@@ -27,12 +27,28 @@ def print_progress(label: str) -> Callable[[dict], None]:
     return log
 
 
+BOOTSTRAP_RESETS = ("objectives", "objective_weights", "text_sampler", "accum_freq", "ranks", "gpus_per_rank",
+                    "alip", "dreamlip", "negclip", "mlcd", "protoclip", "checkpoint_every", "keep_epoch_checkpoints",
+                    "log_every", "max_nonfinite_steps")
+"""TrainConfig fields the bootstrap does not take from the train stage: it is plain CLIP on one rank."""
+
+
+def bootstrap_config(cfg: EmbedConfig, train_cfg: TrainConfig) -> TrainConfig:
+    """The embed stage's bootstrap training: the train stage's model-agnostic optimisation settings
+    (batch, learning rate, schedule, seed...) with plain CLIP, cfg.model and cfg.bootstrap_epochs.
+    Objective and distribution settings stay at their defaults, so changing them recomputes train,
+    not embed, cluster and shard (the embed artifact's key hashes this config)."""
+    defaults = TrainConfig()
+    resets = {name: getattr(defaults, name) for name in BOOTSTRAP_RESETS}
+    return dataclasses.replace(train_cfg, model=cfg.model, epochs=cfg.bootstrap_epochs, **resets)
+
+
 def bootstrap_job(part_paths: Sequence[str], cfg: EmbedConfig, train_cfg: TrainConfig, out_dir: str) -> str:
     """Short training on the curated pool itself, for when no embedding checkpoint is given; returns final.pt.
 
     Only the final weights are kept: the resumable checkpoints of so short a run are deleted."""
     table = pa.concat_tables([pq.read_table(p, columns=["image", "text"]) for p in part_paths])
-    boot_cfg = dataclasses.replace(train_cfg, model=cfg.model, epochs=cfg.bootstrap_epochs)
+    boot_cfg = bootstrap_config(cfg, train_cfg)
     checkpoint = train(boot_cfg, table, out_dir, log=print_progress("bootstrap"), resume=False).checkpoint
     shutil.rmtree(Path(out_dir) / CHECKPOINT_DIR, ignore_errors=True)
     return checkpoint

@@ -81,3 +81,25 @@ def test_only_with_missing_upstream_is_a_clear_error(tmp_path, capsys):
     code = main(["run", "--workdir", str(tmp_path), "--only", "eval"] + sum([["--set", o] for o in TINY], []))
     assert code == 2
     assert "has no artifact for this config" in capsys.readouterr().err
+
+
+def test_cli_trains_every_objective_combined_from_the_cached_stages(first_run, capsys):
+    """`curaclip run --set train.objectives=...`: train and eval recompute with all the seed papers'
+    objectives at once (ALIP's captions, DreamLIP's long captions and MLCD's cluster labels come from
+    the shards); the stages before them stay cached."""
+    workdir, _ = first_run
+    objectives = "alip,dreamlip,negclip,protoclip,mlcd"
+    extra = ["train.objectives=" + objectives, "train.protoclip.episode_size=64",
+             "train.protoclip.num_prototypes=4", "train.text_sampler=laclip"]
+    args = ["run", "--workdir", str(workdir)] + sum([["--set", o] for o in TINY + extra], [])
+    assert main(args) == 0
+    report = json.loads((workdir / "report.json").read_text())
+    i = STAGES.index("train")
+    assert statuses(report) == {**{s: "cached" for s in STAGES[:i]}, **{s: "computed" for s in STAGES[i:]}}
+    manifest = json.loads((workdir / "artifacts" / "train" / report["stages"]["train"]["key"] / "manifest.json")
+                          .read_text())
+    metrics = [json.loads(line) for line in (workdir / "artifacts" / "train" / report["stages"]["train"]["key"]
+                                              / "metrics.jsonl").read_text().splitlines()]
+    for term in objectives.split(","):
+        assert all(f"loss_{term}" in m and m[f"loss_{term}"] == m[f"loss_{term}"] for m in metrics), term
+    assert manifest["train"]["steps"] > 0

@@ -46,3 +46,18 @@ def test_train_job_trains_on_the_shard_folder(micro_model, tmp_path):
     assert summary["checkpoint"] == str(tmp_path / "run" / "final.pt")
     assert summary["steps"] == 6 and summary["samples_seen"] == 96 and summary["num_samples"] == 48
     assert summary["num_shards"] == 3 and "history" not in summary and np.isfinite(summary["final_loss"])
+
+
+def test_bootstrap_config_ignores_objective_and_distribution_settings():
+    import dataclasses
+
+    from training.config import TrainConfig
+    from training.embedding import EmbedConfig
+    from training.jobs import bootstrap_config
+
+    embed = EmbedConfig(bootstrap_epochs=2)
+    base = TrainConfig()
+    varied = dataclasses.replace(base, objectives=("alip", "mlcd"), text_sampler="laclip", ranks=2, accum_freq=2)
+    assert bootstrap_config(embed, varied) == bootstrap_config(embed, base)
+    boot = bootstrap_config(embed, dataclasses.replace(base, lr=5e-4))
+    assert (boot.lr, boot.epochs, boot.model, boot.objectives) == (5e-4, 2, embed.model, ("clip",))
