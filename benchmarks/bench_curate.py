@@ -86,7 +86,8 @@ def curate_parts(parts: Sequence[str], entries: Sequence[str], t: int, seed: int
 
     Returns the wall seconds of each pass and the CPU seconds its Ray tasks used."""
     start = time.perf_counter()
-    matched = ray_map(_timed_call, [(P.match_part, p, entries, str(out / "matched" / P.part_name(i)))
+    matcher = EntryMatcher(entries)  # as the stage does: built once in the driver, shared by every task
+    matched = ray_map(_timed_call, [(P.match_part, p, matcher, str(out / "matched" / P.part_name(i)))
                                     for i, p in enumerate(parts)])
     probs = entry_probs(np.sum([counts for counts, _ in matched], axis=0), t)
     middle = time.perf_counter()
