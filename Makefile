@@ -6,6 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run test bench clean
 
+# torch's spin-waiting OpenMP threads slowed training up to ~20x on a loaded 2-core machine (measured);
+# set here too, since `training` can only set it when it is imported before torch.
+export OMP_WAIT_POLICY ?= PASSIVE
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -22,6 +26,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_matching.py
+	$(BIN)/python benchmarks/bench_shard.py
+	$(BIN)/python benchmarks/bench_curate.py
+	$(BIN)/python benchmarks/bench_train.py
 
 clean:
 	rm -rf $(VENV) runs
