@@ -48,7 +48,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -66,6 +65,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from curation.sharding import ShardConfig, write_shards  # noqa: E402
 from curation.synthetic import WorldConfig, generate_pool  # noqa: E402
+from tasks.train_ray import omp_threads  # noqa: E402
 from training.config import MLCDConfig, TrainConfig  # noqa: E402
 from training.data import ShardData  # noqa: E402
 from training.loop import train  # noqa: E402
@@ -176,18 +176,6 @@ def open_clip_step_seconds(log_text: str, batch_size: int) -> dict[int, float]:
     return {int(seen) // batch_size: batch_size / float(rate) for seen, rate in OPEN_CLIP_LINE.findall(log_text)}
 
 
-@contextmanager
-def omp_threads(threads: int):  # noqa: ANN201 - a context manager
-    """OMP_NUM_THREADS=threads while inside (our loop's configure_threads reads it; a child's torch too)."""
-    old = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("OMP_NUM_THREADS")
-        else:
-            os.environ["OMP_NUM_THREADS"] = old
 
 
 # --- the two trainers --------------------------------------------------------------------------------
