@@ -193,5 +193,14 @@ def build_english_metadata(texts: Iterable[str | None], cfg: MetadataBuilderConf
                            ) -> list[str]:
     """MetaCLIP-like English metadata, offline: ``english_unigrams`` then the captions' PMI bigrams,
     unique and capped at ``cfg.max_entries``."""
+    return english_metadata_from_counts(*count_words_and_pairs(texts), cfg)
+
+
+def english_metadata_from_counts(words: Counter[str], pairs: Counter[tuple[str, str]],
+                                 cfg: MetadataBuilderConfig = MetadataBuilderConfig()) -> list[str]:
+    """``build_english_metadata`` from ``count_words_and_pairs`` counts (summed over a pool's partitions)."""
     unigrams = english_unigrams(cfg.unigrams, cfg.min_zipf, cfg.min_length, cfg.ascii_only, cfg.capitalized)
-    return build_metadata(texts, unigrams, cfg.bigram_min_count, cfg.bigram_min_pmi, cfg.max_entries)
+    entries = dict.fromkeys(u for u in unigrams if u and u.strip() == u)
+    for pair in pmi_bigrams(words, pairs, cfg.bigram_min_count, cfg.bigram_min_pmi):
+        entries.setdefault(pair)
+    return list(entries)[:cfg.max_entries]

@@ -29,7 +29,7 @@ from curation.captions import LongcapConfig, RewriteConfig
 from curation.clustering import ClusterConfig
 from curation.filters import FilterConfig
 from curation.matching import EntryMatcher
-from curation.metadata import english_unigrams, load_metadata, pmi_bigrams, save_metadata
+from curation.metadata import english_metadata_from_counts, load_metadata, save_metadata
 from curation.sharding import ShardConfig, write_sizes
 from curation.sources import IngestConfig, plan_partitions
 from curation.statistics import distribution_stats, top_entries
@@ -110,11 +110,8 @@ def _entries(cfg: CurateConfig, synthetic_only: bool, parts: list[str]) -> tuple
         return metadata_entries(), "synthetic world"
     counts = ray_map(P.caption_counts_part, [(p,) for p in parts])
     words, pairs = sum((c[0] for c in counts), Counter()), sum((c[1] for c in counts), Counter())
-    b = cfg.builder
-    unigrams = english_unigrams(b.unigrams, b.min_zipf, b.min_length, b.ascii_only, b.capitalized)
-    bigrams = pmi_bigrams(words, pairs, b.bigram_min_count, b.bigram_min_pmi)
-    entries = list(dict.fromkeys([*unigrams, *bigrams]))[:b.max_entries]
-    return entries, f"built: {len(unigrams)} wordfreq unigrams + {len(bigrams)} PMI bigrams of the pool"
+    entries = english_metadata_from_counts(words, pairs, cfg.builder)
+    return entries, f"built: wordfreq unigrams + PMI bigrams of the pool ({len(entries)} entries)"
 
 
 @task(name="curate", cache_policy=NO_CACHE)
