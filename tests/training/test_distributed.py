@@ -31,6 +31,7 @@ loss = ClipObjective()(feats, {}, ctx)
 loss.backward()
 json.dump({"ctx": [ctx.rank, ctx.world_size], "loss": loss.item(), "grad_img": local_img.grad.tolist(),
            "grad_txt": local_txt.grad.tolist()}, open(out, "w"))
+dist.barrier()  # both ranks done with every collective before teardown
 dist.destroy_process_group()
 """
 
@@ -114,6 +115,7 @@ if rank == 0:
     report["full_exp_avg"] = slot["exp_avg"].tolist()
 json.dump(report, open(out_path, "w"))
 if world > 1:
+    dist.barrier()  # both ranks done with every collective before teardown
     dist.destroy_process_group()
 """
 
@@ -201,6 +203,7 @@ if rank == 0:
     state = torch.load(setup["out"] + "/checkpoints/" + latest, weights_only=True)
     report["mlcd_rows"] = state["objectives"]["terms.mlcd.weight"].shape[0]
 json.dump(report, open(out_path, "w"))
+dist.barrier()  # both ranks done with every collective before teardown
 dist.destroy_process_group()
 """
 

@@ -338,6 +338,7 @@ loss.backward()
 json.dump({"loss": loss.item(), "grad_img": img.grad.tolist(),
            "grads": {n: q.grad.flatten().tolist() for n, q in objective.named_parameters()},
            "running_mean": objective.image_head[1].running_mean.tolist()}, open(out, "w"))
+dist.barrier()  # both ranks done with every collective before teardown
 dist.destroy_process_group()
 """
 
