@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -17,6 +21,27 @@ MICRO_CONFIG = {
     "vision_cfg": {"image_size": 32, "patch_size": 8, "layers": 1, "width": 64, "head_width": 32},
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 1, "layers": 1},
 }
+
+
+@pytest.fixture
+def two_gloo_ranks(tmp_path) -> Callable[..., list[dict]]:
+    """Run a rank script as two fresh processes joined through a file store (as under torchrun or Ray
+    Train): `run(script_text, *extra_args)`; each process gets `rank init_url out_json *extra_args` and
+    the JSON each rank wrote comes back, rank-major. Both must exit 0 within two minutes."""
+    def run(script_text: str, *extra_args: str) -> list[dict]:
+        script = tmp_path / "rank.py"
+        script.write_text(script_text)
+        init = f"file://{tmp_path / 'store'}"
+        procs = [subprocess.Popen([sys.executable, str(script), str(r), init, str(tmp_path / f"r{r}.json"),
+                                   *extra_args], env={**os.environ, "OMP_NUM_THREADS": "1"}) for r in range(2)]
+        try:
+            codes = [p.wait(timeout=120) for p in procs]
+        finally:
+            for p in procs:
+                p.kill()
+        assert codes == [0, 0]
+        return [json.loads((tmp_path / f"r{r}.json").read_text()) for r in range(2)]
+    return run
 
 
 @pytest.fixture(scope="session")

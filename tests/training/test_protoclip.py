@@ -3,9 +3,6 @@ determinism and recovery, the open_clip text teacher, checkpointed prototypes, a
 
 import json
 import math
-import os
-import subprocess
-import sys
 from dataclasses import fields
 from types import SimpleNamespace
 
@@ -343,7 +340,7 @@ dist.destroy_process_group()
 """
 
 
-def test_two_ranks_share_prototypes_and_match_one_process_with_global_batch_norm(tmp_path):
+def test_two_ranks_share_prototypes_and_match_one_process_with_global_batch_norm(tmp_path, two_gloo_ranks):
     cfg = ProtoCLIPConfig(num_prototypes=3, projection_dim=4, projection_hidden_dim=5, temperature=0.2)
     torch.manual_seed(0)
     objective = ProtoCLIPObjective(SimpleNamespace(protoclip=cfg), 6)
@@ -356,19 +353,7 @@ def test_two_ranks_share_prototypes_and_match_one_process_with_global_batch_norm
              "txt": txt[index], "index": index, "objective": heads,
              "prototypes": {f.name: torch.from_numpy(getattr(p, f.name)) for f in fields(p)[:6]}}
     torch.save(state, tmp_path / "state.pt")
-    script = tmp_path / "rank.py"
-    script.write_text(RANK_SCRIPT)
-    init = f"file://{tmp_path / 'store'}"
-    procs = [subprocess.Popen([sys.executable, str(script), str(r), init, str(tmp_path / f"r{r}.json"),
-                               str(tmp_path / "state.pt")], env={**os.environ, "OMP_NUM_THREADS": "1"})
-             for r in range(2)]
-    try:
-        codes = [p.wait(timeout=120) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    assert codes == [0, 0]
-    ranks = [json.loads((tmp_path / f"r{r}.json").read_text()) for r in range(2)]
+    ranks = two_gloo_ranks(RANK_SCRIPT, str(tmp_path / "state.pt"))  # asserts both ranks exit 0
 
     feats = img[index].clone().requires_grad_(), txt[index].clone().requires_grad_()
     loss = objective({"image_features": feats[0], "text_features": feats[1]}, {"episode_index": index}, DistContext())
