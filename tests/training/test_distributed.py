@@ -13,7 +13,7 @@ import torch
 from training.losses import clip_loss
 
 RANK_SCRIPT = r"""
-import json, sys
+import json, os, sys
 import torch, torch.distributed as dist
 import torch.nn.functional as F
 from training.losses import ClipObjective, DistContext
@@ -33,6 +33,7 @@ json.dump({"ctx": [ctx.rank, ctx.world_size], "loss": loss.item(), "grad_img": l
            "grad_txt": local_txt.grad.tolist()}, open(out, "w"))
 dist.barrier()  # both ranks done with every collective before teardown
 dist.destroy_process_group()
+os._exit(0)  # skip interpreter teardown (see conftest.two_gloo_ranks)
 """
 
 
@@ -54,7 +55,7 @@ def test_two_ranks_match_the_single_process_loss_and_gradients(two_gloo_ranks):
 
 
 OBJECTIVES_SCRIPT = r"""
-import json, sys
+import json, os, sys
 from types import SimpleNamespace
 import torch, torch.distributed as dist
 import torch.nn.functional as F
@@ -106,6 +107,7 @@ json.dump(report, open(out_path, "w"))
 if world > 1:
     dist.barrier()  # both ranks done with every collective before teardown
     dist.destroy_process_group()
+    os._exit(0)  # skip interpreter teardown (see conftest.two_gloo_ranks)
 """
 
 
@@ -157,7 +159,7 @@ def test_every_objective_on_two_ranks_matches_one_rank_with_the_same_global_batc
 
 
 TRAIN_SCRIPT = r"""
-import json, sys
+import json, os, sys
 import pyarrow as pa
 import torch, torch.distributed as dist
 import training.loop as loop
@@ -194,6 +196,7 @@ if rank == 0:
 json.dump(report, open(out_path, "w"))
 dist.barrier()  # both ranks done with every collective before teardown
 dist.destroy_process_group()
+os._exit(0)  # skip interpreter teardown (see conftest.two_gloo_ranks)
 """
 
 

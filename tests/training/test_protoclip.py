@@ -313,7 +313,7 @@ def test_share_prototypes_on_one_rank_is_the_identity_and_needs_prototypes():
 
 
 RANK_SCRIPT = r"""
-import json, sys
+import json, os, sys
 from types import SimpleNamespace
 import numpy as np, torch, torch.distributed as dist
 from training.losses import DistContext
@@ -337,6 +337,7 @@ json.dump({"loss": loss.item(), "grad_img": img.grad.tolist(),
            "running_mean": objective.image_head[1].running_mean.tolist()}, open(out, "w"))
 dist.barrier()  # both ranks done with every collective before teardown
 dist.destroy_process_group()
+os._exit(0)  # skip interpreter teardown (see conftest.two_gloo_ranks)
 """
 
 
