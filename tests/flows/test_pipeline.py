@@ -89,7 +89,8 @@ def test_cli_trains_every_objective_combined_from_the_cached_stages(first_run, c
     the shards); the stages before them stay cached."""
     workdir, _ = first_run
     objectives = "alip,dreamlip,negclip,protoclip,mlcd"
-    extra = ["train.objectives=" + objectives, "train.protoclip.episode_size=64",
+    extra = ["train.objectives=" + objectives, "train.model=curaclip-vit-tiny",  # DreamLIP grouping: a ViT
+             "train.protoclip.episode_size=64",
              "train.protoclip.num_prototypes=4", "train.text_sampler=laclip"]
     args = ["run", "--workdir", str(workdir)] + sum([["--set", o] for o in TINY + extra], [])
     assert main(args) == 0

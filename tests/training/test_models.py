@@ -22,6 +22,17 @@ def test_tiny_config_is_the_cpu_model_the_design_asks_for():
     assert (CONFIG_DIR / "curaclip-vit-tiny.json").exists()
 
 
+def test_rn_tiny_is_an_open_clip_modified_resnet_at_64px():
+    from open_clip.modified_resnet import ModifiedResNet
+
+    model, preprocess, tokenizer = create_model("curaclip-rn-tiny")
+    assert isinstance(model.visual, ModifiedResNet)
+    assert preprocess(Image.new("RGB", (80, 70))).shape == (3, 64, 64)
+    with torch.no_grad():
+        out = model(torch.zeros(2, 3, 64, 64), tokenizer(["a red star", "a blue bone"]))
+    assert out["image_features"].shape == out["text_features"].shape == (2, 128)
+
+
 def test_create_model_gives_model_preprocess_and_offline_tokenizer(micro_model):
     model, preprocess, tokenizer = create_model(micro_model)
     tokens = tokenizer(["a red square", "two blue circles"])
