@@ -158,8 +158,13 @@ def build_metadata(texts: Iterable[str | None], unigrams: Sequence[str], min_cou
                    min_pmi: float = 3.0, max_entries: int = MAX_ENTRIES) -> list[str]:
     """Unigrams (in the given order, e.g. most frequent first) then PMI bigrams mined from ``texts``,
     unique, at most ``max_entries``."""
+    return merge_entries(unigrams, mine_bigrams(texts, min_count, min_pmi), max_entries)
+
+
+def merge_entries(unigrams: Sequence[str], bigrams: Sequence[str], max_entries: int) -> list[str]:
+    """Unigrams in order (empty or space-padded ones dropped), then bigrams, unique, at most ``max_entries``."""
     entries = dict.fromkeys(u for u in unigrams if u and u.strip() == u)
-    for pair in mine_bigrams(texts, min_count, min_pmi):
+    for pair in bigrams:
         entries.setdefault(pair)
     return list(entries)[:max_entries]
 
@@ -200,7 +205,5 @@ def english_metadata_from_counts(words: Counter[str], pairs: Counter[tuple[str, 
                                  cfg: MetadataBuilderConfig = MetadataBuilderConfig()) -> list[str]:
     """``build_english_metadata`` from ``count_words_and_pairs`` counts (summed over a pool's partitions)."""
     unigrams = english_unigrams(cfg.unigrams, cfg.min_zipf, cfg.min_length, cfg.ascii_only, cfg.capitalized)
-    entries = dict.fromkeys(u for u in unigrams if u and u.strip() == u)
-    for pair in pmi_bigrams(words, pairs, cfg.bigram_min_count, cfg.bigram_min_pmi):
-        entries.setdefault(pair)
-    return list(entries)[:cfg.max_entries]
+    bigrams = pmi_bigrams(words, pairs, cfg.bigram_min_count, cfg.bigram_min_pmi)
+    return merge_entries(unigrams, bigrams, cfg.max_entries)
