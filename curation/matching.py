@@ -272,22 +272,27 @@ class _IntTable:
     def _insert(self, keys: np.ndarray, values: np.ndarray) -> None:
         if np.any(keys == _EMPTY_KEY):
             raise ValueError("key 2**64 - 1 marks empty slots")
-        if len(np.unique(keys)) != len(keys):
-            raise ValueError("keys must be distinct")
         slot = self._slot(keys)
         pending = np.arange(len(keys))
+        owner = np.full(len(self.slots), -1, dtype=np.int64)
+        held = self.slots["key"][slot]
         while len(pending):
-            cand = pending[self.slots["key"][slot[pending]] == _EMPTY_KEY]
-            # several pending keys may aim at one free slot: the first of each wins this round
-            _, first = np.unique(slot[cand], return_index=True)
-            won = cand[first]
+            cand = pending[held == _EMPTY_KEY]
+            # several pending keys may aim at one free slot: the one the scatter leaves there wins this round
+            owner[slot[cand]] = cand
+            won = cand[owner[slot[cand]] == cand]
             self.slots["key"][slot[won]] = keys[won]
             self.slots["value"][slot[won]] = values[won]
             placed = np.zeros(len(keys), dtype=bool)
             placed[won] = True
             pending = pending[~placed[pending]]
-            moved = pending[self.slots["key"][slot[pending]] != _EMPTY_KEY]
+            held = self.slots["key"][slot[pending]]
+            # equal keys stay on the same probe slot until one is placed: the other then finds it there
+            if np.any(held == keys[pending]):
+                raise ValueError("keys must be distinct")
+            moved = pending[held != _EMPTY_KEY]
             slot[moved] = (slot[moved] + 1) & self.mask
+            held = self.slots["key"][slot[pending]]
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """Value per key, -1 where absent."""
@@ -400,7 +405,8 @@ class EntryMatcher:
 
     def __init__(self, entries: Sequence[str]):
         entries = list(entries)
-        if any(not isinstance(e, str) for e in entries):
+        kinds = set(map(type, entries))  # C-speed: a generator of isinstance calls took 0.1 s per 300k entries
+        if not kinds <= {str} and not all(isinstance(e, str) for e in entries):
             raise ValueError("metadata entries must all be strings")
         self.num_entries = len(entries)
         # with no metadata every caption matches nothing: one never-matching entry keeps the code uniform

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from curation.matching import EntryMatcher, spacing
+from curation.matching import EntryMatcher, _IntTable, spacing
 
 
 def metaclip_spacing(text: str) -> str:
@@ -210,3 +210,29 @@ def test_null_slots_holding_bytes() -> None:
     assert array.to_pylist() == [None, "cat"]
     assert EntryMatcher(["dog", "cat"]).match_batch(array) == [[], [1]]
     assert hash_strings(array, 0).tolist() == hash_strings(["", "cat"], 0).tolist()
+
+
+@given(st.lists(st.integers(0, 2**64 - 2), min_size=1, max_size=300, unique=True), st.data())
+@settings(max_examples=60, deadline=None)
+def test_int_table_finds_every_key_and_refuses_a_repeated_one(keys, data):
+    values = np.arange(len(keys), dtype=np.int64) * 7
+    table = _IntTable(np.array(keys, dtype=np.uint64), values)
+    assert table.lookup(np.array(keys, dtype=np.uint64)).tolist() == values.tolist()
+    absent = np.array([k for k in (0, 1, 2**63, 2**64 - 2) if k not in set(keys)], dtype=np.uint64)
+    assert (table.lookup(absent) == -1).all()
+    repeated = keys + [data.draw(st.sampled_from(keys))]
+    with pytest.raises(ValueError, match="distinct"):
+        _IntTable(np.array(repeated, dtype=np.uint64), np.arange(len(repeated)))
+
+
+def test_int_table_refuses_a_repeat_among_colliding_keys():
+    keys = np.arange(64, dtype=np.uint64) << np.uint64(40)  # many share home slots in a small table
+    _IntTable(keys, np.arange(64))
+    with pytest.raises(ValueError, match="distinct"):
+        _IntTable(np.concatenate([keys, keys[37:38]]), np.arange(65))
+
+
+@pytest.mark.parametrize("entries", [["cat", 3], ["cat", None], [b"cat"]])
+def test_entries_that_are_not_strings_are_refused(entries):
+    with pytest.raises(ValueError, match="strings"):
+        EntryMatcher(entries)
