@@ -46,7 +46,7 @@ from training.jobs import bootstrap_config, bootstrap_job, embed_part
 
 CODE_VERSIONS = {
     "ingest": "2", "filter": "1", "curate": "1", "rewrite": "1", "longcap": "1",
-    "embed": "1", "cluster": "1", "shard": "1", "train": "1", "eval": "1",
+    "embed": "2", "cluster": "1", "shard": "1", "train": "2", "eval": "2",
 }
 
 

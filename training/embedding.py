@@ -14,6 +14,7 @@ from PIL import Image
 from torch import nn
 
 from training.data import decode_image
+from training.models import encode_text_trimmed
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def encode_texts(model: nn.Module, tokenizer: Callable, texts: Sequence[str], ba
     device, parts = model_device(model), []
     for start in range(0, len(texts), batch_size):
         tokens = tokenizer(list(texts[start:start + batch_size])).to(device)  # (B, L)
-        parts.append(F.normalize(model.encode_text(tokens).float(), dim=-1).cpu().numpy())
+        parts.append(F.normalize(encode_text_trimmed(model, tokens).float(), dim=-1).cpu().numpy())
     return np.concatenate(parts) if parts else np.zeros((0, embedding_width(model)), np.float32)
 
 

@@ -51,7 +51,7 @@ from training.checkpoints import (
 from training.config import TrainConfig
 from training.data import TEXT_INPUTS, ShardData, batch_fields, shard_loader, table_loader
 from training.losses import DistContext, WeightedObjectives
-from training.models import create_model, embed_dim, image_transform, unwrap
+from training.models import create_model, embed_dim, encode_text_trimmed, image_transform, trims_text, unwrap
 from training.optim import clamp_logit_scales, cosine_lr, make_optimizer, set_lr
 from training.protoclip import Prototypes, episode_seed, fit_prototypes, share_prototypes, teacher_text_features
 
@@ -136,14 +136,22 @@ class TrainModule(nn.Module):
                 "patch_tokens": o["image_intermediates"][-1]}  # (B, P, width)
 
     def encode_texts(self, batch: dict) -> dict[str, torch.Tensor]:
-        """Every caption the objectives read, in ONE text-tower forward; per-image groups as (B, K, D)."""
+        """Every caption the objectives read; per-image groups as (B, K, D).
+
+        A causal open_clip text tower (`trims_text`) encodes each kind of caption in its own forward, cut to
+        that kind's longest caption (`encode_text_trimmed`, exact): ALIP's synthetic captions are a third of
+        the alt-texts' length. Any other text tower gets every caption in ONE forward, as before."""
         keys = [k for k, name in TEXT_INPUTS.items() if k in batch and name in self.reads]
         if not keys:
             return {}
         tokens = [batch[k] for k in keys]
-        features = self.model.encode_text(tokens[0] if len(tokens) == 1 else torch.cat(tokens), normalize=True)
+        if trims_text(self.model):
+            parts = [encode_text_trimmed(self.model, t, normalize=True) for t in tokens]
+        else:
+            features = self.model.encode_text(tokens[0] if len(tokens) == 1 else torch.cat(tokens), normalize=True)
+            parts = features.split([t.shape[0] for t in tokens])
         rows, out = batch["image"].shape[0], {}
-        for key, part in zip(keys, features.split([t.shape[0] for t in tokens]), strict=True):
+        for key, part in zip(keys, parts, strict=True):
             out[TEXT_INPUTS[key]] = part if part.shape[0] == rows and key in ("text", "synthetic_text") \
                 else part.reshape(rows, -1, part.shape[-1])
         return out

@@ -100,3 +100,42 @@ def transform_for(name: str, train: bool, crop_scale_min: float = 0.8) -> Callab
 def unwrap(model: nn.Module) -> nn.Module:
     """The bare model under a DistributedDataParallel (or similar `.module`) wrapper."""
     return model.module if hasattr(model, "module") else model
+
+
+def _causal_mask(mask: torch.Tensor | None) -> bool:
+    """True when `mask` is open_clip's causal text mask: -inf above the diagonal, 0 on and below it."""
+    if mask is None or mask.dim() != 2:
+        return False
+    above = torch.ones_like(mask, dtype=torch.bool).triu(1)
+    return bool(torch.isneginf(mask[above]).all() and (mask[~above] == 0).all())
+
+
+def trims_text(model: nn.Module) -> bool:
+    """Whether `encode_text_trimmed` may cut `model`'s text padding: an open_clip `CLIP` whose text tower is
+    causal and pools the EOT token (argmax or eos), so no position reads the padding after it."""
+    return (isinstance(model, open_clip.CLIP) and getattr(model, "text_pool_type", None) in ("argmax", "eos")
+            and _causal_mask(getattr(model, "attn_mask", None)))
+
+
+def encode_text_trimmed(model: nn.Module, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+    """open_clip's `CLIP.encode_text` run over the first L positions only, L the batch's longest caption
+    (through its last non-padding token).
+
+    Exact, not an approximation: the text tower is causal, so the EOT position it pools never attends to the
+    padding after it, and the padding itself is never read. On the synthetic world's captions (at most ~12
+    tokens in a 32-token context) this cuts the ALIP caption path's text tower to about a third. Models
+    that `trims_text` rejects (other pooling, no causal mask, custom text towers) go to `encode_text`."""
+    used = (tokens != 0).int()  # open_clip's tokenizers pad with 0
+    length = int(used.shape[1] - used.flip(1).argmax(dim=1).min()) if used.any() else 1
+    if length >= tokens.shape[1] or not trims_text(model):
+        return model.encode_text(tokens, normalize=normalize)
+    text = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(text).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = open_clip.transformer.text_global_pool(x, text, model.text_pool_type,
+                                               eos_token_id=getattr(model, "text_eos_id", None))
+    if model.text_projection is not None:
+        x = model.text_projection(x) if isinstance(model.text_projection, nn.Linear) else x @ model.text_projection
+    return torch.nn.functional.normalize(x, dim=-1) if normalize else x

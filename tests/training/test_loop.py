@@ -121,22 +121,18 @@ def test_each_objective_and_all_together_lower_their_loss(micro_model, colour_ta
 
 
 def count_text_rows(model) -> list[int]:
+    """Rows of every text-tower forward (trimmed or not: both run `model.transformer`, the text one)."""
     calls: list[int] = []
-    real = model.encode_text
-
-    def counting(tokens, normalize=False):
-        calls.append(tokens.shape[0])
-        return real(tokens, normalize=normalize)
-
-    model.encode_text = counting
+    model.transformer.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
     return calls
 
 
-@pytest.mark.parametrize(("objectives", "rows_per_image", "patch_tokens"), [
-    (("clip",), [1], False), (("alip",), [2], False), (("clip", "dreamlip"), [7], True),
-    (("dreamlip",), [6], True), (("clip", "negclip"), [3], False), (("mlcd",), [], False)])
+@pytest.mark.parametrize(("objectives", "rows_per_image", "patch_tokens", "kinds"), [
+    (("clip",), [1], False, 1), (("alip",), [2], False, 2), (("clip", "dreamlip"), [7], True, 2),
+    (("dreamlip",), [6], True, 1), (("clip", "negclip"), [3], False, 2), (("mlcd",), [], False, 0)])
 def test_the_model_runs_only_the_passes_the_objectives_read(micro_model, colour_table, objectives, rows_per_image,
-                                                            patch_tokens):
+                                                            patch_tokens, kinds, monkeypatch):
+    import training.loop
     from training.data import batch_fields, table_loader
     from training.models import image_transform
 
@@ -147,7 +143,12 @@ def test_the_model_runs_only_the_passes_the_objectives_read(micro_model, colour_
                               fields=batch_fields(cfg)))
     calls = count_text_rows(model)
     out = module.encode(batch)
-    assert calls == [8 * r for r in rows_per_image]  # every caption of the step in ONE text-tower forward
+    # a causal text tower: one trimmed forward per kind of caption, every caption of the step encoded once
+    assert sum(calls) == 8 * sum(rows_per_image) and len(calls) == kinds
+    calls.clear()
+    monkeypatch.setattr(training.loop, "trims_text", lambda model: False)
+    out = module.encode(batch)
+    assert calls == [8 * r for r in rows_per_image]  # any other text tower: every caption in ONE forward
     assert ("patch_tokens" in out) == patch_tokens
     if patch_tokens:
         assert out["patch_tokens"].shape == (8, 16, 64) and out["subcaption_features"].shape == (8, 6, 32)

@@ -9,7 +9,8 @@ from PIL import Image
 from training.checkpoints import save_atomic, training_state
 from training.config import TrainConfig
 from training.losses import WeightedObjectives
-from training.models import CONFIG_DIR, create_model, image_transform, resolve_model_name
+from training.models import (CONFIG_DIR, create_model, encode_text_trimmed, image_transform, resolve_model_name,
+                             trims_text)
 from training.optim import make_optimizer
 
 
@@ -86,3 +87,36 @@ def test_context_length_override_rebuilds_the_text_tower(micro_model):
     model, _, tokenizer = create_model(micro_model, context_length=24)
     assert tokenizer(["hi"]).shape == (1, 24)
     assert model.positional_embedding.shape[0] == 24
+
+
+def test_trimmed_text_encoding_equals_open_clips_with_its_gradients():
+    torch.manual_seed(0)
+    model, _, tokenizer = create_model("curaclip-rn-tiny")
+    tokens = tokenizer(["a red circle", "two blue squares left of a green star on a striped background",
+                        "x", "a"])
+    longest = int((tokens != 0).sum(1).max())
+    assert trims_text(model) and longest < tokens.shape[1]
+
+    def features_and_grads(encode):
+        model.zero_grad()
+        features = encode(model, tokens)
+        (features * torch.arange(features.numel()).reshape(features.shape).sin()).sum().backward()
+        return features.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    full, full_grads = features_and_grads(lambda m, t: m.encode_text(t, normalize=True))
+    trimmed, trimmed_grads = features_and_grads(lambda m, t: encode_text_trimmed(m, t, normalize=True))
+    torch.testing.assert_close(trimmed, full, rtol=1e-5, atol=1e-6)
+    assert full_grads.keys() == trimmed_grads.keys() and "positional_embedding" in full_grads
+    for name, grad in full_grads.items():
+        scale = float(grad.abs().max())  # float32 sums in another order: compare to the gradient's size
+        torch.testing.assert_close(trimmed_grads[name], grad, rtol=1e-4, atol=1e-5 * scale + 1e-8, msg=name)
+    assert full_grads["positional_embedding"][longest:].abs().max() == 0  # padding positions: never read
+
+
+def test_a_text_tower_without_a_causal_mask_is_not_trimmed():
+    torch.manual_seed(0)
+    model, _, tokenizer = create_model("curaclip-rn-tiny")
+    model.attn_mask = None  # bidirectional: the padding would reach the pooled token
+    tokens = tokenizer(["a red circle", "a blue square"])
+    assert not trims_text(model)
+    torch.testing.assert_close(encode_text_trimmed(model, tokens), model.encode_text(tokens), rtol=0, atol=0)
