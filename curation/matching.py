@@ -287,12 +287,11 @@ class _IntTable:
             placed = np.zeros(len(keys), dtype=bool)
             placed[won] = True
             pending = pending[~placed[pending]]
-            held = self.slots["key"][slot[pending]]
             # equal keys stay on the same probe slot until one is placed: the other then finds it there
-            if np.any(held == keys[pending]):
+            if np.any(self.slots["key"][slot[pending]] == keys[pending]):
                 raise ValueError("keys must be distinct")
-            moved = pending[held != _EMPTY_KEY]
-            slot[moved] = (slot[moved] + 1) & self.mask
+            # every key still pending sits on a taken slot (this round's winners took the free ones): probe on
+            slot[pending] = (slot[pending] + 1) & self.mask
             held = self.slots["key"][slot[pending]]
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
