@@ -70,6 +70,7 @@ from training.config import MLCDConfig, TrainConfig  # noqa: E402
 from training.data import ShardData  # noqa: E402
 from training.loop import train  # noqa: E402
 from training.models import CONFIG_DIR, create_model  # noqa: E402
+from training.optim import optimizer_settings  # noqa: E402
 from training.protoclip import ProtoCLIPConfig  # noqa: E402
 from training.throughput import random_batch  # noqa: E402
 
@@ -86,7 +87,7 @@ TOP_K = 3
 
 ADDED_OBJECTIVES: dict[str, tuple[str, ...]] = {
     "alip": ("alip",),  # ALIP's gated raw-text + caption losses replace plain CLIP
-    "dreamlip": ("clip", "dreamlip"),
+    "dreamlip": ("dreamlip",),  # DreamLIP holds the raw caption's CLIP loss, so it replaces plain CLIP
     "negclip": ("negclip",),  # CLIP with the hard negatives in its denominator
     "mlcd": ("clip", "mlcd"),
     "protoclip": ("clip", "protoclip"),
@@ -203,11 +204,12 @@ def run_ours(args: argparse.Namespace, urls: list[str], objectives: tuple[str, .
 def open_clip_argv(args: argparse.Namespace, shard_dir: Path, num_shards: int, logs: Path, name: str) -> list[str]:
     """open_clip_train's arguments matching our_config (its defaults differ: amp, wd 0.2, crop scale 0.9)."""
     cfg = TrainConfig()
+    opt = optimizer_settings(cfg)  # AdamW's defaults, as our trainer fills them in
     return ["--train-data", f"{shard_dir}/{{00000..{num_shards - 1:05d}}}.tar", "--dataset-type", "webdataset",
             "--dataset-resampled", "--train-num-samples", str(args.steps * args.batch_size),
             "--batch-size", str(args.batch_size), "--epochs", "1", "--model", args.model,
-            "--lr", str(LR), "--warmup", str(WARMUP_LR_STEPS), "--wd", str(cfg.weight_decay),
-            "--beta1", str(cfg.beta1), "--beta2", str(cfg.beta2), "--eps", str(cfg.eps),
+            "--lr", str(LR), "--warmup", str(WARMUP_LR_STEPS), "--wd", str(opt.weight_decay),
+            "--beta1", str(opt.beta1), "--beta2", str(opt.beta2), "--eps", str(opt.eps),
             "--grad-clip-norm", str(cfg.grad_clip_norm), "--aug-cfg", f"scale=({cfg.crop_scale_min}, 1.0)",
             "--precision", "fp32", "--device", "cpu", "--workers", str(args.workers), "--seed", str(cfg.seed),
             "--log-every-n-steps", "1", "--save-frequency", "0", "--report-to", "", "--logs", str(logs),
@@ -262,7 +264,7 @@ def tower_flops(model_name: str, context_length: int, rows: int = 4) -> TowerFlo
 
 
 def grouping_flops(t: TowerFlops, num_text: int) -> float:
-    """DreamLIP's grouping per sample: patches projected to D, K sub-captions' attention over them, pooled regions."""
+    """DreamLIP's grouping per sample: patches projected to D, T texts' weights over them, pooled regions."""
     return 2 * t.patches * t.width * t.embed_dim + 2 * 2 * num_text * t.patches * t.embed_dim
 
 
@@ -276,8 +278,8 @@ IMPLIED_FORWARDS: dict[str, Callable[[TrainConfig, TowerFlops], tuple[float, flo
     "clip": lambda cfg, t: (t.image + t.text, 0.0),
     "alip": lambda cfg, t: (t.image + 2 * t.text, 0.0),
     "dreamlip": lambda cfg, t: (t.image + (1 + cfg.dreamlip.num_text) * t.text
-                                + grouping_flops(t, cfg.dreamlip.num_text), 0.0),
-    "negclip": lambda cfg, t: (t.image + (1 + int(cfg.negclip.shuffled) + int(cfg.negclip.swapped)) * t.text, 0.0),
+                                + grouping_flops(t, 1 + cfg.dreamlip.num_text), 0.0),  # raw caption + K
+    "negclip": lambda cfg, t: (t.image + 2 * t.text, 0.0),  # one hard negative per caption, as NegCLIP draws
     "mlcd": lambda cfg, t: (t.image + t.text + 2 * t.embed_dim * mlcd_sampled_rows(cfg.mlcd, cfg.batch_size), 0.0),
     "protoclip": lambda cfg, t: (t.image + t.text, t.image + t.text),
 }

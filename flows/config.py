@@ -81,6 +81,11 @@ def _type_name(tp: Any) -> str:
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     """Check ``value`` against the type hint ``tp`` and convert YAML shapes (lists -> tuples, dicts -> dataclasses)."""
     origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed or isinstance(value, bool) != any(isinstance(a, bool) for a in allowed):
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(repr(a) for a in allowed)}")
+        return value
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(tp)
         if value is None and type(None) in options:

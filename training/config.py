@@ -4,7 +4,9 @@ frozen dataclass per objective that has settings of its own."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
+from training.negatives import KINDS
 from training.protoclip import ProtoCLIPConfig
 
 
@@ -20,25 +22,45 @@ class ALIPConfig:
 
 @dataclass(frozen=True)
 class DreamLIPConfig:
-    """DreamLIP's sub-captions and grouping loss (Zheng et al. 2024, "DreamLIP: Language-Image Pre-training with
-    Long Captions")."""
+    """DreamLIP's sub-captions and losses (Zheng et al. 2024, "DreamLIP: Language-Image Pre-training with Long
+    Captions"); defaults are the authors' (zyf0619sjtu/DreamLIP, training/params.py and open_clip/loss.py)."""
 
     num_text: int = 6
-    """sub-captions (sentences of the long caption) sampled per image per step (paper default: 6)."""
+    """sub-captions (sentences of the long captions) sampled per image per step (params.py --num_text 6)."""
+    clip_weight: float = 1.0
+    """weight of the raw caption's CLIP loss (params.py --clip_lossweight), which is also divided by K + 1."""
+    gamma: float = 32.0
+    """circle-loss scale gamma of the multi-positive term (params.py --gamma)."""
+    margin: float = 0.25
+    """circle-loss margin m (params.py --margin)."""
+    multi_positive_divisor: float = 10.0
+    """the multi-positive term is divided by this (`/ 10.0` in their ClipLoss.forward)."""
     grouping_weight: float = 1.0
-    """weight of the sub-caption grouping loss inside the dreamlip term; 0 skips it (and the patch tokens)."""
+    """weight of the sub-caption grouping loss (params.py --sgl_lossweight); 0 skips it (and the patch tokens)."""
+    grouping_threshold: float = 0.0
+    """normalised patch weights below this are zeroed before renormalising (params.py --sgl_delta 0.0; their
+    ClipLoss default is 0.1; negative means 1/P)."""
+    grouping_norm: Literal["minmax", "softmax"] = "minmax"
+    """how patch similarities are normalised over patches (params.py --sgl_norm)."""
     grouping_temperature: float = 0.07
     """initial temperature of the grouping loss (learned, clamped like CLIP's at 1/100); CLIP's initial value."""
 
 
 @dataclass(frozen=True)
 class NegCLIPConfig:
-    """NegCLIP's composition-aware hard negatives (Yuksekgonul et al. 2023, ARO)."""
+    """NegCLIP's hard negative captions (Yuksekgonul et al. 2023, ARO; training.negatives)."""
 
-    shuffled: bool = True
-    """add each caption with its words in a random order as a hard negative."""
-    swapped: bool = True
-    """add each caption with two of its attribute words (colour, size, texture, relation) swapped."""
+    kinds: tuple[str, ...] = KINDS
+    """negative kinds a caption may get (keys of training.negatives.NEGATIVE_KINDS); each step draws one of those
+    its caption allows, as NegCLIP draws one of its precomputed negatives per sample."""
+    attribute_words: tuple[str, ...] = ()
+    """attribute words added to training.negatives.DEFAULT_ATTRIBUTES (what the attribute swap exchanges)."""
+    noun_words: tuple[str, ...] = ()
+    """nouns added to training.negatives.DEFAULT_NOUNS (what the noun and noun-phrase swaps exchange)."""
+    use_metadata: bool = True
+    """add the pool's MetaCLIP metadata entries (the curate artifact's metadata.json) to the vocabulary."""
+    metadata_file: str | None = None
+    """the metadata.json read when use_metadata holds; the train stage points it at the curate artifact's."""
 
 
 @dataclass(frozen=True)
@@ -69,15 +91,17 @@ class TrainConfig:
     """passes over the training samples; 7 x ~8k curated samples is ~5.5 min at ~170 samples/s on 2 CPU cores."""
     batch_size: int = 128
     """samples per step per rank (the contrastive batch is batch_size x world_size)."""
-    lr: float = 1e-3
-    """peak learning rate; with AdamW on the synthetic world at batch 128, 1e-3 beat 2e-3 (lower loss, better
-    recall)."""
-    weight_decay: float = 0.1
-    """decoupled weight decay on weight matrices only (open_clip's AdamW default 0.2 at ViT-B scale)."""
-    beta1: float = 0.9
-    """AdamW beta1 (Lion's beta1 too: the gradient/momentum interpolation of its update; paper default 0.9)."""
-    beta2: float = 0.98
-    """AdamW beta2; 0.98 as in CLIP and open_clip for ViTs (Lion's momentum decay, paper default 0.99)."""
+    lr: float | None = None
+    """peak learning rate; None takes the optimiser's default (training.optim.optimizer_settings: AdamW 1e-3,
+    which beat 2e-3 on the synthetic world at batch 128; Lion AdamW's / 5, as its paper advises)."""
+    weight_decay: float | None = None
+    """decoupled weight decay on weight matrices only; None takes the optimiser's default (AdamW 0.1, open_clip
+    uses 0.2 at ViT-B scale; Lion AdamW's x 5, as its paper advises)."""
+    beta1: float | None = None
+    """AdamW beta1 / Lion's update interpolation beta1; None: 0.9 for both (CLIP; Lion's paper)."""
+    beta2: float | None = None
+    """AdamW beta2 / Lion's momentum decay; None: AdamW 0.98 (CLIP and open_clip for ViTs), Lion 0.99 (its
+    paper)."""
     eps: float = 1e-6
     """AdamW epsilon (CLIP's value)."""
     warmup_steps: int = 50

@@ -31,16 +31,17 @@ from itertools import count
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import torch
 import webdataset as wds
 from PIL import Image
 
-from curation.synthetic import COLOURS, SIZES, TEXTURES
-from training.config import TrainConfig
+from training.config import NegCLIPConfig, TrainConfig
 from training.models import transform_for
-from training.objectives import sample_subcaption_ids, shuffle_words, split_sentences, swap_attributes
+from training.negatives import NegativeVocabulary, draw_negative
+from training.objectives import sample_subcaption_ids, split_sentences
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 """Image members a shard sample may hold (open_clip's image_key "jpg;png;jpeg;webp")."""
@@ -59,14 +60,6 @@ LIST_FIELDS = ("uid", "raw_text", "caption", "rewrites", "long_caption", "synthe
                "cluster_labels", "cluster_scores")
 """Batch keys holding a Python list of length B."""
 
-ATTRIBUTE_WORDS = frozenset(COLOURS) | frozenset(SIZES) | frozenset(TEXTURES) | frozenset({
-    "above", "below", "left", "right", "under", "over", "behind", "beside", "inside", "top", "bottom",
-    "big", "tiny", "huge", "little", "tall", "short", "long", "wide", "narrow", "grey", "gold", "silver",
-    "dark", "light", "bright", "wooden", "metal", "plastic", "glass", "furry", "shiny", "smooth", "rough",
-})
-"""Words NegCLIP may swap to make an attribute-binding negative: the synthetic world's colours, sizes, textures
-and relation words, and common English attribute words for real captions (ARO swaps adjectives and relations)."""
-
 TEXT_INPUTS: dict[str, str] = {
     "text": "text_features",
     "synthetic_text": "synthetic_features",
@@ -74,13 +67,6 @@ TEXT_INPUTS: dict[str, str] = {
     "negative_text": "negative_features",
 }
 """Token tensors a batch may hold -> the name of their (normalised) features in the model's `out`."""
-
-NEGATIVE_MAKERS: dict[str, Callable[[str, np.random.Generator], str | None]] = {
-    "shuffled": shuffle_words,
-    "swapped": lambda text, rng: swap_attributes(text, ATTRIBUTE_WORDS, rng),
-}
-"""NegCLIP hard-negative makers by name (ARO's word-order shuffle and attribute swap); None when impossible."""
-
 
 @dataclass(frozen=True)
 class BatchFields:
@@ -91,7 +77,9 @@ class BatchFields:
     num_subcaptions: int = 0
     """sentences of the long caption drawn per image (DreamLIP's num_text); 0 draws none."""
     negatives: tuple[str, ...] = ()
-    """NEGATIVE_MAKERS applied to each caption (NegCLIP)."""
+    """NegCLIP's negative kinds (training.negatives.KINDS); one negative drawn per caption, () draws none."""
+    vocabulary: NegativeVocabulary | None = None
+    """the words NegCLIP's swaps recognise (negclip_vocabulary); None with no negatives."""
     num_labels: int = 0
     """cluster labels kept per sample as a (B, k) tensor (MLCD's top-k positives); 0 keeps none."""
 
@@ -100,13 +88,25 @@ NO_FIELDS = BatchFields()
 """Plain CLIP's batches: image and text only."""
 
 
+def negclip_vocabulary(cfg: NegCLIPConfig) -> NegativeVocabulary:
+    """The default English words, the configured extra ones, and the pool's metadata entries when asked."""
+    base = NegativeVocabulary()
+    vocab = NegativeVocabulary(base.attributes | {w.lower() for w in cfg.attribute_words},
+                               base.nouns | {w.lower() for w in cfg.noun_words}, base.relations)
+    if cfg.use_metadata and cfg.metadata_file:
+        with fsspec.open(cfg.metadata_file, "r", encoding="utf-8") as f:
+            vocab = vocab.with_entries(json.load(f))
+    return vocab
+
+
 def batch_fields(cfg: TrainConfig) -> BatchFields:
     """What the loaders must build for `cfg.objectives` (nothing beyond image and text for plain CLIP)."""
     names = set(cfg.objectives)
-    negatives = tuple(k for k, on in (("shuffled", cfg.negclip.shuffled), ("swapped", cfg.negclip.swapped)) if on)
+    negclip = "negclip" in names and bool(cfg.negclip.kinds)
     return BatchFields(synthetic="alip" in names,
                        num_subcaptions=cfg.dreamlip.num_text if "dreamlip" in names else 0,
-                       negatives=negatives if "negclip" in names else (),
+                       negatives=tuple(cfg.negclip.kinds) if negclip else (),
+                       vocabulary=negclip_vocabulary(cfg.negclip) if negclip else None,
                        num_labels=cfg.mlcd.top_k if "mlcd" in names else 0)
 
 
@@ -163,7 +163,7 @@ def add_objective_inputs(sample: dict, fields: BatchFields, rng: np.random.Gener
         ids = sample_subcaption_ids(len(sentences), fields.num_subcaptions, rng)
         sample["subcaptions"], sample["subcaption_ids"] = [sentences[k] for k in ids], ids
     if fields.negatives:
-        sample["negatives"] = [NEGATIVE_MAKERS[name](sample["caption"], rng) for name in fields.negatives]
+        sample["negatives"] = [draw_negative(sample["caption"], fields.negatives, fields.vocabulary, rng)]
 
 
 def make_sample(image: bytes, text: str, meta: dict, transform: Callable, sampler: str,

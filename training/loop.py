@@ -17,6 +17,7 @@ encoded and clustered, then trained on.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -52,7 +53,7 @@ from training.config import TrainConfig
 from training.data import TEXT_INPUTS, ShardData, batch_fields, shard_loader, table_loader
 from training.losses import DistContext, WeightedObjectives
 from training.models import create_model, embed_dim, encode_text_trimmed, image_transform, trims_text, unwrap
-from training.optim import clamp_logit_scales, cosine_lr, make_optimizer, set_lr
+from training.optim import clamp_logit_scales, cosine_lr, make_optimizer, optimizer_settings, set_lr
 from training.protoclip import Prototypes, episode_seed, fit_prototypes, share_prototypes, teacher_text_features
 
 
@@ -69,6 +70,8 @@ class TrainResult:
     samples_per_second: float
     history: list[dict] = field(default_factory=list)
     skipped_steps: int = 0
+    optimizer: dict = field(default_factory=dict)
+    """The optimiser's settings as used (training.optim.OptimizerSettings), unset config values filled in."""
 
 
 @dataclass
@@ -157,9 +160,15 @@ class TrainModule(nn.Module):
         return out
 
     def encode(self, batch: dict) -> dict[str, torch.Tensor]:
-        """`out`: the features of this batch the objectives read, and the temperature (and bias)."""
+        """`out`: the features of this batch the objectives read, and the temperature (and bias). When no
+        objective reads the raw caption (MLCD alone), it is encoded without a gradient for the logged CLIP loss."""
         out = {**self.encode_image(batch["image"]), **self.encode_texts(batch),
                "logit_scale": self.model.logit_scale.exp()}
+        if "text_features" not in out and "text" in batch:
+            with torch.no_grad():
+                text = batch["text"]
+                out["text_features"] = (encode_text_trimmed(self.model, text, normalize=True) if trims_text(self.model)
+                                        else self.model.encode_text(text, normalize=True))
         if getattr(self.model, "logit_bias", None) is not None:
             out["logit_bias"] = self.model.logit_bias
         return out
@@ -383,6 +392,11 @@ class Run:
     log: Callable[[dict], None] | None
     on_checkpoint: Callable[[str | None], None] | None
 
+    @property
+    def base_lr(self) -> float:
+        """The peak learning rate after the optimiser's defaults (TrainConfig.lr may be unset)."""
+        return optimizer_settings(self.cfg).lr
+
 
 def setup(cfg: TrainConfig, data: ShardData | pa.Table, out_dir: str, log: Callable[[dict], None] | None,
           on_checkpoint: Callable[[str | None], None] | None) -> tuple[Run, Callable, Callable]:
@@ -575,7 +589,7 @@ def run_steps(run: Run, progress: Progress, feed: BatchFeed) -> None:
     try:
         while progress.step < run.total_steps:
             batches = [to_device(b, run.device) for b in feed.take(progress.step)]
-            lr = cosine_lr(progress.step, cfg.lr, cfg.warmup_steps, run.total_steps, cfg.min_lr_ratio)
+            lr = cosine_lr(progress.step, run.base_lr, cfg.warmup_steps, run.total_steps, cfg.min_lr_ratio)
             set_lr(run.optimizer, lr)
             metrics = train_step(run.module, run.optimizer, batches, cfg, run.dist)
             progress.step += 1
@@ -619,4 +633,4 @@ def train(cfg: TrainConfig, data: ShardData | pa.Table, out_dir: str, log: Calla
         if progress.step > start \
         else float(last.get("samples_per_second", 0.0))
     return TrainResult(final, progress.step, progress.samples_seen, float(last.get("loss", math.nan)), speed,
-                       progress.history, progress.skipped)
+                       progress.history, progress.skipped, dataclasses.asdict(optimizer_settings(cfg)))

@@ -33,11 +33,12 @@ from training.objectives import (
     alip_gates,
     clip_loss_per_sample,
     dcl_loss_gathered,
+    dreamlip_grouping_gathered,
+    dreamlip_multi_positive_gathered,
+    dreamlip_regions,
     fp32,
-    grouping_loss,
     log1p_sum_exp,
     mlcd_logits,
-    multi_positive_loss_gathered,
     negclip_loss_gathered,
     siglip_loss_gathered,
 )
@@ -94,6 +95,17 @@ def clip_loss_gathered(image_features: torch.Tensor, text_features: torch.Tensor
 def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE over one batch of L2-normalised features (B, D); logit_scale is exp(t)."""
     return clip_loss_gathered(image_features, text_features, image_features, text_features, logit_scale, 0)
+
+
+@torch.no_grad()
+def raw_caption_clip_loss(out: dict[str, torch.Tensor], dist: DistContext) -> torch.Tensor:
+    """The plain, unweighted CLIP loss of the images and their raw captions over the global batch, without a
+    gradient: logged beside every objective's terms, so a run shows learning on one scale even when gates,
+    weights or other losses change the objective's own (issue 8)."""
+    image, text = out["image_features"].detach(), out["text_features"].detach()
+    all_image, offset = local_rows(image, dist)
+    return clip_loss_gathered(image, text, all_image, gather_features(text, dist), out["logit_scale"].detach(),
+                              offset)
 
 
 CONTRASTIVE_READS = frozenset({"image_features", "text_features", "logit_scale"})
@@ -230,22 +242,36 @@ class ALIPObjective(Objective):
 
 
 class DreamLIPObjective(Objective):
-    """DreamLIP: sub-captions as extra positives of their image, plus the sub-caption grouping loss over patch
-    tokens projected to the embedding width by a learned linear layer, with its own learned temperature."""
+    """DreamLIP as its authors' `ClipLoss.forward` (zyf0619sjtu/DreamLIP, open_clip/loss.py) sums it, with the
+    raw caption at text position 0 and the K sub-captions after it (T = K + 1 texts per image):
+
+    - the CLIP loss on the raw caption, divided by T as theirs is (`/ (2 * number_text)` of the two directions);
+    - the multi-positive circle loss of each image against all N*T texts of the global batch, its own T texts
+      positive, divided by 10;
+    - the grouping loss of patch tokens against the image's T texts, over the N*T region/text pairs of the global
+      batch, with a learned temperature of its own.
+
+    Deliberate differences, each because the released code cannot run as written: the patch tokens go through a
+    learned linear map into the joint space (theirs are ln_post's width-sized tokens, which only fits when the
+    width equals the embedding size; ours starts as the tower's own output projection); each image's texts are
+    grouped over that image's own patches (their `.view(bs, number_text, c)` of a text-major bank pairs texts
+    with other images' patches); the grouping temperature is a learned scale started at 1/0.07 (theirs is
+    `logit_scale_local = None`, which raises). As `alip`, `dreamlip` contains the raw caption's CLIP loss, so
+    it replaces `clip` (`objective_weights` refuses both)."""
 
     def __init__(self, cfg: TrainConfig, embed_dim: int) -> None:
         super().__init__()
         self.embed_dim = embed_dim
-        self.grouping_weight = cfg.dreamlip.grouping_weight
-        self.reads = frozenset({"image_features", "subcaption_features", "logit_scale"})
-        if self.grouping_weight > 0:
+        self.settings = cfg.dreamlip
+        self.reads = frozenset({"image_features", "text_features", "subcaption_features", "logit_scale"})
+        if self.settings.grouping_weight > 0:
             self.group_logit_scale = nn.Parameter(torch.tensor(math.log(1 / cfg.dreamlip.grouping_temperature)))
             self.reads |= {"patch_tokens"}
 
     def attach(self, model: nn.Module) -> None:
         """The token projection, sized by the image tower and started as its own output projection (so pooled
         patches begin in the joint space, as dense CLIP methods use it)."""
-        if self.grouping_weight <= 0:
+        if self.settings.grouping_weight <= 0:
             return
         visual = model.visual
         if not hasattr(visual, "forward_intermediates") or getattr(visual, "proj", None) is None:
@@ -256,16 +282,26 @@ class DreamLIPObjective(Objective):
             self.token_proj.weight.copy_(visual.proj.T)
 
     def forward(self, out: dict[str, torch.Tensor], batch: dict, dist: DistContext) -> torch.Tensor:
-        image, subcaptions = out["image_features"], out["subcaption_features"]  # (B, D), (B, K, D)
+        cfg = self.settings
+        image, raw, subcaptions = out["image_features"], out["text_features"], out["subcaption_features"]
+        texts = torch.cat([raw[:, None, :], subcaptions], dim=1)  # (B, T, D): raw caption first, as theirs
+        t = texts.shape[1]
         all_image, offset = local_rows(image, dist)
-        all_texts = gather_features(subcaptions.flatten(0, 1), dist)  # (N*K, D)
-        loss = multi_positive_loss_gathered(image, subcaptions, all_image, all_texts, out["logit_scale"], offset)
-        self._metrics = {"dreamlip_loss_multi_positive": loss.detach()}
-        if self.grouping_weight > 0:
-            group = grouping_loss(self.token_proj(out["patch_tokens"]), subcaptions, batch["subcaption_ids"],
-                                  self.group_logit_scale.exp())
+        clip = clip_loss_gathered(image, raw, all_image, gather_features(raw, dist), out["logit_scale"], offset)
+        clip = cfg.clip_weight * clip / t
+        all_texts = gather_features(texts.flatten(0, 1), dist)  # (N*T, D), image-major
+        multi = dreamlip_multi_positive_gathered(image, all_texts, t, offset, cfg.gamma, cfg.margin,
+                                                 cfg.multi_positive_divisor)
+        self._metrics = {"dreamlip_loss_clip": clip.detach(), "dreamlip_loss_multi_positive": multi.detach()}
+        loss = clip + multi
+        if cfg.grouping_weight > 0:
+            regions = dreamlip_regions(self.token_proj(out["patch_tokens"]), texts, cfg.grouping_threshold,
+                                       cfg.grouping_norm).flatten(0, 1)  # (B*T, D)
+            flat = texts.flatten(0, 1)
+            group = dreamlip_grouping_gathered(regions, flat, gather_features(regions, dist),
+                                               gather_features(flat, dist), self.group_logit_scale.exp(), offset * t)
             self._metrics["dreamlip_loss_grouping"] = group.detach()
-            loss = loss + self.grouping_weight * group
+            loss = loss + cfg.grouping_weight * group
         return loss
 
 
@@ -398,6 +434,10 @@ LOSSES: dict[str, Callable[[TrainConfig, int], nn.Module]] = {
 """Objective factories by config name: `factory(train_config, embed_dim) -> module`."""
 
 
+RAW_CAPTION_CLIP = ("clip", "negclip", "alip", "dreamlip")
+"""Objectives that each contain the CLIP loss on the raw caption: configuring two would count it twice."""
+
+
 def objective_weights(cfg: TrainConfig) -> dict[str, float]:
     """Each configured objective's weight (1.0 when `objective_weights` is empty)."""
     weights = cfg.objective_weights or (1.0,) * len(cfg.objectives)
@@ -406,6 +446,11 @@ def objective_weights(cfg: TrainConfig) -> dict[str, float]:
     unknown = [name for name in cfg.objectives if name not in LOSSES]
     if unknown or not cfg.objectives:
         raise ValueError(f"unknown or no objectives {unknown or '()'}; choose from {sorted(LOSSES)}")
+    both = [name for name in RAW_CAPTION_CLIP if name in cfg.objectives]
+    if len(both) > 1:
+        raise ValueError(f"objectives {' and '.join(both)} each contain the CLIP loss on the raw caption, so "
+                         f"together they count it {len(both)} times; keep one of them (negclip, alip and "
+                         "dreamlip each replace 'clip')")
     return dict(zip(cfg.objectives, map(float, weights), strict=True))
 
 
@@ -431,11 +476,14 @@ class WeightedObjectives(nn.Module):
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         terms = {name: term(out, batch, dist) for name, term in self.terms.items()}
         total = sum(self.weights[name] * value for name, value in terms.items())
+        self._monitor = {"clip_raw_unweighted": raw_caption_clip_loss(out, dist)} if "text_features" in out else {}
         return total, terms
 
     def metrics(self) -> dict[str, torch.Tensor]:
-        """Every term's detached statistics of the last forward (ALIP's gates and means, DreamLIP's parts)."""
-        return {k: v for term in self.terms.values() for k, v in getattr(term, "metrics", {}).items()}
+        """Every term's detached statistics of the last forward (ALIP's gates and means, DreamLIP's parts), and the
+        plain CLIP loss on the raw caption (`raw_caption_clip_loss`), whatever the objectives."""
+        own = {k: v for term in self.terms.values() for k, v in getattr(term, "metrics", {}).items()}
+        return {**own, **getattr(self, "_monitor", {})}
 
     def end_step(self) -> None:
         for term in self.terms.values():

@@ -12,13 +12,16 @@ single-process case. `training.losses` wraps them as the objectives of the LOSSE
 - NegCLIP: Yuksekgonul et al. 2023, "When and Why Vision-Language Models Behave like Bags-of-Words, and
   What to Do About It" (ARO). Word-order-shuffled and attribute-swapped captions join the image->text
   denominator as hard negatives; text->image stays plain CLIP.
-- ALIP: Yang et al. 2023, "ALIP: Adaptive Language-Image Pre-training with Synthetic Caption". Language
-  Consistency Gate w_s = min(exp(2 (s_tc - mu_tc)), 1) and Description Consistency Gate pair weights
-  exp(2 (s - mu)), mu running means (start 1, mu <- 0.99 mu + 0.01 mean(s)), weighting per-sample losses.
-- DreamLIP: Zheng et al. 2024, "DreamLIP: Language-Image Pre-training with Long Captions". Sentences of a
-  long caption are sampled as sub-captions, each an extra positive of its image in a multi-positive loss;
-  a grouping loss pools the image's patch tokens by their similarity to each sub-caption and contrasts each
-  pooled region with the sub-captions of its image.
+- ALIP: Yang et al. 2023, "ALIP: Adaptive Language-Image Pre-training with Synthetic Caption"; as
+  deepglint/ALIP's train.py and src/open_alip/loss.py compute it. Language Consistency Gate
+  g = exp(2 (s_tc - mu_tc)), sample weight min(g, 1); Description Consistency Gate pair weights
+  exp(2 (s - mu)) where g < 1 and 1 elsewhere; mu running means (start 1, mu <- 0.99 mu + 0.01 mean(s), updated
+  before the gates), weighting the per-sample symmetric CLIP losses of the raw text and the caption, summed.
+- DreamLIP: Zheng et al. 2024, "DreamLIP: Language-Image Pre-training with Long Captions"; as
+  zyf0619sjtu/DreamLIP's open_clip/loss.py `ClipLoss.forward` computes it. Sentences of the long captions are
+  sampled as sub-captions; an image's raw caption and sub-captions are all its positives in a pairwise circle
+  loss (gamma 32, margin 0.25, divided by 10); a grouping loss pools the image's patch tokens by their min-max
+  normalised similarity to each of its texts into regions and contrasts all B*T regions with all B*T texts.
 - MLCD: An et al. 2024, "Multi-label Cluster Discrimination for Visual Representation Learning". A sample
   is scored against cluster centers, s_j = scale cos(x, c_j) (margin taken off positives):
   L = log(1 + sum_neg exp(s_j)) + log(1 + sum_pos exp(-s_i)); negatives are a random fraction of the
@@ -139,16 +142,22 @@ def alip_gates(s_raw: torch.Tensor, s_cap: torch.Tensor, s_tc: torch.Tensor, mu:
                momentum: float = 0.99) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """ALIP gates from per-sample cosine similarities (N,): (sample_weight, raw_pair_weight, cap_pair_weight, new_mu).
 
-    `mu` (3,) holds the running means in ALIP_MEAN_KEYS order (the paper starts them at 1). The means are
-    updated with this batch first, mu <- momentum mu + (1 - momentum) mean(s), then the gates use the updated
-    means, as ALIP's reference trainer does. No gradient reaches the gates.
+    As deepglint/ALIP's `train.py` computes them: `mu` (3,) holds the running means in ALIP_MEAN_KEYS order
+    (started at 1), updated with this batch first, mu <- momentum mu + (1 - momentum) mean(s), then the gates use
+    the updated means. The Language Consistency Gate is g = exp(2 (s_tc - mu_tc)), and a sample's weight
+    min(g, 1). The Description Consistency Gate's pair weights exp(2 (s - mu)) (unclamped) apply only where
+    g < 1; elsewhere a pair's weight is 1 (their `torch.where(weight_sample < 1, weight_pair, 1)`, on the
+    raw-text and the caption path alike). No gradient reaches the gates.
     """
     with torch.no_grad():
         sims = torch.stack([s_raw, s_cap, s_tc]).float()  # (3, N)
         new_mu = momentum * mu.float() + (1 - momentum) * sims.mean(dim=1)  # (3,)
-        sample_weight = torch.exp(2 * (sims[2] - new_mu[2])).clamp(max=1.0)  # language consistency gate
-        raw_pair_weight = torch.exp(2 * (sims[0] - new_mu[0]))  # description consistency gate
-        cap_pair_weight = torch.exp(2 * (sims[1] - new_mu[1]))
+        language_gate = torch.exp(2 * (sims[2] - new_mu[2]))  # (N,)
+        gated = language_gate < 1
+        sample_weight = torch.where(gated, language_gate, torch.ones_like(language_gate))
+        ones = torch.ones_like(language_gate)
+        raw_pair_weight = torch.where(gated, torch.exp(2 * (sims[0] - new_mu[0])), ones)
+        cap_pair_weight = torch.where(gated, torch.exp(2 * (sims[1] - new_mu[1])), ones)
     return sample_weight, raw_pair_weight, cap_pair_weight, new_mu
 
 
@@ -178,70 +187,93 @@ def weighted_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor
                                        0, sample_weight, pair_weight)
 
 
-def multi_positive_loss_gathered(image_features: torch.Tensor, text_features_groups: torch.Tensor,
-                                 all_image: torch.Tensor, all_texts: torch.Tensor, logit_scale: torch.Tensor,
-                                 offset: int) -> torch.Tensor:
-    """DreamLIP of local rows: image i (B, D) against all N*K texts (N*K, D), its K sub-captions positive (the
-    texts of global image j are rows j*K .. j*K + K - 1); each local text (B, K, D) against the N images."""
-    b, k, d = text_features_groups.shape
-    device = image_features.device
-    owner = torch.arange(all_texts.shape[0], device=device) // k  # (N*K,) global image of each text
-    logits = fp32(logit_scale * image_features @ all_texts.T)  # (B, N*K)
-    positive = owner[None, :] == _own_columns(b, offset, device)[:, None]  # (B, N*K)
-    image_to_text = (torch.logsumexp(logits, dim=1)
-                     - torch.logsumexp(logits.masked_fill(~positive, float("-inf")), dim=1)).mean()
-    logits_per_text = fp32(logit_scale * text_features_groups.reshape(b * k, d) @ all_image.T)  # (B*K, N)
-    text_to_image = F.cross_entropy(logits_per_text, _own_columns(b, offset, device).repeat_interleave(k))
-    return (image_to_text + text_to_image) / 2
+def circle_multi_positive_loss(similarity: torch.Tensor, positive: torch.Tensor, gamma: float = 32.0,
+                               margin: float = 0.25) -> torch.Tensor:
+    """Mean over rows of DreamLIP's pairwise circle loss (zyf0619sjtu/DreamLIP, open_clip/loss.py,
+    `pairwise_circleloss`; Sun et al. 2020's Circle Loss) on raw cosines `similarity` (B, N), `positive` (B, N):
 
-
-def multi_positive_loss(image_features: torch.Tensor, text_features_groups: torch.Tensor,
-                        logit_scale: torch.Tensor) -> torch.Tensor:
-    """DreamLIP: image i against all B*K texts with its K sub-captions (B, K, D) positive; text->image plain CE."""
-    b, k, d = text_features_groups.shape
-    return multi_positive_loss_gathered(image_features, text_features_groups, image_features,
-                                        text_features_groups.reshape(b * k, d), logit_scale, 0)
-
-
-def grouping_loss(patch_features: torch.Tensor, subcaption_features: torch.Tensor, subcaption_ids: torch.Tensor,
-                  logit_scale: torch.Tensor) -> torch.Tensor:
-    """DreamLIP's sub-caption grouping loss over projected patch tokens (B, P, D) and sub-captions (B, K, D).
-
-    Each sub-caption k pools its image's patches by softmax(t x <z_p, y_k>) into a region g_k; each region is
-    contrasted with the K sub-captions of its image and each sub-caption with the K regions (symmetric),
-    with temperature 1/t. Sub-captions with the same id (one sentence drawn twice) are positives of each other.
+        a_p = [1 + m - s_p]+,  a_n = [s_n + m]+  (no gradient through a_p, a_n)
+        L_i = softplus(logsumexp_p(-gamma a_p (s_p - (1 - m))) + logsumexp_n(gamma a_n (s_n - m)))
     """
+    s = fp32(similarity)
+    alpha_p = (1 + margin - s.detach()).clamp_min(0)
+    alpha_n = (s.detach() + margin).clamp_min(0)
+    # The authors mask with a large finite negative (-99999999), which keeps a row without negatives finite.
+    logit_p = (-gamma * alpha_p * (s - (1 - margin))).masked_fill(~positive, -1e8)
+    logit_n = (gamma * alpha_n * (s - margin)).masked_fill(positive, -1e8)
+    return F.softplus(torch.logsumexp(logit_p, dim=1) + torch.logsumexp(logit_n, dim=1)).mean()
+
+
+def dreamlip_multi_positive_gathered(image_features: torch.Tensor, all_texts: torch.Tensor, texts_per_image: int,
+                                     offset: int, gamma: float = 32.0, margin: float = 0.25,
+                                     divisor: float = 10.0) -> torch.Tensor:
+    """DreamLIP's image->multi-text term of local image rows (B, D) against every text of the global batch
+    (N*T, D; global image j's T texts, its raw caption and sub-captions, at rows j*T .. j*T + T - 1): each of an
+    image's T texts is a positive, every other text a negative; the circle loss divided by `divisor` (the
+    authors' `/ 10.0` in `ClipLoss.forward`)."""
+    b = image_features.shape[0]
+    owner = torch.arange(all_texts.shape[0], device=all_texts.device) // texts_per_image  # (N*T,)
+    positive = owner[None, :] == _own_columns(b, offset, image_features.device)[:, None]  # (B, N*T)
+    return circle_multi_positive_loss(image_features @ all_texts.T, positive, gamma, margin) / divisor
+
+
+def dreamlip_regions(patch_features: torch.Tensor, text_features: torch.Tensor, threshold: float = 0.0,
+                     norm: str = "minmax") -> torch.Tensor:
+    """DreamLIP's text-conditioned regions (open_clip/loss.py, `ClipLoss.forward`'s fine-grained term): for patch
+    tokens in the joint space (B, P, D) and each image's texts (B, T, D), the cosine of each text to each patch,
+    normalised over patches (min-max, or softmax), weights below `threshold` zeroed (negative: 1/P) and the rest
+    renormalised to sum 1; a text's region is the normalised weighted sum of its image's patches. (B, T, D)."""
     patches = F.normalize(patch_features, dim=-1)  # (B, P, D)
-    attention = torch.softmax(fp32(logit_scale * subcaption_features @ patches.transpose(1, 2)), dim=-1)  # (B,K,P)
-    regions = F.normalize(attention.to(patches.dtype) @ patches, dim=-1)  # (B, K, D)
-    logits = fp32(logit_scale * regions @ subcaption_features.transpose(1, 2))  # (B, K regions, K texts)
-    same = subcaption_ids[:, :, None] == subcaption_ids[:, None, :]  # (B, K, K)
+    sim = fp32(F.normalize(text_features, dim=-1) @ patches.transpose(1, 2))  # (B, T, P)
+    if norm == "minmax":
+        low, high = sim.amin(dim=-1, keepdim=True), sim.amax(dim=-1, keepdim=True)
+        weights = (sim - low) / (high - low + 1e-10)
+    elif norm == "softmax":
+        weights = sim.softmax(dim=-1)
+    else:
+        raise ValueError(f"unknown grouping norm {norm!r}; choose 'minmax' or 'softmax'")
+    cut = 1.0 / patches.shape[1] if threshold < 0 else threshold
+    weights = weights.masked_fill(weights < cut, 0.0)
+    weights = weights / weights.sum(dim=-1, keepdim=True)
+    return F.normalize(weights.to(patches.dtype) @ patches, dim=-1)
 
-    def multi_positive_nll(scores: torch.Tensor) -> torch.Tensor:
-        positive = torch.logsumexp(scores.masked_fill(~same, float("-inf")), dim=-1)
-        return (torch.logsumexp(scores, dim=-1) - positive).mean()
 
-    return (multi_positive_nll(logits) + multi_positive_nll(logits.transpose(1, 2))) / 2
+def dreamlip_grouping_gathered(regions: torch.Tensor, texts: torch.Tensor, all_regions: torch.Tensor,
+                               all_texts: torch.Tensor, logit_scale: torch.Tensor, offset: int) -> torch.Tensor:
+    """DreamLIP's grouping contrast of this rank's B*T region/text pairs (B*T, D) against all N*T of the global
+    batch (another image's regions and texts are negatives): symmetric InfoNCE, temperature 1/logit_scale.
+    `offset` is this rank's first row among the N*T. Averaged over ranks it is the global batch's loss."""
+    labels = _own_columns(texts.shape[0], offset, texts.device)
+    text_to_region = fp32(logit_scale * F.normalize(texts, dim=-1) @ all_regions.T)  # (B*T, N*T)
+    region_to_text = fp32(logit_scale * regions @ F.normalize(all_texts, dim=-1).T)  # (B*T, N*T)
+    return (F.cross_entropy(text_to_region, labels) + F.cross_entropy(region_to_text, labels)) / 2
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+def dreamlip_grouping_loss(patch_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
+                           threshold: float = 0.0, norm: str = "minmax") -> torch.Tensor:
+    """DreamLIP's sub-caption grouping loss in one process: regions (dreamlip_regions) of patch tokens (B, P, D)
+    for each image's texts (B, T, D), contrasted with the texts over all B*T pairs of the batch."""
+    regions = dreamlip_regions(patch_features, text_features, threshold, norm).flatten(0, 1)  # (B*T, D)
+    texts = text_features.flatten(0, 1)
+    return dreamlip_grouping_gathered(regions, texts, regions, texts, logit_scale, 0)
+
+
+_SENTENCE_SPLIT = re.compile(r"\n|</s>|\.")
 
 
 def split_sentences(long_caption: str) -> list[str]:
-    """Sentences of a long caption (split after . ! or ? followed by space), stripped, empties dropped."""
-    return [s.strip() for s in _SENTENCE_END.split(long_caption or "") if s.strip()]
+    """Sentences of a long caption as DreamLIP's `split_caption` (training/data.py) cuts them: at newlines,
+    '</s>' and full stops, stripped, empties dropped."""
+    return [s.strip() for s in _SENTENCE_SPLIT.split(long_caption or "") if s.strip()]
 
 
 def sample_subcaption_ids(num_sentences: int, num_text: int, rng: np.random.Generator) -> list[int]:
-    """DreamLIP: num_text sentence indices, without replacement when there are enough, with replacement otherwise."""
+    """DreamLIP (`draw_numbers` in its training/data.py): num_text sentence indices, without replacement when there
+    are enough, with replacement otherwise. Theirs draws from range(n - 1), so a caption's last sentence is never
+    drawn; ours draws from all n (we take that for an off-by-one, not a choice)."""
     if num_sentences <= 0 or num_text <= 0:
         return []
     return [int(k) for k in rng.choice(num_sentences, size=num_text, replace=num_sentences < num_text)]
-
-
-def sample_subcaptions(sentences: list[str], num_text: int, rng: np.random.Generator) -> list[str]:
-    """DreamLIP: num_text sentences, without replacement when there are enough, with replacement otherwise."""
-    return [sentences[k] for k in sample_subcaption_ids(len(sentences), num_text, rng)]
 
 
 def sample_centers(labels: torch.Tensor, num_centers: int, negative_ratio: float,
@@ -293,7 +325,7 @@ LOSS_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
     "dcl": dcl_loss,
     "negclip": negclip_loss,
     "alip": weighted_clip_loss,
-    "dreamlip": multi_positive_loss,
+    "dreamlip": dreamlip_multi_positive_gathered,
     "mlcd": mlcd_loss,
 }
 """Plain loss functions by objective name (signatures differ; the objective modules adapt `out`/`batch`)."""

@@ -43,9 +43,9 @@ def random_batch(model: torch.nn.Module, batch_size: int, seed: int, fields: Bat
     if fields.num_subcaptions:
         batch["subcaption_text"] = tokens(batch_size * fields.num_subcaptions)
         batch["subcaption_ids"] = torch.arange(fields.num_subcaptions).repeat(batch_size, 1)
-    if fields.negatives:
-        batch["negative_text"] = tokens(batch_size * len(fields.negatives))
-        batch["negative_mask"] = torch.ones(batch_size, len(fields.negatives), dtype=torch.bool)
+    if fields.negatives:  # NegCLIP draws one negative per caption
+        batch["negative_text"] = tokens(batch_size)
+        batch["negative_mask"] = torch.ones(batch_size, 1, dtype=torch.bool)
     if fields.num_labels:
         batch["cluster_label_ids"] = torch.randint(0, num_centers, (batch_size, fields.num_labels), generator=g)
     return batch

@@ -63,7 +63,7 @@ def test_implied_cost_counts_texts_and_extra_forwards(bench):
     cfg = bench.TrainConfig(batch_size=2)
     assert bench.implied_cost("clip", cfg, towers) == 1.0
     assert bench.implied_cost("alip", cfg, towers) == pytest.approx(5 / 4)
-    assert bench.implied_cost("negclip", cfg, towers) == pytest.approx(6 / 4)
+    assert bench.implied_cost("negclip", cfg, towers) == pytest.approx(5 / 4)
     assert bench.implied_cost("protoclip", cfg, towers) == pytest.approx(4 / 3)  # + one no-grad forward of 3
-    grouping = 2 * 4 * 8 * 4 + 4 * 6 * 4 * 4
+    grouping = 2 * 4 * 8 * 4 + 4 * 7 * 4 * 4  # T = 1 raw caption + 6 sub-captions
     assert bench.implied_cost("dreamlip", cfg, towers) == pytest.approx((3 + 7 + grouping) / 4)

@@ -1,5 +1,6 @@
 import json
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from training.data import (
     table_loader,
 )
 from training.models import create_model, image_transform
+from training.negatives import NegativeVocabulary
 
 from .conftest import colour_rows
 
@@ -159,14 +161,23 @@ def test_table_loader_laclip_sampler_tokenizes_the_drawn_caption(micro, colour_t
 # --- the objectives' extra inputs ----------------------------------------------------------------------
 
 
-ALL_FIELDS = BatchFields(synthetic=True, num_subcaptions=3, negatives=("shuffled", "swapped"), num_labels=2)
+ALL_FIELDS = BatchFields(synthetic=True, num_subcaptions=3, negatives=("word_shuffle", "attribute_swap"),
+                         vocabulary=NegativeVocabulary(), num_labels=2)
 
 
-def test_batch_fields_follow_the_objectives():
+def test_batch_fields_follow_the_objectives(tmp_path):
     assert batch_fields(TrainConfig()) == BatchFields()
-    cfg = TrainConfig(objectives=("alip", "dreamlip", "negclip", "mlcd"), negclip=NegCLIPConfig(shuffled=False),
-                      mlcd=MLCDConfig(num_centers=8, top_k=2))
-    assert batch_fields(cfg) == BatchFields(synthetic=True, num_subcaptions=6, negatives=("swapped",), num_labels=2)
+    (tmp_path / "metadata.json").write_text('["chevron", "left of"]')
+    negclip = NegCLIPConfig(kinds=("attribute_swap",), noun_words=("Gizmo",),
+                            metadata_file=str(tmp_path / "metadata.json"))
+    fields = batch_fields(TrainConfig(objectives=("dreamlip", "negclip", "mlcd"), negclip=negclip,
+                                      mlcd=MLCDConfig(num_centers=8, top_k=2)))
+    assert fields.num_subcaptions == 6 and fields.negatives == ("attribute_swap",) and fields.num_labels == 2
+    assert not fields.synthetic and {"gizmo", "chevron"} <= fields.vocabulary.nouns
+    assert "left of" not in fields.vocabulary.nouns
+    assert batch_fields(TrainConfig(objectives=("alip",))) == BatchFields(synthetic=True)
+    no_metadata = batch_fields(TrainConfig(objectives=("negclip",), negclip=replace(negclip, use_metadata=False)))
+    assert "chevron" not in no_metadata.vocabulary.nouns
 
 
 def test_collate_builds_every_extra_input(micro):
@@ -179,22 +190,21 @@ def test_collate_builds_every_extra_input(micro):
     batch = collate(samples, tokenizer, ALL_FIELDS)
     assert batch["synthetic_text"].shape == (4, 16) and batch["subcaption_text"].shape == (12, 16)
     assert torch.equal(batch["synthetic_text"][2], batch["text"][2])  # no synthetic caption: the caption
-    assert set(samples[0]["subcaptions"]) <= {"A red square.", "It sits on grey."}  # 3 draws of 2 sentences
+    assert set(samples[0]["subcaptions"]) <= {"A red square", "It sits on grey"}  # 3 draws of 2 sentences
     assert samples[1]["subcaptions"] == [rows[1]["text"]] * 3 and batch["subcaption_ids"][1].tolist() == [0, 0, 0]
     assert batch["subcaption_ids"].shape == (4, 3)
-    shuffled, swapped = samples[0]["negatives"]
-    assert sorted(shuffled.split()) == sorted("a red square".split()) and shuffled != "a red square"
-    assert swapped is None  # one attribute word: nothing to swap with
-    assert batch["negative_text"].shape == (8, 16)
-    assert batch["negative_mask"].tolist() == [[True, False]] * 3 + [[False, False]]
+    (negative,) = samples[0]["negatives"]  # one attribute word: only the word-order shuffle is possible
+    assert sorted(negative.split()) == sorted("a red square".split()) and negative != "a red square"
+    assert batch["negative_text"].shape == (4, 16)  # one negative drawn per caption, as NegCLIP draws
+    assert batch["negative_mask"].tolist() == [[True]] * 3 + [[False]]
     assert batch["cluster_label_ids"].tolist() == [[0, 1], [1, 2], [2, 3], [3, -1]]
 
 
-def test_attribute_swaps_use_the_synthetic_worlds_vocabulary(micro):
+def test_attribute_swaps_use_the_configured_vocabulary(micro):
     tokenizer, _, val_tf = micro
     row = colour_rows(1)[0]
     row["text"] = "a small red circle above a large blue square"
-    fields = BatchFields(negatives=("swapped",))
+    fields = BatchFields(negatives=("attribute_swap",), vocabulary=NegativeVocabulary())
     sample = make_sample(row["image"], row["text"], row, val_tf, "original", np.random.default_rng(0), fields)
     swapped = sample["negatives"][0].split()
     assert swapped != row["text"].split() and sorted(swapped) == sorted(row["text"].split())
@@ -206,7 +216,7 @@ def test_label_matrix_pads_and_truncates():
 
 def test_resumed_table_batches_draw_the_same_subcaptions(micro, colour_table):
     tokenizer, _, val_tf = micro
-    fields = BatchFields(num_subcaptions=1, negatives=("shuffled",))
+    fields = BatchFields(num_subcaptions=1, negatives=("word_shuffle",), vocabulary=NegativeVocabulary())
 
     def draws(**kw):
         return [(b["uid"], b["negative_text"].tolist(), b["subcaption_ids"].tolist())

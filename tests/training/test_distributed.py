@@ -61,6 +61,7 @@ import torch, torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from training.checkpoints import gather_sharded_state
+from dataclasses import replace
 from training.config import DreamLIPConfig, MLCDConfig, TrainConfig
 from training.losses import DistContext, WeightedObjectives
 rank, world, init, out_path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -82,23 +83,30 @@ out = {"image_features": F.normalize(leaves["img"], dim=-1), "text_features": F.
        "subcaption_features": F.normalize(leaves["subs"], dim=-1),
        "negative_features": F.normalize(leaves["negs"], dim=-1), "patch_tokens": leaves["tokens"],
        "logit_scale": torch.tensor(5.0)}
-cfg = TrainConfig(objectives=("clip", "siglip", "dcl", "negclip", "alip", "dreamlip", "mlcd"),
-                  dreamlip=DreamLIPConfig(num_text=K), mlcd=MLCDConfig(num_centers=9, negative_ratio=1.0, scale=4.0))
+# alip, dreamlip and negclip each hold the raw caption's CLIP loss, so they cannot share one WeightedObjectives
+cfg = TrainConfig(objectives=("siglip", "dcl", "negclip", "mlcd"), dreamlip=DreamLIPConfig(num_text=K),
+                  mlcd=MLCDConfig(num_centers=9, negative_ratio=1.0, scale=4.0))
 objectives = WeightedObjectives(cfg, D)
+others = nn.ModuleDict({name: WeightedObjectives(replace(cfg, objectives=(name,)), D) for name in ("alip", "dreamlip")})
 visual = nn.Module()
 visual.proj = nn.Parameter(torch.randn(W, D, generator=torch.Generator().manual_seed(3)))
 visual.forward_intermediates = None
-objectives.attach(SimpleNamespace(visual=visual, logit_bias=None))
-total, terms = objectives(out, {k: v[rows] for k, v in batch.items()}, DistContext.current())
+local_batch = {k: v[rows] for k, v in batch.items()}
+total, terms = objectives(out, local_batch, DistContext.current())
+for name, other in others.items():
+    other.attach(SimpleNamespace(visual=visual, logit_bias=None))
+    other_total, other_terms = other(out, local_batch, DistContext.current())
+    total, terms = total + other_total, {**terms, **other_terms}
 total.backward()
-optimizer = torch.optim.AdamW(objectives.parameters(), lr=0.1)
+optimizer = torch.optim.AdamW([*objectives.parameters(), *others.parameters()], lr=0.1)
 optimizer.step()
 state, opt_state = gather_sharded_state(objectives, optimizer, objectives.sharded(), DistContext.current())
 mlcd = objectives.terms["mlcd"]
 slot = opt_state["state"][[i for i, p in enumerate(objectives.parameters()) if p is mlcd.weight][0]]
 report = {"terms": {k: v.item() for k, v in terms.items()},
           "grads": {k: v.grad.tolist() for k, v in leaves.items()},
-          "params": {n: p.grad.tolist() for n, p in objectives.named_parameters() if n != "terms.mlcd.weight"},
+          "params": {n: p.grad.tolist() for n, p in [*objectives.named_parameters(), *others.named_parameters()]
+                     if n != "terms.mlcd.weight"},
           "shard_grad": mlcd.weight.grad.tolist()}
 if rank == 0:
     report["full_weight"] = state["terms.mlcd.weight"].tolist()
@@ -173,7 +181,7 @@ rows = [{**r, "image": bytes.fromhex(r["image"])} for r in json.loads(open(setup
 table = pa.Table.from_pylist(rows)
 cfg = TrainConfig(model=setup["model"], epochs=3, batch_size=8, lr=2e-3, warmup_steps=2, log_every=1,
                   checkpoint_every=3, context_length=16, workers=0,
-                  objectives=("clip", "dreamlip", "mlcd", "protoclip"),
+                  objectives=("dreamlip", "mlcd", "protoclip"),
                   mlcd=MLCDConfig(num_centers=5, negative_ratio=0.5),
                   protoclip=ProtoCLIPConfig(num_prototypes=4, episode_size=32, projection_dim=8,
                                             projection_hidden_dim=16))

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.training.references import alip_reference, aro_reference, dreamlip_reference
 from training.config import ALIPConfig, DreamLIPConfig, MLCDConfig, TrainConfig
 from training.losses import (
     LOSSES,
@@ -154,94 +155,88 @@ def test_negclip_objective_adds_only_the_real_negatives():
     mask = torch.tensor([[True, False], [True, True], [False, False]])
     out = {"image_features": img, "text_features": txt, "negative_features": neg,
            "logit_scale": torch.tensor(6.0, dtype=torch.float64)}
-    real = neg[mask]
-    expected = sum(-6 * dot(img[i], txt[i]) + lse([6 * dot(img[i], y) for y in torch.cat([txt, real])])
-                   - 6 * dot(txt[i], img[i]) + lse([6 * dot(txt[i], x) for x in img]) for i in range(3)) / 6
+    # vinid/neg_clip's ClipLoss (references/aro_reference.py) over the real negatives: image->text only
+    expected = aro_reference.negclip_loss_reference(img, txt, neg[mask], 6.0)
     got = NegCLIPObjective()(out, {"negative_mask": mask}, DistContext())
     assert got.item() == pytest.approx(expected, rel=1e-9)
 
 
-def alip_by_rows(img, txt, cap, t: float, mu0: float, momentum: float) -> tuple[float, list[float]]:
-    """ALIP written out: running means first, then gates, then gated per-sample CLIP losses of both paths."""
-    n = img.shape[0]
-    sims = {"raw": [dot(img[i], txt[i]) for i in range(n)], "cap": [dot(img[i], cap[i]) for i in range(n)],
-            "tc": [dot(txt[i], cap[i]) for i in range(n)]}
-    mu = {k: momentum * mu0 + (1 - momentum) * sum(v) / n for k, v in sims.items()}
-    total = 0.0
-    for i in range(n):
-        sample_gate = min(math.exp(2 * (sims["tc"][i] - mu["tc"])), 1.0)
-        for texts, key in ((txt, "raw"), (cap, "cap")):
-            row = -t * dot(img[i], texts[i]) + lse([t * dot(img[i], y) for y in texts])
-            col = -t * dot(texts[i], img[i]) + lse([t * dot(texts[i], x) for x in img])
-            total += sample_gate * math.exp(2 * (sims[key][i] - mu[key])) * (row + col) / 2
-    return total / n, [mu["raw"], mu["cap"], mu["tc"]]
+def test_alip_objective_matches_the_authors_step_over_several_steps():
+    """ALIPObjective against tests/training/references/alip_reference.py, a transcription of deepglint/ALIP's
+    train.py `main()` (gates and running means) and src/open_alip/loss.py `Adaptive_loss.forward`: several
+    steps, so the means drift and both sides of `torch.where(weight_sample < 1, weight_pair, 1)` occur."""
+    objective = ALIPObjective(TrainConfig(alip=ALIPConfig(init_mean=0.2))).double()
+    means = {key: 0.2 for key in alip_reference.alip_initial_means()}  # the authors start at 1; lower, so the
+    # text/caption similarities fall on both sides of the means within a few steps
+    g = torch.Generator().manual_seed(3)
+    gated_and_not = set()
+    for step in range(5):
+        img, txt = unit(torch.randn(8, 6, generator=g, dtype=torch.float64)), \
+            unit(torch.randn(8, 6, generator=g, dtype=torch.float64))
+        cap = unit(torch.randn(8, 6, generator=g, dtype=torch.float64) + (step % 3) * txt)
+        out = {"image_features": img, "text_features": txt, "synthetic_features": cap,
+               "logit_scale": torch.tensor(7.0, dtype=torch.float64)}
+        expected, means, diag = alip_reference.alip_reference_step(img, txt, cap, 7.0, means)
+        got = objective(out, {}, DistContext())
+        assert got.item() == pytest.approx(expected.item(), rel=1e-6)  # our gates run in fp32, as under autocast
+        assert float(objective.metrics["alip_loss_raw"]) == pytest.approx(diag["loss_laion"].item(), rel=1e-6)
+        assert float(objective.metrics["alip_loss_caption"]) == pytest.approx(diag["loss_caption"].item(), rel=1e-6)
+        gated_and_not |= set((diag["weight_sample_unclamped"] < 1).tolist())
+        objective.end_step()
+        assert objective.mu.tolist() == pytest.approx(
+            [float(means["image_raw"]), float(means["image_caption"]), float(means["text_caption"])], rel=1e-6)
+    assert gated_and_not == {True, False}
 
 
-def test_alip_objective_matches_the_gated_formula_and_commits_means_once_per_step():
+def test_alip_objective_commits_means_once_per_step():
     img, txt, cap = features(6, 5, seed=10), features(6, 5, seed=11), features(6, 5, seed=12)
-    cap = unit(cap + 2 * txt)  # captions that agree with the raw text a little
     objective = ALIPObjective(TrainConfig(alip=ALIPConfig(momentum=0.9, init_mean=0.5))).double()
     out = {"image_features": img, "text_features": txt, "synthetic_features": cap,
            "logit_scale": torch.tensor(5.0, dtype=torch.float64)}
-    expected, mu = alip_by_rows(img, txt, cap, 5.0, 0.5, 0.9)
-    # The gates are computed in fp32 (as under autocast), hence rel=1e-6.
-    assert objective(out, {}, DistContext()).item() == pytest.approx(expected, rel=1e-6)
-    assert objective(out, {}, DistContext()).item() == pytest.approx(expected, rel=1e-6)  # same step: same gates
+    first = objective(out, {}, DistContext()).item()
+    assert objective(out, {}, DistContext()).item() == first  # same step (accumulation): same gates
     assert objective.mu.tolist() == [0.5] * 3
-    assert float(objective.metrics["alip_mu_raw"]) == pytest.approx(mu[0])
+    pending = float(objective.metrics["alip_mu_raw"])
     objective.end_step()
-    assert objective.mu.tolist() == pytest.approx(mu)
+    assert objective.mu[0].item() == pytest.approx(pending) and pending != 0.5
     assert "mu" in objective.state_dict()
 
 
-def grouping_by_loops(patches, subs, ids, t: float) -> float:
-    b, k = ids.shape
-    total = 0.0
-    for i in range(b):
-        z = [unit(p) for p in patches[i]]
-        regions = []
-        for a in range(k):
-            w = [math.exp(t * dot(subs[i, a], zp)) for zp in z]
-            regions.append(unit(sum(wp / sum(w) * zp for wp, zp in zip(w, z, strict=True))))
-        for a in range(k):
-            same = [c for c in range(k) if ids[i, c] == ids[i, a]]
-            to_text = [t * dot(regions[a], subs[i, c]) for c in range(k)]
-            to_region = [t * dot(subs[i, a], regions[c]) for c in range(k)]
-            total += lse(to_text) - lse([to_text[c] for c in same])
-            total += lse(to_region) - lse([to_region[c] for c in same])
-    return total / (2 * b * k)
-
-
-def multi_positive_by_rows(img, groups, t: float) -> float:
-    b, k, _ = groups.shape
-    texts = [(o, groups[o, s]) for o in range(b) for s in range(k)]
-    i2t = sum(lse([t * dot(img[i], y) for _, y in texts]) - lse([t * dot(img[i], y) for o, y in texts if o == i])
-              for i in range(b)) / b
-    t2i = sum(-t * dot(y, img[o]) + lse([t * dot(y, x) for x in img]) for o, y in texts) / len(texts)
-    return (i2t + t2i) / 2
-
-
-def test_dreamlip_objective_is_multi_positive_plus_weighted_grouping(micro_model):
+def test_dreamlip_objective_is_the_authors_total(micro_model):
+    """DreamLIPObjective against references/dreamlip_reference.py `dreamlip_total_reference`, a transcription
+    of zyf0619sjtu/DreamLIP open_clip/loss.py `ClipLoss.forward` (raw-caption CLIP / T + circle multi-positive
+    / 10 + grouping), with the patch tokens given to it already projected (the authors project none)."""
     from training.models import create_model
 
     model, _, _ = create_model(micro_model)
-    cfg = TrainConfig(dreamlip=DreamLIPConfig(num_text=3, grouping_weight=0.5, grouping_temperature=0.25))
+    cfg = TrainConfig(dreamlip=DreamLIPConfig(num_text=3, grouping_weight=0.5, grouping_temperature=0.25,
+                                              grouping_threshold=0.2))
     objective = DreamLIPObjective(cfg, 32)
     objective.attach(model)
     objective.double()
     assert torch.equal(objective.token_proj.weight, model.visual.proj.T.double())
-    assert objective.reads >= {"patch_tokens", "subcaption_features"}
-    img, subs = features(3, 32, seed=13), features(3, 3, 32, seed=14)
+    assert objective.reads >= {"patch_tokens", "subcaption_features", "text_features"}
+    img, raw, subs = features(3, 32, seed=13), features(3, 32, seed=16), features(3, 3, 32, seed=14)
     tokens = torch.randn(3, 5, 64, generator=torch.Generator().manual_seed(15), dtype=torch.float64)
-    ids = torch.tensor([[0, 1, 2], [0, 0, 1], [2, 2, 2]])
-    out = {"image_features": img, "subcaption_features": subs, "patch_tokens": tokens,
+    out = {"image_features": img, "text_features": raw, "subcaption_features": subs, "patch_tokens": tokens,
            "logit_scale": torch.tensor(8.0, dtype=torch.float64)}
-    got = objective(out, {"subcaption_ids": ids}, DistContext())
+    got = objective(out, {}, DistContext())
     projected = tokens @ objective.token_proj.weight.T
-    expected = multi_positive_by_rows(img, subs, 8.0) + 0.5 * grouping_by_loops(projected, subs, ids, 4.0)
-    assert got.item() == pytest.approx(expected, rel=1e-9)
+    want = dreamlip_reference.dreamlip_total_reference(img, raw, subs, 8.0, projected, 4.0, sgl_delta=0.2,
+                                                       sgl_lossweight=0.5)
+    assert got.item() == pytest.approx(want["loss"].item(), rel=1e-9)
+    assert float(objective.metrics["dreamlip_loss_clip"]) == pytest.approx(want["CLIP_loss"].item(), rel=1e-9)
+    assert float(objective.metrics["dreamlip_loss_multi_positive"]) == pytest.approx(want["I2mT_loss"].item(),
+                                                                                    rel=1e-9)
     got.backward()
     assert objective.group_logit_scale.grad is not None and objective.token_proj.weight.grad.abs().sum() > 0
+
+
+def test_dreamlip_and_clip_together_are_refused():
+    for pair in (("clip", "dreamlip"), ("alip", "clip"), ("alip", "dreamlip"), ("negclip", "clip")):
+        with pytest.raises(ValueError, match="count it 2 times"):
+            objective_weights(TrainConfig(objectives=pair))
+    assert objective_weights(TrainConfig(objectives=("dreamlip", "mlcd"))) == {"dreamlip": 1.0, "mlcd": 1.0}
 
 
 def test_dreamlip_without_grouping_reads_no_patch_tokens():
@@ -304,7 +299,7 @@ def test_classifier_rows_do_not_depend_on_the_number_of_ranks():
 
 
 def test_weighted_objectives_collect_reads_metrics_and_shards():
-    cfg = TrainConfig(objectives=("clip", "alip", "mlcd"), mlcd=MLCDConfig(num_centers=3))
+    cfg = TrainConfig(objectives=("dcl", "alip", "mlcd"), mlcd=MLCDConfig(num_centers=3))
     objectives = WeightedObjectives(cfg, 4)
     assert objectives.reads == {"image_features", "text_features", "logit_scale", "synthetic_features"}
     assert set(objectives.sharded()) == {"terms.mlcd.weight"}
@@ -312,9 +307,13 @@ def test_weighted_objectives_collect_reads_metrics_and_shards():
     out = {k: unit(torch.randn(5, 4, generator=g)) for k in ("image_features", "text_features", "synthetic_features")}
     out["logit_scale"] = torch.tensor(3.0)
     total, terms = objectives(out, {"cluster_label_ids": torch.zeros(5, 1, dtype=torch.long)}, DistContext())
-    assert set(terms) == {"clip", "alip", "mlcd"}
+    assert set(terms) == {"dcl", "alip", "mlcd"}
     assert total.item() == pytest.approx(sum(t.item() for t in terms.values()))
     assert {"alip_gate_sample", "alip_mu_raw", "alip_ungated_raw"} <= set(objectives.metrics())
+    # the plain CLIP loss on the raw caption is logged whatever the objectives, and carries no gradient
+    monitor = objectives.metrics()["clip_raw_unweighted"]
+    assert monitor.item() == pytest.approx(clip_loss(out["image_features"], out["text_features"], 3.0).item())
+    assert not monitor.requires_grad
     np.testing.assert_allclose(objectives.terms["alip"].mu.numpy(), 1.0)
     objectives.end_step()
     assert objectives.terms["mlcd"].steps_done == 1 and objectives.terms["alip"].mu[0] < 1.0

@@ -9,8 +9,14 @@ from PIL import Image
 from training.checkpoints import save_atomic, training_state
 from training.config import TrainConfig
 from training.losses import WeightedObjectives
-from training.models import (CONFIG_DIR, create_model, encode_text_trimmed, image_transform, resolve_model_name,
-                             trims_text)
+from training.models import (
+    CONFIG_DIR,
+    create_model,
+    encode_text_trimmed,
+    image_transform,
+    resolve_model_name,
+    trims_text,
+)
 from training.optim import make_optimizer
 
 

@@ -83,3 +83,31 @@ def test_lion_keeps_the_no_decay_groups(micro_model):
     opt = make_optimizer(model, TrainConfig(optimizer="lion", lr=2e-4, weight_decay=1.0, beta2=0.99))
     assert type(opt).__name__ == "Lion" and [g["weight_decay"] for g in opt.param_groups] == [0.0, 1.0]
     assert opt.param_groups[0]["betas"] == (0.9, 0.99) and opt.param_groups[1]["lr"] == 2e-4
+
+
+def test_lion_takes_its_papers_defaults_when_lr_and_decay_are_unset(micro_model):
+    """Chen et al. 2023 ("Symbolic Discovery of Optimization Algorithms"): betas (0.9, 0.99), and an lr 3-10x
+    smaller and a weight decay 3-10x larger than AdamW's; unset values take AdamW's / 5 and x 5."""
+    from training.optim import ADAMW_DEFAULTS, optimizer_settings
+
+    model, _, _ = create_model(micro_model)
+    opt = make_optimizer(model, TrainConfig(optimizer="lion"))
+    assert opt.param_groups[1]["betas"] == (0.9, 0.99)
+    assert opt.param_groups[1]["lr"] == pytest.approx(ADAMW_DEFAULTS["lr"] / 5)
+    assert opt.param_groups[1]["weight_decay"] == pytest.approx(ADAMW_DEFAULTS["weight_decay"] * 5)
+    adamw = optimizer_settings(TrainConfig())
+    lion = optimizer_settings(TrainConfig(optimizer="lion"))
+    assert 3 <= adamw.lr / lion.lr <= 10 and 3 <= lion.weight_decay / adamw.weight_decay <= 10
+    assert (adamw.beta1, adamw.beta2) == (0.9, 0.98)
+    # a value the user sets is kept as set, whatever the optimiser
+    assert optimizer_settings(TrainConfig(optimizer="lion", lr=1e-5)).lr == 1e-5
+    assert optimizer_settings(TrainConfig(optimizer="lion", weight_decay=0.0)).weight_decay == 0.0
+
+
+def test_the_train_result_records_the_optimiser_settings_used(micro_model, colour_table, tmp_path):
+    from training.loop import train
+
+    cfg = TrainConfig(model=micro_model, epochs=1, batch_size=16, warmup_steps=1, optimizer="lion", workers=0)
+    result = train(cfg, colour_table.slice(0, 32), str(tmp_path))
+    assert result.optimizer == {"name": "lion", "lr": pytest.approx(2e-4), "weight_decay": pytest.approx(0.5),
+                                "beta1": 0.9, "beta2": 0.99, "eps": 1e-6}
