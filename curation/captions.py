@@ -9,9 +9,13 @@ embedded `simulated` backend.
   ("ALIP: Adaptive Language-Image Pre-training with Synthetic Caption", Yang et al. 2023): a
   short synthetic caption beside the raw alt-text.
 
-The simulated backend writes from the synthetic world's ground truth with a configurable rate of
-wrong attributes, and paraphrases lexically where no truth exists. Its randomness comes from
-(seed, uid) alone, so its output does not depend on batching or partitioning.
+The simulated backend sees only what the model it stands in for would see. As LaCLIP's rewriter it is a
+text-only LLM: it reads the caption alone and may reorder, paraphrase, drop or (at its error rate) distort
+what the caption says, never correct it, so a wrong alt-text stays wrong. As the `longcap` captioner it
+stands in for a vision-language model, so it reads the scene's ground truth (with its error rate), and
+writes in phrasings of its own (:mod:`curation.captioner`) that share nothing with the evaluation's texts.
+Without a scene (real data) the simulated captioner can only paraphrase the alt-text, and says so. Its
+randomness comes from (seed, uid) alone, so its output does not depend on batching or partitioning.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from typing import Protocol
 import numpy as np
 import pyarrow as pa
 
-from curation.alttext import BACKGROUND_PHRASES, articles, describe
+from curation import captioner
+from curation.alttext import articles
 from curation.synthetic import COLOURS, SHAPES
 
 
@@ -37,9 +42,12 @@ class CaptionBackend(Protocol):
     name: str
     """Stated in manifests and reports ('simulated', 'openai', 'transformers')."""
 
-    def rewrite(self, uids: list[str], texts: list[str], truths: list[dict | None], k: int,
-                seed: int) -> list[list[str]]:
-        """k rewrites of each caption (LaCLIP)."""
+    def describe(self, stage: str) -> dict:
+        """What manifests and reports say of this backend in `stage`: its name, whether it is simulated, and
+        what it could see."""
+
+    def rewrite(self, uids: list[str], texts: list[str], k: int, seed: int) -> list[list[str]]:
+        """k rewrites of each caption (LaCLIP), from the caption alone: a text-only model gets no image."""
 
     def long_captions(self, uids: list[str], images: list[bytes], texts: list[str],
                       truths: list[dict | None], seed: int) -> list[str]:
@@ -84,17 +92,11 @@ def sample_rng(seed: int, uid: str, stream: int) -> np.random.Generator:
 
 INVERSE_RELATION = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
-REWRITE_TEMPLATES: tuple[str, ...] = (
-    "a {desc}", "a picture of a {desc}", "an image showing a {desc}", "there is a {desc} in this picture",
-    "a simple drawing of a {desc}", "this is a {desc}", "a {desc}, shown clearly", "a close view of a {desc}",
-)
-"""Frames of a truth-based rewrite; each of the k rewrites of a sample uses a different one."""
-
 PARAPHRASE_FRAMES: tuple[str, ...] = (
     "{t}", "a picture of {t}", "an image showing {t}", "this image shows {t}", "{t}, as seen in the image",
     "a photo with {t}",
 )
-"""Frames of a lexical paraphrase (text without ground truth)."""
+"""Frames of a rewrite; each of the k rewrites of a caption uses a different one where k allows."""
 
 SYNONYMS: dict[str, tuple[str, ...]] = {
     "photo": ("picture", "image", "snapshot"), "picture": ("photo", "image"), "image": ("picture", "photo"),
@@ -104,25 +106,22 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
 }
 """Word substitutions of the lexical paraphraser."""
 
+ENGLISH_COLOURS: tuple[str, ...] = (
+    "red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white", "gray", "grey",
+    "cyan", "magenta", "violet", "beige", "gold", "silver", "teal", "navy",
+)
+"""Colour words an LLM knows from English (not the synthetic world's list): what a distortion swaps."""
 
-def _words(text: str) -> set[str]:
-    return set(re.findall(r"[a-z]+", text.lower()))
+SIZE_SWAPS: dict[str, str] = {"small": "large", "large": "small", "little": "big", "big": "little",
+                              "tiny": "huge", "huge": "tiny"}
+"""Size words a distortion flips when the caption names no colour."""
 
+RELATION_PATTERN = re.compile(r"^(?P<a>(?:an? )?[a-z ]+?) (?P<rel>left of|right of|above|below) "
+                              r"(?P<b>an? [a-z ]+?)(?P<rest> on .+)?$")
+"""A caption of one relation between two plain noun phrases ('a red star left of a ring on grass')."""
 
-def mentioned_concepts(text: str, truth: dict) -> dict:
-    """The part of a scene that a caption states truly: objects whose shape it names (with the
-    colour, size and texture it also names, else None), relations between two such objects that
-    it names, and the background if named. What a text-only rewriter may keep (LaCLIP)."""
-    words, lower = _words(text), text.lower()
-    keep = [i for i, o in enumerate(truth["objects"]) if o["shape"] in words]
-    objects = [{attr: (o[attr] if attr == "shape" or o[attr] in words else None)
-                for attr in ("shape", "colour", "size", "texture")} for o in (truth["objects"][i] for i in keep)]
-    relations = [{"subject": keep.index(r["subject"]), "relation": r["relation"], "object": keep.index(r["object"])}
-                 for r in truth["relations"]
-                 if r["subject"] in keep and r["object"] in keep and r["relation"] in lower]
-    bg = truth["background"]
-    named_bg = bg in words and (bg not in COLOURS or "background" in words)
-    return {"objects": objects, "relations": relations, "background": bg if named_bg else None}
+TRAILING_SETTING = re.compile(r" on [a-z ]+$")
+"""A trailing 'on ...' phrase (the setting), which a rewrite may drop."""
 
 
 def corrupt(scene: dict, rng: np.random.Generator, index: int | None = None,
@@ -140,57 +139,72 @@ def corrupt(scene: dict, rng: np.random.Generator, index: int | None = None,
     return out
 
 
-def _phrase(obj: dict) -> str:
-    texture = obj.get("texture") if obj.get("texture") != "solid" else None
-    return " ".join(w for w in (obj.get("size"), texture, obj.get("colour"), obj["shape"]) if w)
-
-
-def _content(concepts: dict, rng: np.random.Generator) -> str:
-    """'red star left of a blue circle on grass' from kept concepts; relations may be inverted."""
-    objects, parts, named = concepts["objects"], [], set()
-    for r in concepts["relations"]:
-        a, rel, b = r["subject"], r["relation"], r["object"]
-        if rng.random() < 0.5:
-            a, rel, b = b, INVERSE_RELATION[rel], a
-        parts.append(f"{_phrase(objects[a])} {rel} a {_phrase(objects[b])}")
-        named |= {a, b}
-    parts += [_phrase(o) for i, o in enumerate(objects) if i not in named]
-    text = " and a ".join(parts)
-    if concepts["background"]:
-        text += " on " + BACKGROUND_PHRASES[concepts["background"]]
-    return text
-
-
 FRAME_PREFIX = re.compile(r"^(an?|the)\s+(photo|picture|image|drawing|snapshot)\s+(of|showing|with)\s+", re.I)
 
 
-def paraphrase(text: str, rng: np.random.Generator, frame: int) -> str:
-    """Lexical paraphrase: synonyms for known words, re-framed by one of PARAPHRASE_FRAMES."""
+def _swap_words(body: str, rng: np.random.Generator) -> str:
     def swap(match: re.Match) -> str:
         word = match.group(0)
         options = SYNONYMS.get(word.lower())
         return options[int(rng.integers(len(options)))] if options and rng.random() < 0.7 else word
 
+    return re.sub(r"[A-Za-z]+", swap, body)
+
+
+def _body(text: str) -> str:
+    """The caption without its frame ('a photo of ...') and final full stop, lower-cased at the start."""
     body = FRAME_PREFIX.sub("", text.strip().rstrip("."))
     if body[:1].isupper() and body[1:2].islower():  # 'Buy ...' -> 'buy ...', but 'IMG_2034' stays
         body = body[0].lower() + body[1:]
-    body = re.sub(r"[A-Za-z]+", swap, body)
+    return body
+
+
+def paraphrase(text: str, rng: np.random.Generator, frame: int) -> str:
+    """Lexical paraphrase: synonyms for known words, re-framed by one of PARAPHRASE_FRAMES."""
+    body = _swap_words(_body(text), rng)
     return articles(PARAPHRASE_FRAMES[frame % len(PARAPHRASE_FRAMES)].format(t=body))
 
 
-def _truth_rewrites(text: str, truth: dict, k: int, error_rate: float, rng: np.random.Generator
-                    ) -> list[str] | None:
-    """k rewrites of what the caption says truly, each in another frame; None if it says nothing true."""
-    concepts = mentioned_concepts(text, truth)
-    if not concepts["objects"]:
-        return None
-    frames = rng.permutation(len(REWRITE_TEMPLATES))
-    in_scene = frozenset(v for o in truth["objects"] for v in (o["shape"], o["colour"]))
-    out = []
-    for j in range(k):
-        scene = corrupt(concepts, rng, avoid=in_scene) if rng.random() < error_rate else concepts
-        out.append(articles(REWRITE_TEMPLATES[frames[j % len(frames)]].format(desc=_content(scene, rng))))
-    return out
+def reorder_relation(body: str) -> str | None:
+    """'a red star left of a ring on grass' -> 'a ring right of a red star on grass'; None if no such form."""
+    match = RELATION_PATTERN.match(body)
+    if match is None or any(f" {w} " in f" {match['a']} {match['b']} " for w in ("and", "is", "are", "the")):
+        return None  # only two plain noun phrases: 'the star is left of ...' is left as it is
+    subject = match["a"] if match["a"].startswith(("a ", "an ")) else "a " + match["a"]
+    return f"{match['b']} {INVERSE_RELATION[match['rel']]} {subject}{match['rest'] or ''}"
+
+
+def distort(body: str, rng: np.random.Generator) -> str:
+    """One wrong word, as an LLM's hallucination: a colour word becomes another colour the caption does not
+    name, or (no colour named) a size word flips. Unchanged when the caption names neither."""
+    words = body.split(" ")
+    colours = [k for k, w in enumerate(words) if w.lower() in ENGLISH_COLOURS]
+    if colours:
+        named = {w.lower() for w in words}
+        k = colours[int(rng.integers(len(colours)))]
+        choices = [c for c in ENGLISH_COLOURS if c not in named and c != "grey"]
+        words[k] = choices[int(rng.integers(len(choices)))]
+        return " ".join(words)
+    sizes = [k for k, w in enumerate(words) if w.lower() in SIZE_SWAPS]
+    if sizes:
+        k = sizes[int(rng.integers(len(sizes)))]
+        words[k] = SIZE_SWAPS[words[k].lower()]
+    return " ".join(words)
+
+
+def rewrite_caption(text: str, rng: np.random.Generator, frame: int, error_rate: float) -> str:
+    """One text-only rewrite (LaCLIP's LLM stand-in): the caption's own content, maybe reordered (a relation
+    stated from its other side), maybe without its trailing setting, with synonyms, in another frame; with
+    probability `error_rate` one word distorted. It reads the caption alone, so it never corrects it."""
+    body = _body(text)
+    if rng.random() < 0.5:
+        body = reorder_relation(body) or body
+    if rng.random() < 0.25 and TRAILING_SETTING.search(body) and TRAILING_SETTING.sub("", body).strip():
+        body = TRAILING_SETTING.sub("", body)
+    if rng.random() < error_rate:
+        body = distort(body, rng)
+    body = _swap_words(body, rng)
+    return articles(PARAPHRASE_FRAMES[frame % len(PARAPHRASE_FRAMES)].format(t=body))
 
 
 def _long_paraphrase(text: str, rng: np.random.Generator) -> str:
@@ -202,25 +216,28 @@ def _long_paraphrase(text: str, rng: np.random.Generator) -> str:
 
 @dataclass(frozen=True)
 class SimulatedBackend:
-    """The embedded caption backend: ground truth with injected errors on the synthetic world,
-    lexical paraphrase elsewhere. Empty captions come back unchanged (nothing to rewrite)."""
+    """The embedded caption backend. As a rewriter it reads the caption alone (a text-only LLM); as a
+    captioner it reads the synthetic world's ground truth (a VLM looking at the image), with errors injected,
+    and paraphrases the alt-text where no truth exists. Empty captions come back unchanged."""
 
     error_rate: float = 0.05
     """probability that a caption (or each rewrite) carries one wrong attribute."""
     name: str = "simulated"
     """what manifests and reports call this backend."""
 
-    def rewrite(self, uids: list[str], texts: list[str], truths: list[dict | None], k: int,
-                seed: int) -> list[list[str]]:
+    def describe(self, stage: str) -> dict:
+        sees = {"rewrite": "the caption text only (stand-in for a text-only LLM)",
+                "longcap": "the synthetic scene's ground truth where the source has one (stand-in for a "
+                           "vision-language model looking at the image), else the alt-text only"}[stage]
+        return {"name": self.name, "simulated": True, "sees": sees, "error_rate": self.error_rate}
+
+    def rewrite(self, uids: list[str], texts: list[str], k: int, seed: int) -> list[list[str]]:
         out = []
-        for uid, text, truth in zip(uids, texts, truths, strict=True):
+        for uid, text in zip(uids, texts, strict=True):
             rng = sample_rng(seed, uid, 0)
-            rewrites = _truth_rewrites(text, truth, k, self.error_rate, rng) if truth else None
-            if rewrites is None:
-                frames = rng.permutation(len(PARAPHRASE_FRAMES))
-                rewrites = [paraphrase(text, rng, int(frames[j % len(frames)])) if text.strip() else text
-                            for j in range(k)]
-            out.append(rewrites)
+            frames = rng.permutation(len(PARAPHRASE_FRAMES))
+            out.append([rewrite_caption(text, rng, int(frames[j % len(frames)]), self.error_rate)
+                        if text.strip() else text for j in range(k)])
         return out
 
     def long_captions(self, uids: list[str], images: list[bytes], texts: list[str],
@@ -243,7 +260,7 @@ class SimulatedBackend:
         # short captions describe objects[0], so that is where a short caption's error must land
         wrong = rng.random() < self.error_rate
         scene = corrupt(truth, rng, 0 if style == "short" else None) if wrong else truth
-        return describe(scene, rng, style)
+        return captioner.short_caption(scene, rng) if style == "short" else captioner.long_caption(scene, rng)
 
 
 BACKENDS: dict[str, Callable[..., CaptionBackend]] = {"simulated": SimulatedBackend}
@@ -261,13 +278,14 @@ def _batches(n: int, batch_size: int) -> list[slice]:
     return [slice(i, min(i + batch_size, n)) for i in range(0, n, max(batch_size, 1))]
 
 
-def rewrite_table(table: pa.Table, truths: list[dict | None], cfg: RewriteConfig, seed: int) -> pa.Table:
-    """`table` (uid, text, ...) with a `rewrites` list<string> column: cfg.k rewrites per row."""
+def rewrite_table(table: pa.Table, cfg: RewriteConfig, seed: int) -> pa.Table:
+    """`table` (uid, text, ...) with a `rewrites` list<string> column: cfg.k rewrites per row, from the text
+    alone (LaCLIP's rewriter is a text-only LLM; no scene truth is passed)."""
     backend = make_backend(cfg.backend, cfg.error_rate)
     uids, texts = table.column("uid").to_pylist(), table.column("text").to_pylist()
     rewrites: list[list[str]] = []
     for part in _batches(table.num_rows, cfg.batch_size):
-        got = backend.rewrite(uids[part], texts[part], truths[part], cfg.k, seed)
+        got = backend.rewrite(uids[part], texts[part], cfg.k, seed)
         if len(got) != len(uids[part]) or any(len(r) != cfg.k for r in got):
             raise RuntimeError(f"backend {backend.name!r} broke the protocol: wrong number of rewrites")
         rewrites += got

@@ -207,13 +207,15 @@ def _truth_rows(truth_path: str | None, uids: Sequence[str]) -> list[dict | None
 
 def caption_part(in_path: str, truth_path: str | None, out_path: str,
                  cfg: captions.RewriteConfig | captions.LongcapConfig, seed: int) -> dict[str, int]:
-    """Add LaCLIP ``rewrites`` (a RewriteConfig) or DreamLIP/ALIP ``long_caption`` + ``synthetic_caption``."""
+    """Add LaCLIP ``rewrites`` (a RewriteConfig; text only, so `truth_path` must be None) or DreamLIP/ALIP
+    ``long_caption`` + ``synthetic_caption`` (a LongcapConfig; the captioner may read the scene truth)."""
     table = read_table(in_path)
-    truths = _truth_rows(truth_path, table.column("uid").to_pylist())
     if isinstance(cfg, captions.RewriteConfig):
-        table = captions.rewrite_table(table, truths, cfg, seed)
+        if truth_path is not None:
+            raise ValueError("the rewrite stage stands in for a text-only LLM: it is given no scene truth")
+        table = captions.rewrite_table(table, cfg, seed)
     else:
-        table = captions.longcap_table(table, truths, cfg, seed)
+        table = captions.longcap_table(table, _truth_rows(truth_path, table.column("uid").to_pylist()), cfg, seed)
     write_table(table, out_path)
     return {"rows_in": table.num_rows, "rows_out": table.num_rows}
 

@@ -30,12 +30,12 @@ STEPS: dict[str, Callable[[RunContext, RunConfig, Refs], ArtifactRef]] = {
     "filter": lambda ctx, cfg, refs: T.filter_(ctx, cfg.filter, refs["ingest"]),
     "curate": lambda ctx, cfg, refs: T.curate(ctx, cfg.curate, refs["filter"],
                                               all(s.format == "synthetic" for s in cfg.ingest.sources)),
-    "rewrite": lambda ctx, cfg, refs: T.rewrite(ctx, cfg.rewrite, refs["curate"], refs["ingest"]),
+    "rewrite": lambda ctx, cfg, refs: T.rewrite(ctx, cfg.rewrite, refs["curate"]),
     "longcap": lambda ctx, cfg, refs: T.longcap(ctx, cfg.longcap, refs["rewrite"], refs["ingest"]),
     "embed": lambda ctx, cfg, refs: T.embed(ctx, cfg.embed, cfg.train, refs["longcap"]),
     "cluster": lambda ctx, cfg, refs: T.cluster(ctx, cfg.cluster, refs["embed"]),
     "shard": lambda ctx, cfg, refs: T.shard(ctx, cfg.shard, refs["cluster"]),
-    "train": lambda ctx, cfg, refs: T.train(ctx, cfg.train, refs["shard"]),
+    "train": lambda ctx, cfg, refs: T.train(ctx, cfg.train, refs["shard"], refs.get("curate")),
     "eval": lambda ctx, cfg, refs: T.evaluate(ctx, cfg.eval, cfg.ingest, cfg.train, refs["train"]),
 }
 """How each stage's task is called from the config and the references of the stages before it."""

@@ -64,7 +64,12 @@ def plot_loss(metrics: Path, out: Path) -> Path:
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     rows = [r for r in rows if "loss" in r and "step" in r]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows])
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="objective (weighted sum)")
+    monitor = [r for r in rows if "clip_raw_unweighted" in r]
+    if monitor:  # the plain CLIP loss on the raw caption: one scale whatever the objectives
+        ax.plot([r["step"] for r in monitor], [r["clip_raw_unweighted"] for r in monitor],
+                label="plain CLIP, raw caption")
+        ax.legend()
     ax.set(xlabel="step", ylabel="training loss", title="Training loss")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
@@ -110,9 +115,10 @@ def _markdown(report: Mapping[str, Any], manifests: Mapping[str, dict]) -> str:
             if reasons:
                 lines += ["", f"**{stage}, {kind}:** " + ", ".join(f"{r} {n}" for r, n in reasons.items())]
     lines += _curation_markdown(manifests.get("curate", {}))
-    for stage in ("rewrite", "longcap"):
-        if stage in manifests:
-            lines += ["", f"**{stage}** caption backend: `{manifests[stage].get('backend')}`"]
+    if report.get("simulated"):
+        lines += ["", "## Simulated stages", "", "| stage | backend | what it could see |", "|---|---|---|"]
+        lines += [f"| {stage} | {b['name']} (error rate {b.get('error_rate')}) | {b['sees']} |"
+                  for stage, b in report["simulated"].items()]
     if "embed" in manifests:
         lines += ["", f"**embed** model: {manifests['embed'].get('model')}"]
     if report.get("eval"):
@@ -139,6 +145,12 @@ def _curation_markdown(manifest: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def simulated_stages(manifests: Mapping[str, dict]) -> dict[str, dict]:
+    """The stages whose model was a stand-in, with what the stand-in could see (from their manifests)."""
+    return {stage: m["backend"] for stage, m in manifests.items()
+            if isinstance(m.get("backend"), dict) and m["backend"].get("simulated")}
+
+
 def write_report(workdir: str | Path, run_id: str, config_hash: str, refs: Mapping[str, ArtifactRef],
                  seconds: float) -> dict[str, Any]:
     """Write report.json, report.md and the plots; return the report dict."""
@@ -152,6 +164,7 @@ def write_report(workdir: str | Path, run_id: str, config_hash: str, refs: Mappi
         "seconds": round(seconds, 3),
         "stages": {stage: stage_summary(ref) for stage, ref in refs.items()},
         "eval": dict(evaluation),
+        "simulated": simulated_stages(manifests),
     }
     report["plots"] = _plots(workdir, refs, evaluation)
     (workdir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=False, default=str))

@@ -14,6 +14,7 @@ import importlib.metadata
 import json
 import shutil
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from prefect.cache_policies import NO_CACHE
 
 from curation import partitions as P
 from curation.balancing import CurateConfig, entry_probs
-from curation.captions import LongcapConfig, RewriteConfig
+from curation.captions import LongcapConfig, RewriteConfig, make_backend
 from curation.clustering import ClusterConfig
 from curation.filters import FilterConfig
 from curation.matching import EntryMatcher
@@ -45,8 +46,8 @@ from training.embedding import EmbedConfig
 from training.jobs import bootstrap_config, bootstrap_job, embed_part
 
 CODE_VERSIONS = {
-    "ingest": "2", "filter": "1", "curate": "1", "rewrite": "1", "longcap": "1",
-    "embed": "2", "cluster": "1", "shard": "1", "train": "2", "eval": "2",
+    "ingest": "2", "filter": "1", "curate": "1", "rewrite": "2", "longcap": "2",
+    "embed": "3", "cluster": "1", "shard": "1", "train": "3", "eval": "2",
 }
 
 
@@ -146,23 +147,25 @@ def curate(ctx: RunContext, cfg: CurateConfig, upstream: ArtifactRef, synthetic_
 
 
 def _caption_stage(ctx: RunContext, stage: str, cfg: RewriteConfig | LongcapConfig, upstream: ArtifactRef,
-                   ingest_ref: ArtifactRef, seed: int) -> ArtifactRef:
-    truth_dir = Path(ingest_ref.path) / "truth"
-    ingest_parts = {Path(p).name for p in P.list_parts(truth_dir)}
+                   ingest_ref: ArtifactRef | None, seed: int) -> ArtifactRef:
+    """`ingest_ref` gives the scene truth to the captioner (longcap); the rewriter (a text-only LLM) gets None."""
+    truth_dir = Path(ingest_ref.path) / "truth" if ingest_ref is not None else None
+    truth_parts = {Path(p).name for p in P.list_parts(truth_dir)} if truth_dir is not None else set()
 
     def compute(tmp: Path, manifest: dict[str, Any]) -> None:
-        calls = [(p, str(truth_dir / Path(p).name) if Path(p).name in ingest_parts else None,
+        calls = [(p, str(truth_dir / Path(p).name) if Path(p).name in truth_parts else None,
                   _out(tmp, "parts", i), cfg, seed)
                  for i, p in enumerate(_parts(upstream))]
         manifest["counts"] = _passthrough_counts(ray_map(P.caption_part, calls))
-        manifest["backend"] = cfg.backend
+        manifest["backend"] = make_backend(cfg.backend, cfg.error_rate).describe(stage)
 
-    return run_stage(ctx, stage, CODE_VERSIONS[stage], cfg, [upstream, ingest_ref], compute)
+    inputs = [upstream] if ingest_ref is None else [upstream, ingest_ref]
+    return run_stage(ctx, stage, CODE_VERSIONS[stage], cfg, inputs, compute)
 
 
 @task(name="rewrite", cache_policy=NO_CACHE)
-def rewrite(ctx: RunContext, cfg: RewriteConfig, upstream: ArtifactRef, ingest_ref: ArtifactRef) -> ArtifactRef:
-    return _caption_stage(ctx, "rewrite", cfg, upstream, ingest_ref, seed=1)
+def rewrite(ctx: RunContext, cfg: RewriteConfig, upstream: ArtifactRef) -> ArtifactRef:
+    return _caption_stage(ctx, "rewrite", cfg, upstream, None, seed=1)
 
 
 @task(name="longcap", cache_policy=NO_CACHE)
@@ -220,16 +223,23 @@ def shard(ctx: RunContext, cfg: ShardConfig, upstream: ArtifactRef) -> ArtifactR
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train(ctx: RunContext, cfg: TrainConfig, upstream: ArtifactRef) -> ArtifactRef:
+def train(ctx: RunContext, cfg: TrainConfig, upstream: ArtifactRef, curate_ref: ArtifactRef | None = None
+          ) -> ArtifactRef:
+    """`curate_ref` gives NegCLIP the pool's metadata entries (its vocabulary), when negclip asks for them."""
+    metadata = Path(curate_ref.path) / "metadata.json" if curate_ref is not None else None
+    uses_metadata = "negclip" in cfg.objectives and cfg.negclip.use_metadata and metadata is not None
+    run_cfg = replace(cfg, negclip=replace(cfg.negclip, metadata_file=str(metadata))) if uses_metadata else cfg
+
     def compute(tmp: Path, manifest: dict[str, Any]) -> None:
-        summary = train_distributed(cfg, str(Path(upstream.path) / "shards"), str(tmp))
+        summary = train_distributed(run_cfg, str(Path(upstream.path) / "shards"), str(tmp))
         shutil.rmtree(tmp / "ray_train", ignore_errors=True)  # Ray Train's duplicate of the last checkpoint
         summary["checkpoint"] = str(Path(summary["checkpoint"]).relative_to(tmp.resolve()))
         manifest["train"] = summary
         rows = upstream.counts.get("rows_out", 0)
         manifest["counts"] = {"rows_in": rows, "rows_out": rows, "filtered": 0, "quarantined": 0}
 
-    return run_stage(ctx, "train", CODE_VERSIONS["train"], cfg, [upstream], compute)
+    inputs = [upstream, curate_ref] if uses_metadata else [upstream]
+    return run_stage(ctx, "train", CODE_VERSIONS["train"], cfg, inputs, compute)
 
 
 @task(name="eval", cache_policy=NO_CACHE)

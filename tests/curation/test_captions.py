@@ -1,4 +1,5 @@
 import copy
+import inspect
 import re
 
 import numpy as np
@@ -49,9 +50,9 @@ def test_registry_and_name():
 def test_outputs_depend_on_seed_and_uid_only():
     backend = SimulatedBackend(error_rate=0.3)
     n = 30
-    whole = backend.rewrite(UIDS[:n], TEXTS[:n], SCENES[:n], 3, seed=7)
-    reversed_ = backend.rewrite(UIDS[:n][::-1], TEXTS[:n][::-1], SCENES[:n][::-1], 3, seed=7)[::-1]
-    singles = [backend.rewrite([u], [t], [s], 3, seed=7)[0] for u, t, s in zip(UIDS[:n], TEXTS[:n], SCENES[:n])]
+    whole = backend.rewrite(UIDS[:n], TEXTS[:n], 3, seed=7)
+    reversed_ = backend.rewrite(UIDS[:n][::-1], TEXTS[:n][::-1], 3, seed=7)[::-1]
+    singles = [backend.rewrite([u], [t], 3, seed=7)[0] for u, t in zip(UIDS[:n], TEXTS[:n])]
     assert whole == reversed_ == singles
     images = [b""] * n
     long_a = backend.long_captions(UIDS[:n], images, TEXTS[:n], SCENES[:n], seed=7)
@@ -69,10 +70,15 @@ def test_error_rate_is_honoured():
         assert not any(_is_wrong(c, s) for c, s in zip(ok, SCENES))
         bad = getattr(noisy, method)(UIDS, images, TEXTS, SCENES, seed=1)
         assert sum(_is_wrong(c, s) for c, s in zip(bad, SCENES)) / n == pytest.approx(0.3, abs=0.07), method
-    rewrites = noisy.rewrite(UIDS, TEXTS, SCENES, 2, seed=1)
-    wrong = [_is_wrong(r, s) for rs, s in zip(rewrites, SCENES) for r in rs]
-    assert np.mean(wrong) == pytest.approx(0.3, abs=0.07)
-    assert not any(_is_wrong(r, s) for rs, s in zip(clean.rewrite(UIDS, TEXTS, SCENES, 2, 1), SCENES) for r in rs)
+    # every TEXTS caption names a colour, so each rewrite has one to distort (into any English colour word)
+    rewrites = noisy.rewrite(UIDS, TEXTS, 2, seed=1)
+
+    def colours(text: str) -> set[str]:
+        return _words(text) & set(captions.ENGLISH_COLOURS)
+
+    distorted = [colours(r) != colours(t) for rs, t in zip(rewrites, TEXTS) for r in rs]
+    assert np.mean(distorted) == pytest.approx(0.3, abs=0.07)
+    assert not any(_is_wrong(r, s) for rs, s in zip(clean.rewrite(UIDS, TEXTS, 2, 1), SCENES) for r in rs)
 
 
 def test_long_captions_have_several_sentences():
@@ -92,52 +98,70 @@ def test_short_captions_are_one_faithful_sentence():
         assert len(_sentences(caption)) == 1
 
 
-def test_rewrites_keep_the_true_concepts_of_the_caption():
-    scene = {"background": "grass", "relations": [{"subject": 0, "relation": "left of", "object": 1}],
-             "objects": [{"shape": "star", "colour": "red", "size": "small", "texture": "solid", "x": 0.3, "y": 0.5},
-                         {"shape": "ring", "colour": "blue", "size": "large", "texture": "dotted", "x": 0.7,
-                          "y": 0.5}]}
+def test_the_rewriter_is_text_only_and_never_corrects_a_caption():
+    """LaCLIP's rewriter is a text-only LLM: it gets no scene, and a wrong alt-text stays wrong."""
+    assert "truths" not in inspect.signature(SimulatedBackend.rewrite).parameters
+    assert "truths" not in inspect.signature(captions.rewrite_table).parameters
     backend = SimulatedBackend(error_rate=0.0)
-    (rewrites,) = backend.rewrite(["a"], ["Buy red star sticker online - free shipping!"], [scene], 4, 0)
+    # captions of *other* scenes (the pool's 'other_image' alt-texts): shapes the image does not hold
+    others = [alttext.describe(SCENES[(i + 1) % len(SCENES)], np.random.default_rng(i), "full")
+              for i in range(len(SCENES))]
+    for text, scene, rewrites in zip(others, SCENES, backend.rewrite(UIDS, others, 3, seed=0)):
+        named = _words(text) & set(synthetic.SHAPES)
+        for r in rewrites:
+            assert _words(r) & set(synthetic.SHAPES) == named  # nothing added from the scene, nothing dropped
+            assert _is_wrong(r, scene) == _is_wrong(text, scene)
+
+
+def test_rewrites_keep_what_the_caption_says():
+    backend = SimulatedBackend(error_rate=0.0)
+    (rewrites,) = backend.rewrite(["a"], ["Buy red star sticker online - free shipping!"], 4, 0)
     assert len(rewrites) == 4 and len(set(rewrites)) == 4
+    assert all("red star" in r and "sticker" in r for r in rewrites)  # boilerplate stays: it reads text only
+    (rewrites,) = backend.rewrite(["b"], ["red star left of a ring on grass"], 6, 0)
     for r in rewrites:
-        assert "red star" in r and "ring" not in r and "blue" not in r and "sticker" not in r
-    (rewrites,) = backend.rewrite(["b"], ["red star left of a ring on grass"], [scene], 3, 0)
-    for r in rewrites:
-        assert ("red star left of a ring" in r or "ring right of a red star" in r) and "grass" in r
+        assert "red star left of a ring" in r or "ring right of a red star" in r
+    assert captions.reorder_relation("a red star left of a ring on grass") == "a ring right of a red star on grass"
+    assert captions.reorder_relation("a red star and a ring") is None
 
 
-def test_mentioned_concepts_drop_what_is_untrue():
-    scene = _scenes(1, seed=3)[0]
-    obj = scene["objects"][0]
-    wrong_colour = next(c for c in synthetic.COLOURS if c not in {o["colour"] for o in scene["objects"]})
-    kept = captions.mentioned_concepts(f"a {wrong_colour} {obj['shape']}", scene)
-    assert kept["objects"] == [{"shape": obj["shape"], "colour": None, "size": None, "texture": None}]
-    assert kept["relations"] == [] and kept["background"] is None
-    assert captions.mentioned_concepts("IMG_2034.jpg", scene)["objects"] == []
+def test_distortion_changes_one_colour_word_to_one_the_caption_lacks():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        out = captions.distort("a red star left of a blue ring", rng)
+        changed = [(a, b) for a, b in zip("a red star left of a blue ring".split(), out.split()) if a != b]
+        assert len(changed) == 1 and changed[0][1] in captions.ENGLISH_COLOURS
+        assert changed[0][1] not in {"red", "blue"}
+    assert captions.distort("a small star", rng) == "a large star"
+    assert captions.distort("IMG_2034.jpg", rng) == "IMG_2034.jpg"
 
 
 def test_text_without_truth_is_paraphrased():
     backend = SimulatedBackend(error_rate=0.5)
     texts = ["A photo of a small dog with a ball.", "Buy cheap shoes online", "IMG_2034.jpg", ""]
-    out = backend.rewrite(["a", "b", "c", "d"], texts, [None] * 4, 3, seed=0)
+    out = backend.rewrite(["a", "b", "c", "d"], texts, 3, seed=0)
     assert [len(r) for r in out] == [3, 3, 3, 3]
     assert all("dog" in r and "ball" in r for r in out[0])
     assert len(set(out[0])) > 1
     assert all("shoes" in r for r in out[1])
+    assert all("IMG_2034" in r for r in out[2])
     assert out[3] == ["", "", ""]  # nothing to rewrite: the original stays
     shorts = backend.short_captions(["a", "d"], [b"", b""], [texts[0], ""], [None, None], 0)
     assert "dog" in shorts[0] and shorts[1] == ""
-    # a synthetic caption that names nothing true is paraphrased too (a text-only rewriter keeps it)
-    (junk,) = backend.rewrite(["j"], ["IMG_2034.jpg"], [SCENES[0]], 2, 0)
-    assert all("IMG_2034" in r for r in junk)
+
+
+def test_backends_say_what_they_could_see():
+    backend = SimulatedBackend(error_rate=0.1)
+    rewrite, longcap = backend.describe("rewrite"), backend.describe("longcap")
+    assert rewrite["simulated"] and "caption text only" in rewrite["sees"] and rewrite["error_rate"] == 0.1
+    assert longcap["simulated"] and "ground truth" in longcap["sees"]
 
 
 def test_table_helpers_add_columns_independent_of_batching():
     n = 20
     table = pa.table({"uid": UIDS[:n], "text": TEXTS[:n], "image": [b"png"] * n})
-    small = captions.rewrite_table(table, SCENES[:n], RewriteConfig(k=2, batch_size=3), seed=0)
-    big = captions.rewrite_table(table, SCENES[:n], RewriteConfig(k=2, batch_size=256), seed=0)
+    small = captions.rewrite_table(table, RewriteConfig(k=2, batch_size=3), seed=0)
+    big = captions.rewrite_table(table, RewriteConfig(k=2, batch_size=256), seed=0)
     assert small.equals(big)
     assert small.schema.field("rewrites").type == pa.list_(pa.string())
     assert all(len(r) == 2 for r in small.column("rewrites").to_pylist())
@@ -148,8 +172,7 @@ def test_table_helpers_add_columns_independent_of_batching():
 
 def test_templates_hold_no_vocabulary_word():
     entries = [e for e in synthetic.metadata_entries() if " " not in e]
-    for template in (*captions.REWRITE_TEMPLATES, *captions.PARAPHRASE_FRAMES, "In short",
-                     "The original caption reads"):
+    for template in (*captions.PARAPHRASE_FRAMES, "In short", "The original caption reads"):
         words = re.sub(r"\{[a-z]+\}", " ", template).lower()
         assert not [e for e in entries if e in words], template
 

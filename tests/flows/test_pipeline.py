@@ -36,6 +36,11 @@ def test_first_run_computes_every_stage(first_run):
     for key in ("zeroshot_top1", "num_classes", "retrieval_i2t_r1", "retrieval_t2i_r1"):
         assert key in on_disk["eval"]
     assert (workdir / "report.md").exists() and (workdir / "entry_counts.png").exists()
+    # which stages ran simulated, and what the stand-in could see, in the report and the manifests
+    assert set(on_disk["simulated"]) == {"rewrite", "longcap"}
+    assert "caption text only" in on_disk["simulated"]["rewrite"]["sees"]
+    assert "ground truth" in on_disk["simulated"]["longcap"]["sees"]
+    assert "## Simulated stages" in (workdir / "report.md").read_text()
     for stage, s in report["stages"].items():
         assert s["rows_in"] == s["rows_out"] + s["filtered"] + s["quarantined"], stage
 
@@ -83,12 +88,13 @@ def test_only_with_missing_upstream_is_a_clear_error(tmp_path, capsys):
     assert "has no artifact for this config" in capsys.readouterr().err
 
 
-def test_cli_trains_every_objective_combined_from_the_cached_stages(first_run, capsys):
-    """`curaclip run --set train.objectives=...`: train and eval recompute with all the seed papers'
-    objectives at once (ALIP's captions, DreamLIP's long captions and MLCD's cluster labels come from
-    the shards); the stages before them stay cached."""
+@pytest.mark.parametrize("objectives", ["dreamlip,protoclip,mlcd", "negclip,mlcd"])
+def test_cli_trains_the_objectives_combined_from_the_cached_stages(first_run, capsys, objectives):
+    """`curaclip run --set train.objectives=...`: train and eval recompute with the seed papers' objectives
+    (DreamLIP's long captions and MLCD's cluster labels come from the shards; NegCLIP's vocabulary from the
+    curate artifact's metadata); the stages before them stay cached. alip, negclip and dreamlip each replace
+    clip, so they run one at a time."""
     workdir, _ = first_run
-    objectives = "alip,dreamlip,negclip,protoclip,mlcd"
     extra = ["train.objectives=" + objectives, "train.model=curaclip-vit-tiny",  # DreamLIP grouping: a ViT
              "train.protoclip.episode_size=64",
              "train.protoclip.num_prototypes=4", "train.text_sampler=laclip"]
@@ -103,4 +109,7 @@ def test_cli_trains_every_objective_combined_from_the_cached_stages(first_run, c
                                               / "metrics.jsonl").read_text().splitlines()]
     for term in objectives.split(","):
         assert all(f"loss_{term}" in m and m[f"loss_{term}"] == m[f"loss_{term}"] for m in metrics), term
+    assert all("clip_raw_unweighted" in m for m in metrics)  # the plain CLIP loss, whatever the objectives
     assert manifest["train"]["steps"] > 0
+    assert ("curate" in manifest["inputs"]) == ("negclip" in objectives)  # the metadata NegCLIP's swaps read
+    assert manifest["train"]["optimizer"]["lr"] == 5e-4  # flows/default.yaml's, recorded as used

@@ -1,0 +1,80 @@
+"""The simulated captioner writes in phrasings of its own: nothing it says reuses the text the evaluation
+generates (zero-shot prompts, retrieval captions, compositional choices), so eval scores measure learning, not
+template matching (issue 8)."""
+
+import re
+
+import numpy as np
+
+from curation import captioner, synthetic
+from curation.captions import SimulatedBackend
+from curation.synthetic import WorldConfig
+from eval.suite import EvalConfig
+
+RELATION = re.compile(r"\b(left of|right of|above|below)\b")
+VOCABULARY = {*synthetic.SHAPES, *synthetic.COLOURS, *synthetic.SIZES, *synthetic.TEXTURES, *synthetic.BACKGROUNDS}
+
+
+def skeleton(text: str) -> list[str]:
+    """The text's words with the world's vocabulary masked: relations as R, every other vocabulary word as X
+    (runs of X collapsed), so two texts share a gram only where their own wording agrees."""
+    words = re.findall(r"[a-z]+", RELATION.sub(" R ", text.lower()))
+    out: list[str] = []
+    for word in ("X" if w in VOCABULARY else w for w in words):
+        if not (word == "X" and out and out[-1] == "X"):
+            out.append(word)
+    return out
+
+
+def grams(words: list[str], n: int = 4) -> set[tuple[str, ...]]:
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def eval_texts() -> list[str]:
+    world, cfg = WorldConfig(), EvalConfig()
+    prompts = [t.format(c) for t in cfg.templates for c in synthetic.SHAPES]
+    retrieval = synthetic.retrieval_set(world, 150).column("caption").to_pylist()
+    pairs = synthetic.compositional_set(world, 150)
+    return prompts + retrieval + pairs.column("positive").to_pylist() + pairs.column("negative").to_pylist()
+
+
+def captioner_texts(n: int = 400) -> list[str]:
+    rng = np.random.default_rng(0)
+    shape_p, colour_p = (1 / len(synthetic.SHAPES),) * len(synthetic.SHAPES), (1 / 12,) * 12
+    scenes = [synthetic.sample_scene(rng, shape_p, colour_p, (0.4, 0.4, 0.2), (0.55, 0.15, 0.15, 0.15))
+              for _ in range(n)]
+    backend, uids = SimulatedBackend(error_rate=0.05), [f"u{i}" for i in range(n)]
+    long = backend.long_captions(uids, [b""] * n, [""] * n, scenes, seed=0)
+    short = backend.short_captions(uids, [b""] * n, [""] * n, scenes, seed=0)
+    sentences = [s for caption in long for s in re.split(r"(?<=\.)\s+", caption)]  # DreamLIP trains on these
+    return long + short + sentences
+
+
+def test_no_captioner_text_shares_a_four_word_gram_with_any_eval_text():
+    evals = eval_texts()
+    eval_grams = set().union(*(grams(skeleton(t)) for t in evals))
+    short_evals = {tuple(skeleton(t)) for t in evals if len(skeleton(t)) < 4}  # "a {}." has no 4-gram
+    assert eval_grams and short_evals
+    for text in captioner_texts():
+        words = skeleton(text)
+        shared = grams(words) & eval_grams
+        assert not shared, (text, shared)
+        assert tuple(words) not in short_evals, text
+
+
+def test_the_check_catches_the_old_phrasings():
+    """The check is not vacuous: the eval's own describe() phrasing (what the captioner used before) fails it."""
+    evals = eval_texts()
+    eval_grams = set().union(*(grams(skeleton(t)) for t in evals))
+    assert grams(skeleton("a photo of a small red star")) & eval_grams
+    assert grams(skeleton("a red star left of a blue ring on a white background")) & eval_grams
+
+
+def test_captioner_frames_name_no_shape_or_colour():
+    """A frame word that is a class name ('frame', 'corner', 'cross'...) would put a false shape in the caption."""
+    literals = [*captioner.SHORT_FRAMES, *captioner.OPENERS, *captioner.FILLS.values(),
+                *captioner.RELATION_PHRASES.values(), "Nothing else appears in the picture.", "One of them is",
+                "Another is", "It is", "close to the centre", "in the upper left part", "figures"]
+    for literal in literals:
+        words = set(re.findall(r"[a-z]+", re.sub(r"\{[a-zA-Z]+\}", " ", literal).lower()))
+        assert not words & {*synthetic.SHAPES, *synthetic.COLOURS}, literal
