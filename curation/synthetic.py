@@ -8,7 +8,7 @@ in a separate table that only the simulated caption backends and `eval` may read
 
 Image i of a pool depends only on (seed, i), so any partitioning of [0, num_images) gives the
 same rows. Shapes are silhouettes that differ at a glance: at 64x64 a small ViT cannot tell
-polygons apart by their side count (DESIGN.md, "The embedded default").
+polygons apart by their side count (a trial with such classes reached about 2x chance in seven minutes).
 """
 
 from __future__ import annotations

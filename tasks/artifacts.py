@@ -1,4 +1,4 @@
-"""Content-addressed artifact store (DESIGN.md "Artifacts and caching").
+"""Content-addressed artifact store (docs/architecture.md, "Artifacts and caching").
 
 A stage's artifact lives at ``<workdir>/artifacts/<stage>/<key>/`` with a ``manifest.json``. The key
 hashes the stage name, its code version, its config and its inputs' keys, so the same inputs and

@@ -26,7 +26,7 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from training.config import TrainConfig
-from training.losses import DistContext, RowShard, shard_range
+from training.distributed import DistContext, RowShard, shard_range
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest.json"

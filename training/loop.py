@@ -51,7 +51,14 @@ from training.checkpoints import (
 )
 from training.config import TrainConfig
 from training.data import TEXT_INPUTS, ShardData, batch_fields, shard_loader, table_loader
-from training.losses import DistContext, WeightedObjectives
+from training.distributed import (
+    DistContext,
+    all_ranks_finite,
+    gather_numpy,
+    resolve_device,
+    wrap_ddp,
+)
+from training.losses import WeightedObjectives
 from training.models import create_model, embed_dim, encode_text_trimmed, image_transform, trims_text, unwrap
 from training.optim import clamp_logit_scales, cosine_lr, make_optimizer, optimizer_settings, set_lr
 from training.protoclip import Prototypes, episode_seed, fit_prototypes, share_prototypes, teacher_text_features
@@ -204,15 +211,6 @@ def configure_threads() -> int:
     return torch.get_num_threads()
 
 
-def resolve_device(name: str) -> torch.device:
-    """"auto" -> this rank's GPU (LOCAL_RANK) when CUDA is available, else the CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":  # one GPU per rank; Ray Train and torchrun set LOCAL_RANK
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % max(1, torch.cuda.device_count()))
-    return torch.device(name)
-
-
 def steps_per_epoch(num_samples: int, cfg: TrainConfig, world_size: int) -> int:
     """Optimiser steps (of batch_size x world_size x accum_freq samples) per pass over the data (at least one)."""
     return max(1, num_samples // (cfg.batch_size * world_size * cfg.accum_freq))
@@ -220,14 +218,6 @@ def steps_per_epoch(num_samples: int, cfg: TrainConfig, world_size: int) -> int:
 
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def all_ranks_finite(value: torch.Tensor, dist: DistContext) -> bool:
-    """True when `value` is finite on every rank, so all ranks skip a step together."""
-    flag = torch.isfinite(value.detach()).all().float().reshape(1)
-    if dist.world_size > 1:
-        torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MIN)
-    return bool(flag.item() > 0)
 
 
 def autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
@@ -412,21 +402,13 @@ def setup(cfg: TrainConfig, data: ShardData | pa.Table, out_dir: str, log: Calla
     core = TrainModule(model, WeightedObjectives(cfg, embed_dim(cfg.model)), dist).to(device)
     module: nn.Module = core
     if dist.world_size > 1:
-        module = wrap_ddp(core, device)
+        module = wrap_ddp(core, device, [f"objectives.{name}" for name in core.objectives.sharded()],
+                          core.may_leave_parameters_unused())
     num_samples = data.num_rows if isinstance(data, pa.Table) else data.num_samples
     per_epoch = steps_per_epoch(num_samples, cfg, dist.world_size)
     run = Run(cfg, Path(out_dir), dist, module, core, make_optimizer(core, cfg), device, per_epoch,
               per_epoch * cfg.epochs, log, on_checkpoint)
     return run, tokenizer, transform
-
-
-def wrap_ddp(core: TrainModule, device: torch.device) -> nn.Module:
-    """DDP over the module, leaving out rank-local parameters (each rank holds different rows)."""
-    local = [f"objectives.{name}" for name in core.objectives.sharded()]
-    if local:
-        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(core, local)
-    return nn.parallel.DistributedDataParallel(core, device_ids=[device.index] if device.type == "cuda" else None,
-                                               find_unused_parameters=core.may_leave_parameters_unused())
 
 
 def save_progress(run: Run, progress: Progress, filename: str) -> None:
@@ -500,16 +482,6 @@ class BatchFeed:
 def episode_steps(cfg: TrainConfig, world_size: int) -> int:
     """Optimiser steps per ProtoCLIP episode: protoclip.episode_size samples over all ranks (at least one step)."""
     return max(1, cfg.protoclip.episode_size // (cfg.batch_size * world_size * cfg.accum_freq))
-
-
-def gather_numpy(x: np.ndarray, dist: DistContext, device: torch.device) -> np.ndarray:
-    """Every rank's equally shaped rows, rank-major (through `device`, the collective backend's)."""
-    if dist.world_size == 1:
-        return x
-    rows = torch.from_numpy(np.ascontiguousarray(x)).to(device)
-    parts = [torch.empty_like(rows) for _ in range(dist.world_size)]
-    torch_dist.all_gather(parts, rows)
-    return torch.cat(parts).cpu().numpy()
 
 
 @torch.no_grad()

@@ -21,14 +21,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.distributed as torch_dist
 from torch import nn
 
 from training.config import TrainConfig
+from training.distributed import (
+    DistContext,
+    RowShard,
+    ScaleGrad,
+    distributed_log1p_sum_exp,
+    gather_detached,
+    gather_features,
+    init_rows,
+    local_rows,
+    shard_range,
+)
 from training.objectives import (
     alip_gates,
     clip_loss_per_sample,
@@ -37,48 +46,11 @@ from training.objectives import (
     dreamlip_multi_positive_gathered,
     dreamlip_regions,
     fp32,
-    log1p_sum_exp,
     mlcd_logits,
     negclip_loss_gathered,
     siglip_loss_gathered,
 )
 from training.protoclip import ProtoCLIPObjective
-
-
-@dataclass(frozen=True)
-class DistContext:
-    """This process's place in data-parallel training."""
-
-    rank: int = 0
-    world_size: int = 1
-
-    @classmethod
-    def current(cls) -> DistContext:
-        """From torch.distributed when a process group is up (Ray Train / torchrun), else a single process."""
-        if torch_dist.is_available() and torch_dist.is_initialized():
-            return cls(torch_dist.get_rank(), torch_dist.get_world_size())
-        return cls()
-
-
-def gather_features(x: torch.Tensor, dist: DistContext) -> torch.Tensor:
-    """(world_size * B, ...) features of the global batch, rank-major; gradients flow back to each rank."""
-    if dist.world_size == 1:
-        return x
-    import torch.distributed.nn.functional as dist_fn
-
-    return torch.cat(dist_fn.all_gather(x), dim=0)
-
-
-@torch.no_grad()
-def gather_detached(x: torch.Tensor, dist: DistContext) -> torch.Tensor:
-    """All ranks' `x` (labels, masks) concatenated rank-major, without gradients."""
-    if dist.world_size == 1:
-        return x
-    flat = x.to(torch.int64) if x.dtype == torch.bool else x
-    parts = [torch.empty_like(flat) for _ in range(dist.world_size)]
-    torch_dist.all_gather(parts, flat.contiguous())
-    out = torch.cat(parts, dim=0)
-    return out.bool() if x.dtype == torch.bool else out
 
 
 def clip_loss_gathered(image_features: torch.Tensor, text_features: torch.Tensor, all_image: torch.Tensor,
@@ -131,11 +103,6 @@ class Objective(nn.Module):
     def sharded(self) -> dict[str, RowShard]:
         """Rank-local parameters by name (none by default)."""
         return {}
-
-
-def local_rows(x: torch.Tensor, dist: DistContext) -> tuple[torch.Tensor, int]:
-    """(x gathered over ranks, offset of this rank's rows in it)."""
-    return gather_features(x, dist), dist.rank * x.shape[0]
 
 
 class ClipObjective(Objective):
@@ -305,64 +272,6 @@ class DreamLIPObjective(Objective):
         return loss
 
 
-@dataclass(frozen=True)
-class RowShard:
-    """Rows [start, stop) of a parameter whose full height is `total`, held by this rank."""
-
-    start: int
-    stop: int
-    total: int
-
-
-def shard_range(total: int, rank: int, world_size: int) -> RowShard:
-    """This rank's contiguous rows when `total` rows are split as evenly as possible."""
-    return RowShard(rank * total // world_size, (rank + 1) * total // world_size, total)
-
-
-INIT_CHUNK_ROWS = 4096
-"""Rows drawn per seeded chunk, so a shard's initial rows are the same whatever the number of ranks."""
-
-
-def init_rows(shard: RowShard, dim: int, seed: int, std: float = 0.01) -> torch.Tensor:
-    """Rows [start, stop) of a normal(0, std) (total, dim) matrix (Partial FC's init), without building it all."""
-    first, last = shard.start // INIT_CHUNK_ROWS, max(shard.start, shard.stop - 1) // INIT_CHUNK_ROWS
-    chunks = []
-    for chunk in range(first, last + 1):
-        g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, chunk]).generate_state(1)[0]))
-        rows = min(INIT_CHUNK_ROWS, shard.total - chunk * INIT_CHUNK_ROWS)
-        chunks.append(torch.randn(rows, dim, generator=g) * std)
-    block = torch.cat(chunks)
-    return block[shard.start - first * INIT_CHUNK_ROWS: shard.stop - first * INIT_CHUNK_ROWS].clone()
-
-
-class _ScaleGrad(torch.autograd.Function):
-    """Identity forward; the gradient multiplied by `factor` on the way back."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, factor: float) -> torch.Tensor:  # noqa: ANN001 - autograd's ctx
-        ctx.factor = factor
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
-        return grad * ctx.factor, None
-
-
-def distributed_log1p_sum_exp(values: torch.Tensor, mask: torch.Tensor, dist: DistContext) -> torch.Tensor:
-    """log(1 + sum over every rank's masked columns of exp(v)) per row; each rank holds some columns (N, S_r)."""
-    if dist.world_size == 1:
-        return log1p_sum_exp(values, mask)
-    import torch.distributed.nn.functional as dist_fn
-
-    masked = values.masked_fill(~mask, float("-inf"))
-    with torch.no_grad():  # a shared shift m >= 0 keeps every exp finite; it cancels exactly
-        shift = masked.amax(dim=1).clamp_min(0.0)
-        torch_dist.all_reduce(shift, op=torch_dist.ReduceOp.MAX)
-    partial = torch.exp(masked - shift[:, None]).sum(dim=1)  # (N,)
-    total = dist_fn.all_reduce(partial, op=torch_dist.ReduceOp.SUM)
-    return shift + torch.log(torch.exp(-shift) + total)
-
-
 class MLCDObjective(Objective):
     """MLCD's multi-label cluster classifier on the image embedding, Partial-FC style across ranks.
 
@@ -409,7 +318,7 @@ class MLCDObjective(Objective):
             raise ValueError(f"cluster label {int(labels.max())} >= mlcd.num_centers={self.shard.total}")
         mine = (labels >= self.shard.start) & (labels < self.shard.stop)
         local_labels = torch.where(mine, labels - self.shard.start, torch.full_like(labels, -1))
-        weight = _ScaleGrad.apply(self.weight, 1.0 / dist.world_size) if dist.world_size > 1 else self.weight
+        weight = ScaleGrad.apply(self.weight, 1.0 / dist.world_size) if dist.world_size > 1 else self.weight
         cfg = self.settings
         s, positive = mlcd_logits(gather_features(out["image_features"], dist), weight, local_labels, cfg.scale,
                                   cfg.margin, cfg.negative_ratio, self.sampler(dist))
@@ -429,7 +338,7 @@ LOSSES: dict[str, Callable[[TrainConfig, int], nn.Module]] = {
     "alip": lambda cfg, embed_dim: ALIPObjective(cfg),
     "dreamlip": DreamLIPObjective,
     "mlcd": MLCDObjective,
-    "protoclip": ProtoCLIPObjective,
+    "protoclip": lambda cfg, embed_dim: ProtoCLIPObjective(cfg.protoclip, embed_dim),
 }
 """Objective factories by config name: `factory(train_config, embed_dim) -> module`."""
 

@@ -30,16 +30,13 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:  # training.config imports this module; import it only for type checkers
-    from training.config import TrainConfig
-    from training.losses import DistContext
+from training.distributed import DistContext
 
 MAX_LOGIT_SCALE = math.log(100)
 """The prototype scale is clamped like CLIP's temperature (the authors clamp logit_scale_proto at ln 100)."""
@@ -264,9 +261,9 @@ class ProtoCLIPObjective(nn.Module):
     prototypes travel in the state dict (extra state), so a resumed run continues the same episode.
     """
 
-    def __init__(self, cfg: TrainConfig, embed_dim: int) -> None:
+    def __init__(self, cfg: ProtoCLIPConfig, embed_dim: int) -> None:
         super().__init__()
-        self.cfg: ProtoCLIPConfig = cfg.protoclip
+        self.cfg = cfg
         if self.cfg.num_prototypes < 2:
             raise ValueError(f"protoclip.num_prototypes must be at least 2, got {self.cfg.num_prototypes}")
         self.image_head = projection_head(embed_dim, self.cfg)

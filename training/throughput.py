@@ -20,8 +20,9 @@ import torch
 
 from training.config import MLCDConfig, TrainConfig
 from training.data import NO_FIELDS, BatchFields, batch_fields
+from training.distributed import DistContext
 from training.loop import TrainModule, configure_threads, train_step
-from training.losses import DistContext, WeightedObjectives
+from training.losses import WeightedObjectives
 from training.models import create_model, embed_dim
 from training.optim import make_optimizer
 from training.protoclip import fit_prototypes

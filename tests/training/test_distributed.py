@@ -16,7 +16,8 @@ RANK_SCRIPT = r"""
 import json, os, sys
 import torch, torch.distributed as dist
 import torch.nn.functional as F
-from training.losses import ClipObjective, DistContext
+from training.distributed import DistContext
+from training.losses import ClipObjective
 rank, init, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 torch.set_num_threads(1)
 dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
@@ -63,7 +64,8 @@ from torch import nn
 from training.checkpoints import gather_sharded_state
 from dataclasses import replace
 from training.config import DreamLIPConfig, MLCDConfig, TrainConfig
-from training.losses import DistContext, WeightedObjectives
+from training.distributed import DistContext
+from training.losses import WeightedObjectives
 rank, world, init, out_path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 torch.set_num_threads(1)
 if world > 1:

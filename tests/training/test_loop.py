@@ -8,8 +8,9 @@ import torch
 
 from training import losses
 from training.config import MLCDConfig, TrainConfig
+from training.distributed import DistContext
 from training.loop import NonFiniteLossError, TrainModule, train, train_step
-from training.losses import DistContext, WeightedObjectives
+from training.losses import WeightedObjectives
 from training.models import create_model
 from training.optim import make_optimizer
 from training.protoclip import ProtoCLIPConfig

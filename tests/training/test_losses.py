@@ -8,12 +8,12 @@ import torch.nn.functional as F
 
 from tests.training.references import alip_reference, aro_reference, dreamlip_reference
 from training.config import ALIPConfig, DreamLIPConfig, MLCDConfig, TrainConfig
+from training.distributed import DistContext, init_rows, shard_range
 from training.losses import (
     LOSSES,
     ALIPObjective,
     ClipObjective,
     DCLObjective,
-    DistContext,
     DreamLIPObjective,
     MLCDObjective,
     NegCLIPObjective,
@@ -21,9 +21,7 @@ from training.losses import (
     WeightedObjectives,
     clip_loss,
     clip_loss_gathered,
-    init_rows,
     objective_weights,
-    shard_range,
 )
 from training.objectives import siglip_loss
 

@@ -4,7 +4,6 @@ determinism and recovery, the open_clip text teacher, checkpointed prototypes, a
 import json
 import math
 from dataclasses import fields
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,8 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from training.config import TrainConfig
-from training.losses import DistContext
+from training.distributed import DistContext
 from training.protoclip import (
     ProtoCLIPConfig,
     ProtoCLIPObjective,
@@ -25,14 +23,6 @@ from training.protoclip import (
     share_prototypes,
     teacher_text_features,
 )
-
-
-def train_config(**protoclip):
-    """A TrainConfig carrying these ProtoCLIP settings (a stand-in until TrainConfig has its `protoclip` field)."""
-    cfg = ProtoCLIPConfig(**protoclip)
-    if "protoclip" in {f.name for f in fields(TrainConfig)}:
-        return TrainConfig(protoclip=cfg)
-    return SimpleNamespace(protoclip=cfg)
 
 
 def unit_rows(n: int, d: int, seed: int) -> np.ndarray:
@@ -90,7 +80,7 @@ def episode(n: int = 48, d: int = 6, teacher_dim: int | None = None, **settings)
     img, txt = unit_rows(n, d, 0), unit_rows(n, d, 1)
     teacher = unit_rows(n, teacher_dim, 2) if teacher_dim else None
     p = fit_prototypes(img, txt, cfg, seed=7, teacher_features=teacher)
-    objective = ProtoCLIPObjective(train_config(**{f.name: getattr(cfg, f.name) for f in fields(cfg)}), d)
+    objective = ProtoCLIPObjective(cfg, d)
     objective.set_prototypes(p)
     return objective, cfg, img, txt, p
 
@@ -114,13 +104,13 @@ def test_teacher_term_matches_loops():
     got = objective(out, {"episode_index": torch.from_numpy(index)}, DistContext())
     expected = loss_by_loops(img[index], txt[index], p, index, 1 / 0.07, cfg)
     assert got.item() == pytest.approx(expected, rel=1e-5)
-    without = ProtoCLIPObjective(train_config(num_prototypes=4, projection_dim=0, temperature=0.3), 6)
+    without = ProtoCLIPObjective(ProtoCLIPConfig(num_prototypes=4, projection_dim=0, temperature=0.3), 6)
     without.set_prototypes(fit_prototypes(img, txt, cfg, seed=7))
     assert got.item() > without(out, {"episode_index": torch.from_numpy(index)}, DistContext()).item()
 
 
 def test_forward_before_set_prototypes_raises():
-    objective = ProtoCLIPObjective(train_config(num_prototypes=4), 8)
+    objective = ProtoCLIPObjective(ProtoCLIPConfig(num_prototypes=4), 8)
     out = {"image_features": torch.from_numpy(unit_rows(4, 8, 0)),
            "text_features": torch.from_numpy(unit_rows(4, 8, 1))}
     with pytest.raises(RuntimeError, match="set_prototypes"):
@@ -135,7 +125,7 @@ def test_episode_index_outside_the_episode_raises():
 
 
 def test_gradients_reach_features_heads_and_scale():
-    objective = ProtoCLIPObjective(train_config(num_prototypes=4, projection_dim=8, projection_hidden_dim=16), 6)
+    objective = ProtoCLIPObjective(ProtoCLIPConfig(num_prototypes=4, projection_dim=8, projection_hidden_dim=16), 6)
     img, txt = unit_rows(32, 6, 0), unit_rows(32, 6, 1)
     objective.set_prototypes(fit_prototypes(*objective.episode_features(torch.from_numpy(img), torch.from_numpy(txt)),
                                             objective.cfg, seed=1))
@@ -224,7 +214,7 @@ def test_episode_seeds_differ_by_episode_and_base_seed():
 
 
 def test_episode_features_are_unit_rows_from_eval_mode_heads():
-    objective = ProtoCLIPObjective(train_config(num_prototypes=4, projection_dim=8, projection_hidden_dim=16), 6)
+    objective = ProtoCLIPObjective(ProtoCLIPConfig(num_prototypes=4, projection_dim=8, projection_hidden_dim=16), 6)
     objective.train()
     img, txt = objective.episode_features(torch.from_numpy(unit_rows(10, 6, 0)), torch.from_numpy(unit_rows(10, 6, 1)))
     assert img.shape == txt.shape == (10, 8) and img.dtype == np.float32
@@ -240,7 +230,7 @@ def test_episode_features_are_unit_rows_from_eval_mode_heads():
 def test_prototypes_survive_a_weights_only_checkpoint(tmp_path):
     objective, _, img, txt, p = episode(teacher_dim=3)
     torch.save(objective.state_dict(), tmp_path / "objective.pt")
-    fresh = ProtoCLIPObjective(train_config(num_prototypes=4, projection_dim=0), 6)
+    fresh = ProtoCLIPObjective(ProtoCLIPConfig(num_prototypes=4, projection_dim=0), 6)
     fresh.load_state_dict(torch.load(tmp_path / "objective.pt", weights_only=True))
     for name in [f.name for f in fields(Prototypes)]:
         np.testing.assert_array_equal(getattr(fresh.prototypes, name), getattr(p, name))
@@ -314,15 +304,14 @@ def test_share_prototypes_on_one_rank_is_the_identity_and_needs_prototypes():
 
 RANK_SCRIPT = r"""
 import json, os, sys
-from types import SimpleNamespace
 import numpy as np, torch, torch.distributed as dist
-from training.losses import DistContext
+from training.distributed import DistContext
 from training.protoclip import ProtoCLIPConfig, ProtoCLIPObjective, Prototypes, share_prototypes
 rank, init, out, state = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 torch.set_num_threads(1)
 dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
 setup = torch.load(state, weights_only=True)
-cfg = SimpleNamespace(protoclip=ProtoCLIPConfig(**json.loads(setup["cfg"])))
+cfg = ProtoCLIPConfig(**json.loads(setup["cfg"]))
 objective = ProtoCLIPObjective(cfg, 6)
 objective.load_state_dict(setup["objective"])
 mine = Prototypes(**{k: v.numpy() for k, v in setup["prototypes"].items()}) if rank == 0 else None
@@ -344,7 +333,7 @@ os._exit(0)  # skip interpreter teardown (see conftest.two_gloo_ranks)
 def test_two_ranks_share_prototypes_and_match_one_process_with_global_batch_norm(tmp_path, two_gloo_ranks):
     cfg = ProtoCLIPConfig(num_prototypes=3, projection_dim=4, projection_hidden_dim=5, temperature=0.2)
     torch.manual_seed(0)
-    objective = ProtoCLIPObjective(SimpleNamespace(protoclip=cfg), 6)
+    objective = ProtoCLIPObjective(cfg, 6)
     img, txt = torch.from_numpy(unit_rows(24, 6, 0)), torch.from_numpy(unit_rows(24, 6, 1))
     heads = objective.state_dict()  # before set_prototypes: rank 1 gets the prototypes from rank 0 only
     p = fit_prototypes(*objective.episode_features(img, txt), cfg, seed=0)
