@@ -25,7 +25,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -58,11 +58,15 @@ class CaptionBackend(Protocol):
         """One short faithful sentence per image (ALIP's synthetic caption)."""
 
 
+BackendName = Literal["simulated"]
+"""Caption backends a config may name (the keys of BACKENDS; a test keeps the two equal)."""
+
+
 @dataclass(frozen=True)
 class RewriteConfig:
     """Configuration of the `rewrite` stage (LaCLIP)."""
 
-    backend: str = "simulated"
+    backend: BackendName = "simulated"
     """caption backend, a key of BACKENDS."""
     k: int = 3
     """rewrites per sample (LaCLIP rewrites with 4 sources: ChatGPT, Bard, MSCOCO, human)."""
@@ -76,7 +80,7 @@ class RewriteConfig:
 class LongcapConfig:
     """Configuration of the `longcap` stage (DreamLIP long captions, ALIP short synthetic captions)."""
 
-    backend: str = "simulated"
+    backend: BackendName = "simulated"
     """caption backend, a key of BACKENDS."""
     error_rate: float = 0.05
     """simulated backend: probability that a caption carries a wrong attribute."""

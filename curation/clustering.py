@@ -15,6 +15,7 @@ k-means cost stays independent of N; assignment is one batched exact search over
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import faiss
 import numpy as np
@@ -32,7 +33,7 @@ class ClusterConfig:
     """k-means iterations (faiss default is 25; 20 converges on normalised CLIP embeddings)."""
     seed: int = 0
     """seed of the k-means initialisation and training subsample."""
-    gpu: str = "auto"
+    gpu: Literal["auto", "never", "always"] = "auto"
     """faiss device: "auto" (GPU when faiss.get_num_gpus() > 0), "never", or "always" (error without one)."""
     max_points_per_centroid: int = 256
     """training subsample per center (faiss default): k-means sees at most K * this many points."""

@@ -112,11 +112,6 @@ def _is_word(token: str) -> bool:
     return any(c.isalnum() for c in token)
 
 
-def caption_words(text: str) -> list[str]:
-    """Word tokens of a caption as MetaCLIP's matching sees them: spaced, split, punctuation dropped."""
-    return [token for token in spacing(text).split(" ") if _is_word(token)]
-
-
 def count_words_and_pairs(texts: Iterable[str | None]) -> tuple[Counter[str], Counter[tuple[str, str]]]:
     """Word counts and adjacent word-pair counts of the captions, as MetaCLIP's matching tokenises them.
 
@@ -147,18 +142,6 @@ def pmi_bigrams(words: Counter[str], pairs: Counter[tuple[str, str]], min_count:
         if pmi >= min_pmi:
             kept.append((-count, f"{a} {b}"))
     return [pair for _, pair in sorted(kept)]
-
-
-def mine_bigrams(texts: Iterable[str | None], min_count: int = 5, min_pmi: float = 3.0) -> list[str]:
-    """``pmi_bigrams`` of the captions' own word and pair counts."""
-    return pmi_bigrams(*count_words_and_pairs(texts), min_count=min_count, min_pmi=min_pmi)
-
-
-def build_metadata(texts: Iterable[str | None], unigrams: Sequence[str], min_count: int = 5,
-                   min_pmi: float = 3.0, max_entries: int = MAX_ENTRIES) -> list[str]:
-    """Unigrams (in the given order, e.g. most frequent first) then PMI bigrams mined from ``texts``,
-    unique, at most ``max_entries``."""
-    return merge_entries(unigrams, mine_bigrams(texts, min_count, min_pmi), max_entries)
 
 
 def merge_entries(unigrams: Sequence[str], bigrams: Sequence[str], max_entries: int) -> list[str]:

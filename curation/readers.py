@@ -37,7 +37,7 @@ import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import fsspec
 import pyarrow.parquet as pq
@@ -50,7 +50,7 @@ from curation.validation import RawRow, RowProblem
 class SourceConfig:
     """One raw pool to ingest; several combine (their partitions are planned together)."""
 
-    format: str = "synthetic"
+    format: Literal["synthetic", "webdataset", "parquet", "folder", "csv"] = "synthetic"
     """"synthetic" (the world of ``IngestConfig.world``), "webdataset", "parquet", "folder" or "csv"."""
     path: str = ""
     """local path or fsspec URL: a file, a folder, a glob ("data/*.tar") or brace ranges

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from flows.config import STAGES, ConfigError
+from flows.presets import PRESETS, preset_overrides
 
 DEFAULT_WORKDIR = "runs/default"
 
@@ -27,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="recompute these stages and every stage after them")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, e.g. --set train.epochs=2 (repeatable)")
+    run.add_argument("--preset", default="default", choices=sorted(PRESETS),
+                     help="overrides applied before --set: 'smoke' runs every stage on a few hundred samples")
 
     stats = sub.add_parser("stats", help="read-only SQL over the catalog (default: per-stage row counts)")
     stats.add_argument("sql", nargs="?", help="one SELECT statement; views: samples, quarantine, filtered, <stage>...")
@@ -35,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show-config", help="print the resolved config as YAML")
     show.add_argument("--config")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    show.add_argument("--preset", default="default", choices=sorted(PRESETS))
     return parser
 
 
@@ -42,7 +46,7 @@ def _run(args: argparse.Namespace) -> int:
     from flows.config import load_config
     from flows.pipeline import pipeline
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, [*preset_overrides(args.preset), *args.overrides])
     report = pipeline(cfg, workdir=args.workdir, only=args.only, start=args.start, force=tuple(args.force))
     print(f"\nrun {report['run_id']} finished in {report['seconds']:.1f} s; report: {args.workdir}/report.md")
     for stage, s in report["stages"].items():
@@ -65,7 +69,7 @@ def _stats(args: argparse.Namespace) -> int:
 def _show_config(args: argparse.Namespace) -> int:
     from flows.config import load_config, to_yaml
 
-    print(to_yaml(load_config(args.config, args.overrides)), end="")
+    print(to_yaml(load_config(args.config, [*preset_overrides(args.preset), *args.overrides])), end="")
     return 0
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,6 @@ class RunContext:
     """Stages that must come from the cache (upstream of --only/--from): a miss is an error."""
     ray_address: str | None = None
     ray_num_cpus: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def store(self) -> ArtifactStore:

@@ -6,8 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from training.negatives import KINDS
+from training.negatives import KINDS, NegativeKind
 from training.protoclip import ProtoCLIPConfig
+
+ObjectiveName = Literal["clip", "siglip", "dcl", "negclip", "alip", "dreamlip", "mlcd", "protoclip"]
+"""Objectives a config may name (the keys of training.losses.LOSSES; a test keeps the two equal)."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,7 @@ class DreamLIPConfig:
 class NegCLIPConfig:
     """NegCLIP's hard negative captions (Yuksekgonul et al. 2023, ARO; training.negatives)."""
 
-    kinds: tuple[str, ...] = KINDS
+    kinds: tuple[NegativeKind, ...] = KINDS
     """negative kinds a caption may get (keys of training.negatives.NEGATIVE_KINDS); each step draws one of those
     its caption allows, as NegCLIP draws one of its precomputed negatives per sample."""
     attribute_words: tuple[str, ...] = ()
@@ -116,15 +119,15 @@ class TrainConfig:
     """dataloader worker processes decoding shards (0 decodes in the training process)."""
     seed: int = 0
     """seeds model init, shard order, shuffling, augmentation and caption sampling."""
-    precision: str = "fp32"
+    precision: Literal["fp32", "bf16"] = "fp32"
     """"fp32" or "bf16" (autocast; meant for GPUs, where it is ~2x faster)."""
-    device: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     """"auto" (cuda when available, else cpu), "cpu" or "cuda"."""
-    objectives: tuple[str, ...] = ("clip",)
+    objectives: tuple[ObjectiveName, ...] = ("clip",)
     """training terms, keys of training.losses.LOSSES; the loss is their weighted sum ("alip" replaces "clip")."""
     objective_weights: tuple[float, ...] = ()
     """one weight per objective; empty means 1.0 for each."""
-    text_sampler: str = "original"
+    text_sampler: Literal["original", "laclip"] = "original"
     """which caption each step trains on, a key of training.data.TEXT_SAMPLERS ("laclip": LaCLIP)."""
     checkpoint_every: int = 200
     """steps between resumable checkpoints (checkpoints/latest.pt); epoch ends always checkpoint."""
@@ -145,7 +148,7 @@ class TrainConfig:
     accum_freq: int = 1
     """micro-batches of batch_size per optimiser step, accumulated with open_clip's feature cache, so the gradient
     equals that of one batch of batch_size x accum_freq."""
-    optimizer: str = "adamw"
+    optimizer: Literal["adamw", "lion"] = "adamw"
     """a key of training.optim.OPTIMIZERS: "adamw", or "lion" (Chen et al. 2023; wants a 3-10x lower lr and a 3-10x
     higher weight_decay than AdamW)."""
     alip: ALIPConfig = field(default_factory=ALIPConfig)

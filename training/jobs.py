@@ -13,7 +13,6 @@ import pyarrow.parquet as pq
 
 from training.checkpoints import CHECKPOINT_DIR
 from training.config import TrainConfig
-from training.data import ShardData
 from training.embedding import EmbedConfig, encode_images
 from training.loop import configure_threads, train
 from training.models import create_model
@@ -66,18 +65,3 @@ def embed_part(in_path: str, model_name: str, checkpoint: str | None, batch_size
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, out_path)
     return {"rows_in": table.num_rows, "rows_out": table.num_rows, "dim": int(emb.shape[1])}
-
-
-def shard_data(shard_dir: str) -> ShardData:
-    """The shard stage's tars and sample count, from its ``sizes.json``."""
-    return ShardData.from_folder(shard_dir)
-
-
-def train_job(cfg: TrainConfig, shard_dir: str, out_dir: str) -> dict:
-    """Pretrain from the shard stage's WebDataset; returns the training summary (no per-step history)."""
-    data = shard_data(shard_dir)
-    result = train(cfg, data, out_dir, log=print_progress("train"))
-    summary = dataclasses.asdict(result)
-    summary.pop("history", None)
-    summary.update(num_samples=data.num_samples, num_shards=len(data.urls))
-    return summary

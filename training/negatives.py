@@ -27,8 +27,10 @@ Nothing here knows the synthetic world: its words reach the vocabulary only as t
 from __future__ import annotations
 
 import re
+import typing
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -71,7 +73,10 @@ DETERMINERS: frozenset[str] = frozenset({"a", "an", "the", "one", "two", "three"
                                          "her", "their", "its"})
 """Words that may open a noun phrase."""
 
-KINDS: tuple[str, ...] = ("noun_phrase_swap", "noun_swap", "attribute_swap", "relation_swap", "word_shuffle")
+NegativeKind = Literal["noun_phrase_swap", "noun_swap", "attribute_swap", "relation_swap", "word_shuffle"]
+"""Negative kinds a config may name (the keys of NEGATIVE_KINDS)."""
+
+KINDS: tuple[NegativeKind, ...] = typing.get_args(NegativeKind)
 """Negative kinds, in the order NegCLIP's script tries its swaps (word_shuffle last: ARO's order perturbation)."""
 
 

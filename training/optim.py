@@ -148,12 +148,6 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 @torch.no_grad()
-def clamp_logit_scale(model: nn.Module, max_value: float = MAX_LOGIT_SCALE) -> None:
-    """Keep the log-temperature in [0, ln 100] after each step (open_clip does the same)."""
-    model.logit_scale.clamp_(0, max_value)
-
-
-@torch.no_grad()
 def clamp_logit_scales(module: nn.Module, max_value: float = MAX_LOGIT_SCALE) -> None:
     """Clamp every learned log-temperature in `module` (the model's and the objectives', named *logit_scale)."""
     for name, param in module.named_parameters():

@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, fields
+from typing import Literal
 
 import numpy as np
 import torch
@@ -66,7 +67,7 @@ class ProtoCLIPConfig:
     """k-means iterations per fit (paper: 20)."""
     kmeans_redo: int = 3
     """k-means restarts per fit, the lowest objective kept (paper: 3)."""
-    kmeans_init: str = "kmeans++"
+    kmeans_init: Literal["random", "kmeans++", "afkmc2"] = "kmeans++"
     """k-means seeding, a key of KMEANS_INITS (paper: faiss's "random"; k-means++ escapes more local optima)."""
     teacher_model: str | None = None
     """external text teacher: open_clip model name or JSON config path whose text tower encodes captions; None: off."""

@@ -16,15 +16,17 @@ from curation.metadata import (
     MAX_ENTRIES,
     MetadataBuilderConfig,
     build_english_metadata,
-    build_metadata,
-    caption_words,
     count_words_and_pairs,
     english_unigrams,
     load_metadata,
-    mine_bigrams,
+    merge_entries,
     pmi_bigrams,
     save_metadata,
 )
+
+
+def _mine(texts, min_count: int, min_pmi: float) -> list[str]:
+    return pmi_bigrams(*count_words_and_pairs(texts), min_count=min_count, min_pmi=min_pmi)
 
 
 def test_json_list(tmp_path: Path) -> None:
@@ -75,27 +77,24 @@ def test_missing_file(tmp_path: Path) -> None:
         load_metadata(str(tmp_path / "nope.json"))
 
 
-def test_caption_words_follow_spacing() -> None:
-    assert caption_words("Hot dog, with  mustard!\tyum") == ["Hot", "dog", "with", "mustard", "yum"]
-
-
 def test_mine_bigrams_by_pmi() -> None:
     texts = ["new york skyline at night"] * 6 + ["the cat", "the dog", "a cat", "a dog"] * 10
     texts += [f"the {w}" for w in ("car", "sky", "sea", "hat", "pen")] * 3
-    pairs = mine_bigrams(texts, min_count=5, min_pmi=2.0)
+    pairs = _mine(texts, min_count=5, min_pmi=2.0)
     assert "new york" in pairs and "york skyline" in pairs
     assert "the cat" not in pairs  # frequent, but "the" goes with everything: low PMI
-    assert "the cat" in mine_bigrams(texts, min_count=5, min_pmi=1.0)  # PMI ln(3.5)
-    assert mine_bigrams(texts, min_count=7, min_pmi=2.0) == []
+    assert "the cat" in _mine(texts, min_count=5, min_pmi=1.0)  # PMI ln(3.5)
+    assert _mine(texts, min_count=7, min_pmi=2.0) == []
 
 
-def test_build_metadata() -> None:
+def test_merge_entries_keeps_unigrams_first_then_mined_pairs() -> None:
     texts = ["golden gate bridge at dusk"] * 8 + [None, ""]
-    entries = build_metadata(texts, ["bridge", "dusk", "bridge", "", " pad"], min_count=5, min_pmi=0.5)
+    pairs = pmi_bigrams(*count_words_and_pairs(texts), min_count=5, min_pmi=0.5)
+    entries = merge_entries(["bridge", "dusk", "bridge", "", " pad"], pairs, max_entries=100)
     assert entries[:2] == ["bridge", "dusk"]
     assert "golden gate" in entries and "gate bridge" in entries
     assert len(entries) == len(set(entries))
-    assert build_metadata(texts, ["a", "b", "c"], max_entries=2) == ["a", "b"]
+    assert merge_entries(["a", "b", "c"], pairs, max_entries=2) == ["a", "b"]
 
 
 def test_caption_pairs_only_where_matching_can_see_them() -> None:
@@ -109,12 +108,12 @@ def test_word_and_pair_counts_add_over_partitions() -> None:
     whole = count_words_and_pairs(texts)
     first, second = count_words_and_pairs(texts[:2]), count_words_and_pairs(texts[2:])
     assert (first[0] + second[0], first[1] + second[1]) == whole
-    assert pmi_bigrams(*whole, min_count=2, min_pmi=0.0) == mine_bigrams(texts, min_count=2, min_pmi=0.0)
+    assert pmi_bigrams(*whole, min_count=2, min_pmi=0.0) == _mine(texts, min_count=2, min_pmi=0.0)
 
 
 def test_mined_bigrams_match_their_captions() -> None:
     texts = ["New York, at night", "New York  skyline", "Photo: New York!"] * 3 + ["York New"]
-    pairs = mine_bigrams(texts, min_count=3, min_pmi=0.0)
+    pairs = _mine(texts, min_count=3, min_pmi=0.0)
     assert pairs == ["New York", "at night"]  # 9 and 3 occurrences; "York New" once
     matched = Counter(i for ids in EntryMatcher(pairs).match_batch(texts) for i in ids)
     assert matched == Counter({0: 9, 1: 3})  # every counted occurrence is one MetaCLIP matching finds

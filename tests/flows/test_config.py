@@ -72,3 +72,80 @@ def test_mlcd_takes_its_classes_from_the_cluster_stage():
         load_config(overrides=["train.objectives=mlcd", "train.mlcd.num_centers=7"])
     with pytest.raises(ConfigError, match="top_k"):
         load_config(overrides=["train.objectives=mlcd", "train.mlcd.top_k=9"])
+
+
+def _choice_fields(tp, path):
+    """(dotted path, allowed values) of every Literal-typed field under the config dataclass `tp`."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(tp)
+    for f in dataclasses.fields(tp):
+        hint, where = hints[f.name], f"{path}.{f.name}" if path else f.name
+        args = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(hint) else []
+        inner = args[0] if typing.get_origin(hint) in (tuple, typing.Union) and args else None
+        if typing.get_origin(hint) is typing.Literal:
+            yield where, typing.get_args(hint), False
+        elif inner is not None and typing.get_origin(inner) is typing.Literal:
+            yield where, typing.get_args(inner), True
+        elif dataclasses.is_dataclass(hint):
+            yield from _choice_fields(hint, where)
+        elif inner is not None and dataclasses.is_dataclass(inner):
+            yield from _choice_fields(inner, f"{where}[0]")
+
+
+def test_every_choice_with_a_wrong_value_is_an_error_naming_the_key_and_the_choices():
+    import re
+
+    from flows.config import from_dict, to_dict
+
+    choices = list(_choice_fields(RunConfig, ""))
+    names = {path for path, _, _ in choices}
+    assert {"train.precision", "train.optimizer", "train.objectives", "rewrite.backend", "longcap.backend",
+            "cluster.gpu", "ingest.sources[0].format", "train.negclip.kinds", "train.dreamlip.grouping_norm"} <= names
+    for path, allowed, is_tuple in choices:
+        data = to_dict(RunConfig())
+        node, keys = data, re.findall(r"[a-z_]+|\[\d+\]", path)
+        for key in keys[:-1]:
+            node = node[int(key[1:-1])] if key.startswith("[") else node[key]
+        node[keys[-1]] = ["no-such-choice"] if is_tuple else "no-such-choice"
+        with pytest.raises(ConfigError) as err:
+            from_dict(RunConfig, data)
+        message = str(err.value)
+        assert message.startswith(path) and all(repr(a) in message for a in allowed), (path, message)
+
+
+def test_choice_literals_match_their_registries():
+    import typing
+
+    from curation.captions import BACKENDS, BackendName
+    from curation.readers import FORMATS, SourceConfig
+    from training.config import ObjectiveName, TrainConfig
+    from training.data import TEXT_SAMPLERS
+    from training.losses import LOSSES
+    from training.negatives import NEGATIVE_KINDS, NegativeKind
+    from training.optim import OPTIMIZERS
+    from training.protoclip import KMEANS_INITS, ProtoCLIPConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    assert set(typing.get_args(ObjectiveName)) == set(LOSSES)
+    assert set(typing.get_args(BackendName)) == set(BACKENDS)
+    assert set(typing.get_args(NegativeKind)) == set(NEGATIVE_KINDS)
+    assert set(typing.get_args(hints["text_sampler"])) == set(TEXT_SAMPLERS)
+    assert set(typing.get_args(hints["optimizer"])) == set(OPTIMIZERS)
+    assert set(typing.get_args(typing.get_type_hints(ProtoCLIPConfig)["kmeans_init"])) == set(KMEANS_INITS)
+    assert set(typing.get_args(typing.get_type_hints(SourceConfig)["format"])) == {"synthetic", *FORMATS}
+
+
+def test_presets_apply_before_set_and_unknown_ones_are_refused(capsys):
+    from flows.cli import main
+    from flows.presets import preset_overrides
+
+    smoke = load_config(overrides=[*preset_overrides("smoke"), "train.epochs=2"])
+    assert smoke.ingest.world.num_images == 360 and smoke.train.epochs == 2  # --set wins over the preset
+    assert load_config(overrides=preset_overrides("default")) == load_config()
+    with pytest.raises(ValueError, match="smoke"):
+        preset_overrides("tiny")
+    assert main(["show-config", "--preset", "smoke", "--set", "train.batch_size=16"]) == 0
+    shown = capsys.readouterr().out
+    assert "num_images: 360" in shown and "batch_size: 16" in shown

@@ -8,13 +8,9 @@ import pytest
 from flows.cli import main
 from flows.config import STAGES, load_config
 from flows.pipeline import pipeline
+from flows.presets import PRESETS
 
-TINY = [
-    "ingest.world.num_images=360", "ingest.partitions=2", "curate.t=40",
-    "embed.bootstrap_epochs=1", "cluster.num_centers=8", "shard.samples_per_shard=64",
-    "train.epochs=1", "train.batch_size=32", "eval.per_class=2", "eval.retrieval_pairs=40",
-    "eval.compositional_pairs=20",
-]
+TINY = list(PRESETS["smoke"])  # `curaclip run --preset smoke`
 
 
 def statuses(report):

@@ -33,7 +33,9 @@ def test_fields_have_allowed_types_defaults_and_docstrings(cls):
     docs = field_docstrings(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
-        literal = typing.get_origin(tp) is typing.Literal and all(isinstance(a, str) for a in typing.get_args(tp))
+        choice = typing.get_args(tp)[0] if typing.get_origin(tp) is tuple else tp  # tuple[Literal[...], ...]
+        literal = typing.get_origin(choice) is typing.Literal and all(isinstance(a, str)
+                                                                      for a in typing.get_args(choice))
         assert tp in SCALARS or literal or (dataclasses.is_dataclass(tp) and tp in CONFIGS), (cls.__name__, f.name, tp)
         assert f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING, f.name
         assert docs.get(f.name, "").strip(), f"{cls.__name__}.{f.name} has no docstring"

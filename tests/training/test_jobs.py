@@ -5,11 +5,10 @@ import torch
 
 from training.config import TrainConfig
 from training.embedding import EmbedConfig
-from training.jobs import bootstrap_job, embed_part, train_job
+from training.jobs import bootstrap_job, embed_part
 from training.models import create_model
 
 from .conftest import colour_rows
-from .test_data import write_shards
 
 
 def test_embed_part_appends_image_embeddings(micro_model, tmp_path):
@@ -36,16 +35,6 @@ def test_bootstrap_job_trains_and_keeps_only_the_final_weights(micro_model, tmp_
     torch.manual_seed(0)  # the initialisation training started from
     initial, _, _ = create_model(micro_model)
     assert not torch.equal(trained.visual.conv1.weight, initial.visual.conv1.weight)
-
-
-def test_train_job_trains_on_the_shard_folder(micro_model, tmp_path):
-    (tmp_path / "shards").mkdir()
-    write_shards(tmp_path / "shards", colour_rows(48), 16)
-    cfg = TrainConfig(model=micro_model, epochs=2, batch_size=16, workers=1, warmup_steps=1, shuffle_buffer=32)
-    summary = train_job(cfg, str(tmp_path / "shards"), str(tmp_path / "run"))
-    assert summary["checkpoint"] == str(tmp_path / "run" / "final.pt")
-    assert summary["steps"] == 6 and summary["samples_seen"] == 96 and summary["num_samples"] == 48
-    assert summary["num_shards"] == 3 and "history" not in summary and np.isfinite(summary["final_loss"])
 
 
 def test_bootstrap_config_ignores_objective_and_distribution_settings():

@@ -5,7 +5,7 @@ import torch
 
 from training.config import TrainConfig
 from training.models import create_model
-from training.optim import MAX_LOGIT_SCALE, clamp_logit_scale, cosine_lr, make_optimizer, param_groups
+from training.optim import MAX_LOGIT_SCALE, clamp_logit_scales, cosine_lr, make_optimizer, param_groups
 
 
 def test_no_decay_on_biases_norms_embeddings_vectors_and_temperature(micro_model):
@@ -45,11 +45,11 @@ def test_logit_scale_is_clamped_at_ln_100(micro_model):
     model, _, _ = create_model(micro_model)
     with torch.no_grad():
         model.logit_scale.fill_(10.0)
-    clamp_logit_scale(model)
+    clamp_logit_scales(model)
     assert model.logit_scale.item() == pytest.approx(MAX_LOGIT_SCALE) == pytest.approx(math.log(100))
     with torch.no_grad():
         model.logit_scale.fill_(-1.0)
-    clamp_logit_scale(model)
+    clamp_logit_scales(model)
     assert model.logit_scale.item() == 0.0
 
 
