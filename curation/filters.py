@@ -23,9 +23,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
-REMOVED_SCHEMA = pa.schema([("uid", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
-"""Removed rows: which sample, why (a reason name above), and the measured value or first occurrence."""
-
 
 @dataclass(frozen=True)
 class FilterConfig:
@@ -89,8 +86,8 @@ def row_filters(table: pa.Table, cfg: FilterConfig) -> tuple[np.ndarray, list[st
     return keep, reason.tolist()
 
 
-def _row_details(table: pa.Table, reasons: list[str | None]) -> list[str]:
-    """The measured value behind each row reason."""
+def row_details(table: pa.Table, reasons: list[str | None]) -> list[str]:
+    """The measured value behind each row reason ('3 words, 14 characters', '20x64 px'); '' for kept rows."""
     text = table.column("text").to_pylist()
     width, height = table.column("width").to_pylist(), table.column("height").to_pylist()
     details = []
@@ -212,30 +209,8 @@ def _duplicates(table: pa.Table, cfg: FilterConfig) -> tuple[list[str | None], l
     return reasons, details
 
 
-def duplicate_reasons(table: pa.Table, cfg: FilterConfig) -> list[str | None]:
-    """Duplicate rules over the whole table (columns uid, image_sha256, text, and image for pHash):
-    every row but the first in uid order of each duplicate group gets a reason, the others None."""
-    return _duplicates(table, cfg)[0]
-
-
-def apply_filters(table: pa.Table, cfg: FilterConfig) -> tuple[pa.Table, pa.Table]:
-    """(kept rows, removed rows as ``uid, reason, detail``): every input row is in exactly one.
-
-    Row rules first; duplicates are then looked for among the rows that passed them, so a row too
-    short to keep never makes a later copy of its image count as a duplicate.
-    """
-    keep, reasons = row_filters(table, cfg)
-    details = _row_details(table, reasons)
-    passed = np.flatnonzero(keep)
-    dup_reasons, dup_details = _duplicates(table.take(pa.array(passed, pa.int64())), cfg)
-    for i, reason, detail in zip(passed.tolist(), dup_reasons, dup_details, strict=True):
-        reasons[i], details[i] = reason, detail
-    keep = np.array([r is None for r in reasons], dtype=bool)
-    removed_rows = pa.array(np.flatnonzero(~keep), pa.int64())
-    removed = pa.table(
-        [table.column("uid").take(removed_rows).cast(pa.string()),
-         pa.array([reasons[i] for i in removed_rows.to_pylist()], pa.string()),
-         pa.array([details[i] for i in removed_rows.to_pylist()], pa.string())],
-        schema=REMOVED_SCHEMA,
-    )
-    return table.filter(pa.array(keep)), removed
+def duplicate_reasons(table: pa.Table, cfg: FilterConfig) -> tuple[list[str | None], list[str]]:
+    """Duplicate rules over the whole table (columns uid, image_sha256, text, and image for pHash): every row
+    but the first in uid order of each duplicate group gets a reason and a detail (the first occurrence's
+    uid), the others None and ''."""
+    return _duplicates(table, cfg)

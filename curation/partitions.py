@@ -22,9 +22,8 @@ import pyarrow.parquet as pq
 from curation import balancing, captions, clustering, filters, sharding
 from curation.matching import EntryMatcher
 from curation.metadata import count_words_and_pairs
-from curation.sources import QUARANTINE_SCHEMA, IngestConfig, read_partition
-
-DROPPED_SCHEMA = QUARANTINE_SCHEMA
+from curation.schema import DROPPED_SCHEMA
+from curation.sources import IngestConfig, read_partition
 
 
 def part_name(index: int) -> str:
@@ -127,28 +126,33 @@ def filter_keys_part(in_path: str, cfg: filters.FilterConfig, out_path: str) -> 
     keys = table.select([c for c in ("uid", "image_sha256", "text") if c in table.column_names])
     if cfg.phash_hamming >= 0:
         keys = keys.append_column("image", table.column("image"))
-    write_table(keys.append_column("reason", pa.array(reasons, pa.string())), out_path)
+    keys = keys.append_column("reason", pa.array(reasons, pa.string()))
+    write_table(keys.append_column("detail", pa.array(filters.row_details(table, reasons), pa.string())), out_path)
     return table.num_rows
 
 
 def global_filter_reasons(key_paths: Sequence[str], cfg: filters.FilterConfig) -> pa.Table:
-    """Row reasons of every part plus duplicate reasons among the rows that passed them: ``uid, reason``."""
+    """Row reasons of every part plus duplicate reasons among the rows that passed them (a row too short to keep
+    never makes a later copy of its image a duplicate): ``uid, reason, detail``."""
     keys = pa.concat_tables([read_table(p) for p in key_paths])
-    reasons = keys.column("reason").to_pylist()
+    reasons, details = keys.column("reason").to_pylist(), keys.column("detail").to_pylist()
     passed = np.flatnonzero([r is None for r in reasons])
-    dup = filters.duplicate_reasons(keys.take(pa.array(passed, pa.int64())), cfg)
-    for i, reason in zip(passed, dup):
-        reasons[i] = reason
-    return pa.table({"uid": keys.column("uid"), "reason": pa.array(reasons, pa.string())})
+    dup, dup_details = filters.duplicate_reasons(keys.take(pa.array(passed, pa.int64())), cfg)
+    for i, reason, detail in zip(passed, dup, dup_details, strict=True):
+        reasons[i], details[i] = reason, detail
+    return pa.table({"uid": keys.column("uid"), "reason": pa.array(reasons, pa.string()),
+                     "detail": pa.array(details, pa.string())})
 
 
 def apply_reasons_part(in_path: str, reasons_path: str, stage: str, out_part: str, out_dropped: str
                        ) -> dict[str, int]:
     """Pass 2: split one part by the global reasons table into kept rows and dropped rows."""
     table = read_table(in_path)
-    lookup = dict(zip(*(read_table(reasons_path).column(c).to_pylist() for c in ("uid", "reason"))))
-    reasons = [lookup.get(uid) for uid in table.column("uid").to_pylist()]
-    kept, dropped = split_by_reason(table, reasons, stage)
+    found = read_table(reasons_path)
+    lookup = dict(zip(found.column("uid").to_pylist(),
+                      zip(found.column("reason").to_pylist(), found.column("detail").to_pylist())))
+    pairs = [lookup.get(uid, (None, "")) for uid in table.column("uid").to_pylist()]
+    kept, dropped = split_by_reason(table, [r for r, _ in pairs], stage, [d for _, d in pairs])
     write_table(kept, out_part)
     write_table(dropped, out_dropped)
     return {"rows_in": table.num_rows, "rows_out": kept.num_rows, "filtered": dropped.num_rows}

@@ -21,10 +21,11 @@ import pyarrow as pa
 
 from curation import readers, synthetic
 from curation.readers import SourceConfig
+from curation.schema import DROPPED_SCHEMA
 from curation.synthetic import WorldConfig
-from curation.validation import QUARANTINE_SCHEMA, REASONS, Limits, validate_rows
+from curation.validation import REASONS, Limits, validate_rows
 
-__all__ = ["QUARANTINE_SCHEMA", "REASONS", "SOURCES", "IngestConfig", "PartitionSpec", "SourceConfig",
+__all__ = ["REASONS", "SOURCES", "IngestConfig", "PartitionSpec", "SourceConfig",
            "plan_partitions", "read_partition", "read_synthetic", "synthetic_partitions"]
 
 
@@ -77,7 +78,7 @@ def synthetic_partitions(cfg: IngestConfig) -> list[tuple[int, int]]:
 def read_synthetic(cfg: IngestConfig, span: tuple[int, int]) -> Tables:
     """Samples, truth and (empty) quarantine of the synthetic pool's images ``span[0]..span[1]-1``."""
     samples, truth = synthetic.generate_pool(cfg.world, span[0], span[1])
-    return samples, truth, QUARANTINE_SCHEMA.empty_table()
+    return samples, truth, DROPPED_SCHEMA.empty_table()
 
 
 def _plan_synthetic(cfg: IngestConfig, src: SourceConfig) -> list[tuple]:

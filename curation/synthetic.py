@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 
 from curation import alttext
 from curation.alttext import ALT_TEXT_KINDS, BACKGROUND_PHRASES, describe
+from curation.schema import SAMPLE_SCHEMA
 
 Primitive = tuple[str, np.ndarray, float]
 """A drawing step in unit coordinates [-1, 1]^2 (y down): ("fill" | "hole" | "line", points, width)."""
@@ -463,11 +464,6 @@ def encode_png(pixels: np.ndarray) -> bytes:
             + _chunk(b"IDAT", zlib.compress(raw.tobytes(), 1)) + _chunk(b"IEND", b""))
 
 
-SAMPLE_SCHEMA = pa.schema([
-    ("uid", pa.string()), ("text", pa.string()), ("image", pa.binary()), ("image_sha256", pa.string()),
-    ("width", pa.int32()), ("height", pa.int32()),
-])
-"""The raw pool's sample table (the data contract's first columns)."""
 OBJECT_TYPE = pa.struct([
     ("shape", pa.string()), ("colour", pa.string()), ("size", pa.string()), ("texture", pa.string()),
     ("x", pa.float32()), ("y", pa.float32()),

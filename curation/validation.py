@@ -27,12 +27,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 from PIL import Image
 
-from curation.synthetic import SAMPLE_SCHEMA
-
-QUARANTINE_SCHEMA = pa.schema(
-    [("uid", pa.string()), ("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string())]
-)
-"""Rows that cannot be used: written to the stage's quarantine table, never dropped silently."""
+from curation.schema import DROPPED_SCHEMA, SAMPLE_SCHEMA
 
 REASONS = {
     "empty_image": "the image has zero bytes",
@@ -217,14 +212,14 @@ def quarantine_row(uid: str, reason: str, detail: str, stage: str = "ingest") ->
 def validate_rows(rows: Iterable[RawRow], limits: Limits) -> tuple[pa.Table, pa.Table]:
     """(sample table, quarantine table) of the rows; their row counts add up to the number of rows."""
     samples: dict[str, list] = {name: [] for name in SAMPLE_SCHEMA.names}
-    quarantine: dict[str, list] = {name: [] for name in QUARANTINE_SCHEMA.names}
+    quarantine: dict[str, list] = {name: [] for name in DROPPED_SCHEMA.names}
     for row in rows:
         sample, bad = validate_row(row, limits)
         target, values = (samples, sample) if sample is not None else (quarantine, bad)
         for name, column in target.items():
             column.append(values[name])
     return (pa.Table.from_pydict(samples, schema=SAMPLE_SCHEMA),
-            pa.Table.from_pydict(quarantine, schema=QUARANTINE_SCHEMA))
+            pa.Table.from_pydict(quarantine, schema=DROPPED_SCHEMA))
 
 
 def _describe(value: object) -> str:

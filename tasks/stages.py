@@ -46,7 +46,7 @@ from training.embedding import EmbedConfig
 from training.jobs import bootstrap_config, bootstrap_job, embed_part
 
 CODE_VERSIONS = {
-    "ingest": "2", "filter": "1", "curate": "1", "rewrite": "2", "longcap": "2",
+    "ingest": "2", "filter": "2", "curate": "1", "rewrite": "2", "longcap": "2",
     "embed": "3", "cluster": "1", "shard": "1", "train": "3", "eval": "2",
 }
 

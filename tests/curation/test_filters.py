@@ -15,11 +15,11 @@ from curation.filters import (
     FilterConfig,
     _components,
     _near_pairs,
-    apply_filters,
     duplicate_reasons,
     phash,
     row_filters,
 )
+from tests.curation.filters_reference import apply_filters
 
 
 def picture(seed: int, size: int = 64) -> Image.Image:
@@ -90,15 +90,15 @@ def test_exact_duplicates_keep_first_uid() -> None:
         {"uid": "b", "sha": "X", "text": "blue circle"},
         {"uid": "d", "sha": "Y", "text": "blue circle"},
     ])
-    assert duplicate_reasons(t, FilterConfig()) == ["duplicate_image", None, "duplicate_image_text", None]
+    assert duplicate_reasons(t, FilterConfig())[0] == ["duplicate_image", None, "duplicate_image_text", None]
     only_pairs = FilterConfig(dedup_images=False)
-    assert duplicate_reasons(t, only_pairs) == [None, None, "duplicate_image_text", None]
-    assert duplicate_reasons(t, FilterConfig(dedup_images=False, dedup_image_text=False)) == [None] * 4
+    assert duplicate_reasons(t, only_pairs)[0] == [None, None, "duplicate_image_text", None]
+    assert duplicate_reasons(t, FilterConfig(dedup_images=False, dedup_image_text=False))[0] == [None] * 4
 
 
 def test_duplicates_need_only_key_columns() -> None:
     keys = pa.table({"uid": ["b", "a"], "image_sha256": ["s", "s"], "text": ["t", "t"]})
-    assert duplicate_reasons(keys, FilterConfig()) == ["duplicate_image_text", None]
+    assert duplicate_reasons(keys, FilterConfig())[0] == ["duplicate_image_text", None]
 
 
 @settings(max_examples=60, deadline=None)
@@ -141,8 +141,8 @@ def test_phash_near_duplicates() -> None:
         {"uid": "c", "image": other, "sha": "o"},
         {"uid": "d", "image": b"junk", "sha": "j"},
     ])
-    assert duplicate_reasons(t, FilterConfig()) == [None] * 4  # pHash is off by default
-    assert duplicate_reasons(t, FilterConfig(phash_hamming=4)) == ["near_duplicate_image", None, None, None]
+    assert duplicate_reasons(t, FilterConfig())[0] == [None] * 4  # pHash is off by default
+    assert duplicate_reasons(t, FilterConfig(phash_hamming=4))[0] == ["near_duplicate_image", None, None, None]
     _, removed = apply_filters(t, FilterConfig(phash_hamming=4))
     assert removed.column("detail").to_pylist() == ["pHash within 4 bits (by links) of uid a"]
 
@@ -173,3 +173,36 @@ def test_components() -> None:
 def test_empty_table(cfg: FilterConfig) -> None:
     kept, removed = apply_filters(table([]), cfg)
     assert kept.num_rows == removed.num_rows == 0
+
+
+def test_the_partitioned_filter_stage_equals_the_plain_reference_with_its_details(tmp_path) -> None:
+    """filter_keys_part on each part -> global_filter_reasons -> apply_reasons_part keeps and drops what the
+    single-table reference does, with the same reason and detail for every dropped row."""
+    from curation import partitions as P
+
+    specs = [("a cat on a mat", "A", 64), ("x", "B", 64), ("a dog", "C", 20), ("a cat on a mat", "A", 64),
+             ("a bird in the sky", "D", 64), ("two words", "E", 64), ("a dog", "C", 64),
+             ("another caption", "D", 64), ("fine caption here", "F", 64), ("ok", "G", 40)]
+    rows = [{"uid": f"u{i:02d}", "sha": sha, "text": text, "w": w} for i, (text, sha, w) in enumerate(specs)]
+    t = table(rows)
+    cfg = FilterConfig(min_caption_chars=3)
+    kept, removed = apply_filters(t, cfg)
+    halves = [t.slice(0, 4), t.slice(4)]
+    for i, half in enumerate(halves):
+        P.write_table(half, tmp_path / "in" / P.part_name(i))
+        P.filter_keys_part(str(tmp_path / "in" / P.part_name(i)), cfg, str(tmp_path / "keys" / P.part_name(i)))
+    P.write_table(P.global_filter_reasons(P.list_parts(tmp_path / "keys"), cfg), tmp_path / "reasons.parquet")
+    for i in range(2):
+        P.apply_reasons_part(str(tmp_path / "in" / P.part_name(i)), str(tmp_path / "reasons.parquet"), "filter",
+                             str(tmp_path / "out" / P.part_name(i)), str(tmp_path / "dropped" / P.part_name(i)))
+    got_kept = pa.concat_tables([P.read_table(p) for p in P.list_parts(tmp_path / "out")])
+    got_dropped = pa.concat_tables([P.read_table(p) for p in P.list_parts(tmp_path / "dropped")])
+    assert got_kept.column("uid").to_pylist() == kept.column("uid").to_pylist()
+    assert sorted(got_dropped.select(["uid", "reason", "detail"]).to_pylist(), key=lambda r: r["uid"]) == \
+        sorted(removed.to_pylist(), key=lambda r: r["uid"])
+    details = dict(zip(removed.column("uid").to_pylist(), removed.column("detail").to_pylist()))
+    assert details["u01"] == "1 words, 1 characters" and details["u02"] == "20x64 px"
+    assert details["u03"] == "first seen as uid u00"  # same image and caption, in the other part
+    reasons = dict(zip(removed.column("uid").to_pylist(), removed.column("reason").to_pylist()))
+    assert reasons["u07"] == "duplicate_image" and details["u07"] == "first seen as uid u04"
+    assert "u06" in kept.column("uid").to_pylist()  # its first copy (u02) was too small, so it is no duplicate

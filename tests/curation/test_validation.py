@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from PIL import ImageFile
 
 from curation import validation as V
-from curation.synthetic import SAMPLE_SCHEMA
+from curation.schema import DROPPED_SCHEMA, SAMPLE_SCHEMA
 from curation.validation import REASONS, Limits, RawRow, validate_row, validate_rows
 
 _spec = importlib.util.spec_from_file_location("ingest_corpus", Path(__file__).with_name("ingest_corpus.py"))
@@ -144,7 +144,7 @@ def test_validate_rows_tables_and_order():
     images = C.good_images()
     rows = [RawRow("a", "one", images["jpg"]), RawRow("b", None, images["png"]), RawRow("c", "three", images["webp"])]
     samples, quarantine = validate_rows(rows, LIMITS)
-    assert samples.schema == SAMPLE_SCHEMA and quarantine.schema == V.QUARANTINE_SCHEMA
+    assert samples.schema == SAMPLE_SCHEMA and quarantine.schema == DROPPED_SCHEMA
     assert samples.column("text").to_pylist() == ["one", "three"]
     assert quarantine.column("uid").to_pylist() == ["b"]
     empty_samples, empty_quarantine = validate_rows([], LIMITS)

@@ -41,6 +41,27 @@ def test_first_run_computes_every_stage(first_run):
         assert s["rows_in"] == s["rows_out"] + s["filtered"] + s["quarantined"], stage
 
 
+def test_every_stage_keeps_the_data_contract(first_run):
+    """Each stage's parts hold the sample columns, then the columns of every stage so far (curation.schema), in
+    order and with their types; every dropped row has the one dropped-row schema."""
+    import pyarrow.parquet as pq
+
+    from curation.schema import DROPPED_SCHEMA, SAMPLE_SCHEMA, STAGE_COLUMNS
+
+    workdir, report = first_run
+    expected = list(SAMPLE_SCHEMA)
+    for stage in ("ingest", "filter", "curate", "rewrite", "longcap", "embed", "cluster"):
+        expected += STAGE_COLUMNS.get(stage, ())
+        folder = workdir / "artifacts" / stage / report["stages"][stage]["key"]
+        for part in sorted((folder / "parts").glob("*.parquet")):
+            assert list(pq.read_schema(part)) == expected, (stage, part.name)
+        for dropped in [*folder.glob("quarantine/*.parquet"), *folder.glob("filtered/*.parquet")]:
+            assert pq.read_schema(dropped).equals(DROPPED_SCHEMA), (stage, dropped)
+    shard = workdir / "artifacts" / "shard" / report["stages"]["shard"]["key"] / "shards"
+    sidecar = pq.read_schema(sorted(shard.glob("*.parquet"))[0])
+    assert [f.name for f in sidecar][-2:] == [f.name for f in STAGE_COLUMNS["shard"]]
+
+
 def test_second_run_recomputes_nothing(first_run):
     workdir, _ = first_run
     report = pipeline(load_config(overrides=TINY), workdir=str(workdir))
