@@ -71,7 +71,7 @@ from training.data import ShardData  # noqa: E402
 from training.loop import train  # noqa: E402
 from training.models import CONFIG_DIR, create_model  # noqa: E402
 from training.optim import optimizer_settings  # noqa: E402
-from training.protoclip import ProtoCLIPConfig  # noqa: E402
+from training.objectives.protoclip import ProtoCLIPConfig  # noqa: E402
 from training.throughput import random_batch  # noqa: E402
 
 GOAL_VS_OPEN_CLIP = 1.0

@@ -1,87 +1,19 @@
 """The `train` stage's configuration: one frozen dataclass, every field with its unit and reason, with one nested
-frozen dataclass per objective that has settings of its own."""
+frozen dataclass per objective that has settings of its own, defined beside that objective (training.objectives)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
 
-from training.negatives import KINDS, NegativeKind
-from training.protoclip import ProtoCLIPConfig
+from training.objectives.alip import ALIPConfig
+from training.objectives.dreamlip import DreamLIPConfig
+from training.objectives.mlcd import MLCDConfig
+from training.objectives.negclip import NegCLIPConfig
+from training.objectives.protoclip import ProtoCLIPConfig
 
 ObjectiveName = Literal["clip", "siglip", "dcl", "negclip", "alip", "dreamlip", "mlcd", "protoclip"]
-"""Objectives a config may name (the keys of training.losses.LOSSES; a test keeps the two equal)."""
-
-
-@dataclass(frozen=True)
-class ALIPConfig:
-    """ALIP's gates (Yang et al. 2023, "ALIP: Adaptive Language-Image Pre-training with Synthetic Caption")."""
-
-    momentum: float = 0.99
-    """running-mean momentum of the gate similarities: mu <- momentum x mu + (1 - momentum) x mean(s) (paper: 0.99)."""
-    init_mean: float = 1.0
-    """starting value of every running mean mu (paper and reference code: 1)."""
-
-
-@dataclass(frozen=True)
-class DreamLIPConfig:
-    """DreamLIP's sub-captions and losses (Zheng et al. 2024, "DreamLIP: Language-Image Pre-training with Long
-    Captions"); defaults are the authors' (zyf0619sjtu/DreamLIP, training/params.py and open_clip/loss.py)."""
-
-    num_text: int = 6
-    """sub-captions (sentences of the long captions) sampled per image per step (params.py --num_text 6)."""
-    clip_weight: float = 1.0
-    """weight of the raw caption's CLIP loss (params.py --clip_lossweight), which is also divided by K + 1."""
-    gamma: float = 32.0
-    """circle-loss scale gamma of the multi-positive term (params.py --gamma)."""
-    margin: float = 0.25
-    """circle-loss margin m (params.py --margin)."""
-    multi_positive_divisor: float = 10.0
-    """the multi-positive term is divided by this (`/ 10.0` in their ClipLoss.forward)."""
-    grouping_weight: float = 1.0
-    """weight of the sub-caption grouping loss (params.py --sgl_lossweight); 0 skips it (and the patch tokens)."""
-    grouping_threshold: float = 0.0
-    """normalised patch weights below this are zeroed before renormalising (params.py --sgl_delta 0.0; their
-    ClipLoss default is 0.1; negative means 1/P)."""
-    grouping_norm: Literal["minmax", "softmax"] = "minmax"
-    """how patch similarities are normalised over patches (params.py --sgl_norm)."""
-    grouping_temperature: float = 0.07
-    """initial temperature of the grouping loss (learned, clamped like CLIP's at 1/100); CLIP's initial value."""
-
-
-@dataclass(frozen=True)
-class NegCLIPConfig:
-    """NegCLIP's hard negative captions (Yuksekgonul et al. 2023, ARO; training.negatives)."""
-
-    kinds: tuple[NegativeKind, ...] = KINDS
-    """negative kinds a caption may get (keys of training.negatives.NEGATIVE_KINDS); each step draws one of those
-    its caption allows, as NegCLIP draws one of its precomputed negatives per sample."""
-    attribute_words: tuple[str, ...] = ()
-    """attribute words added to training.negatives.DEFAULT_ATTRIBUTES (what the attribute swap exchanges)."""
-    noun_words: tuple[str, ...] = ()
-    """nouns added to training.negatives.DEFAULT_NOUNS (what the noun and noun-phrase swaps exchange)."""
-    use_metadata: bool = True
-    """add the pool's MetaCLIP metadata entries (the curate artifact's metadata.json) to the vocabulary."""
-    metadata_file: str | None = None
-    """the metadata.json read when use_metadata holds; the train stage points it at the curate artifact's."""
-
-
-@dataclass(frozen=True)
-class MLCDConfig:
-    """MLCD's cluster classifier (An et al. 2024, "Multi-label Cluster Discrimination for Visual Representation
-    Learning")."""
-
-    num_centers: int | None = None
-    """classifier rows, one per cluster center; None means the cluster stage's K (the flow fills it in)."""
-    top_k: int = 3
-    """positive labels per sample: the first top_k of its `cluster_labels` (the cluster stage keeps top_k too)."""
-    scale: float = 32.0
-    """scale s on the cosine logits s x cos(x, c_j), as in normalised-softmax classifiers (ArcFace uses 64 at 85k
-    classes; fewer centers need less)."""
-    margin: float = 0.2
-    """additive margin taken off the positives' cosines before scaling (CosFace-style)."""
-    negative_ratio: float = 0.1
-    """fraction of the non-positive centers scored each step (Partial FC's sample rate 0.1); 1.0 scores all."""
+"""Objectives a config may name (the keys of training.objectives.LOSSES; a test keeps the two equal)."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +56,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """"auto" (cuda when available, else cpu), "cpu" or "cuda"."""
     objectives: tuple[ObjectiveName, ...] = ("clip",)
-    """training terms, keys of training.losses.LOSSES; the loss is their weighted sum ("alip" replaces "clip")."""
+    """training terms, keys of training.objectives.LOSSES; the loss is their weighted sum ("alip" replaces "clip")."""
     objective_weights: tuple[float, ...] = ()
     """one weight per objective; empty means 1.0 for each."""
     text_sampler: Literal["original", "laclip"] = "original"
@@ -160,4 +92,4 @@ class TrainConfig:
     mlcd: MLCDConfig = field(default_factory=MLCDConfig)
     """settings of the "mlcd" objective."""
     protoclip: ProtoCLIPConfig = field(default_factory=ProtoCLIPConfig)
-    """settings of the "protoclip" objective and its episodes (training.protoclip)."""
+    """settings of the "protoclip" objective and its episodes (training.objectives.protoclip)."""

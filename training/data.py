@@ -40,8 +40,8 @@ from PIL import Image
 
 from training.config import NegCLIPConfig, TrainConfig
 from training.models import transform_for
-from training.negatives import NegativeVocabulary, draw_negative
-from training.objectives import sample_subcaption_ids, split_sentences
+from training.objectives.dreamlip import sample_subcaption_ids, split_sentences
+from training.objectives.negatives import NegativeVocabulary, draw_negative
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 """Image members a shard sample may hold (open_clip's image_key "jpg;png;jpeg;webp")."""
@@ -77,7 +77,7 @@ class BatchFields:
     num_subcaptions: int = 0
     """sentences of the long caption drawn per image (DreamLIP's num_text); 0 draws none."""
     negatives: tuple[str, ...] = ()
-    """NegCLIP's negative kinds (training.negatives.KINDS); one negative drawn per caption, () draws none."""
+    """NegCLIP's negative kinds (training.objectives.negatives.KINDS); one negative drawn per caption, () draws none."""
     vocabulary: NegativeVocabulary | None = None
     """the words NegCLIP's swaps recognise (negclip_vocabulary); None with no negatives."""
     num_labels: int = 0

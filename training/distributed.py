@@ -13,8 +13,6 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
-from training.objectives import log1p_sum_exp
-
 
 @dataclass(frozen=True)
 class DistContext:
@@ -100,19 +98,6 @@ class ScaleGrad(torch.autograd.Function):
         return grad * ctx.factor, None
 
 
-def distributed_log1p_sum_exp(values: torch.Tensor, mask: torch.Tensor, dist: DistContext) -> torch.Tensor:
-    """log(1 + sum over every rank's masked columns of exp(v)) per row; each rank holds some columns (N, S_r)."""
-    if dist.world_size == 1:
-        return log1p_sum_exp(values, mask)
-    import torch.distributed.nn.functional as dist_fn
-
-    masked = values.masked_fill(~mask, float("-inf"))
-    with torch.no_grad():  # a shared shift m >= 0 keeps every exp finite; it cancels exactly
-        shift = masked.amax(dim=1).clamp_min(0.0)
-        torch_dist.all_reduce(shift, op=torch_dist.ReduceOp.MAX)
-    partial = torch.exp(masked - shift[:, None]).sum(dim=1)  # (N,)
-    total = dist_fn.all_reduce(partial, op=torch_dist.ReduceOp.SUM)
-    return shift + torch.log(torch.exp(-shift) + total)
 
 
 def resolve_device(name: str) -> torch.device:

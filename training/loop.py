@@ -58,10 +58,16 @@ from training.distributed import (
     resolve_device,
     wrap_ddp,
 )
-from training.losses import WeightedObjectives
 from training.models import create_model, embed_dim, encode_text_trimmed, image_transform, trims_text, unwrap
+from training.objectives import WeightedObjectives
+from training.objectives.protoclip import (
+    Prototypes,
+    episode_seed,
+    fit_prototypes,
+    share_prototypes,
+    teacher_text_features,
+)
 from training.optim import clamp_logit_scales, cosine_lr, make_optimizer, optimizer_settings, set_lr
-from training.protoclip import Prototypes, episode_seed, fit_prototypes, share_prototypes, teacher_text_features
 
 
 class NonFiniteLossError(RuntimeError):

@@ -22,10 +22,10 @@ from training.config import MLCDConfig, TrainConfig
 from training.data import NO_FIELDS, BatchFields, batch_fields
 from training.distributed import DistContext
 from training.loop import TrainModule, configure_threads, train_step
-from training.losses import WeightedObjectives
 from training.models import create_model, embed_dim
+from training.objectives import WeightedObjectives
+from training.objectives.protoclip import fit_prototypes
 from training.optim import make_optimizer
-from training.protoclip import fit_prototypes
 
 
 def random_batch(model: torch.nn.Module, batch_size: int, seed: int, fields: BatchFields = NO_FIELDS,
@@ -97,7 +97,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--objectives", default="clip", help="comma-separated keys of training.losses.LOSSES")
+    parser.add_argument("--objectives", default="clip", help="comma-separated keys of training.objectives.LOSSES")
     parser.add_argument("--num-centers", type=int, default=None, help="MLCD classifier rows (for mlcd)")
     parser.add_argument("--accum-freq", type=int, default=1)
     args = parser.parse_args()

@@ -122,10 +122,10 @@ def test_choice_literals_match_their_registries():
     from curation.readers import FORMATS, SourceConfig
     from training.config import ObjectiveName, TrainConfig
     from training.data import TEXT_SAMPLERS
-    from training.losses import LOSSES
-    from training.negatives import NEGATIVE_KINDS, NegativeKind
+    from training.objectives import LOSSES
+    from training.objectives.negatives import NEGATIVE_KINDS, NegativeKind
+    from training.objectives.protoclip import KMEANS_INITS, ProtoCLIPConfig
     from training.optim import OPTIMIZERS
-    from training.protoclip import KMEANS_INITS, ProtoCLIPConfig
 
     hints = typing.get_type_hints(TrainConfig)
     assert set(typing.get_args(ObjectiveName)) == set(LOSSES)

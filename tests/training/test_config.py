@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from training.config import ALIPConfig, DreamLIPConfig, MLCDConfig, NegCLIPConfig, TrainConfig
-from training.protoclip import ProtoCLIPConfig
+from training.objectives.protoclip import ProtoCLIPConfig
 
 SCALARS = {int, float, str, bool, int | None, float | None, str | None,
            tuple[str, ...], tuple[int, ...], tuple[float, ...]}

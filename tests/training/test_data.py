@@ -23,7 +23,7 @@ from training.data import (
     table_loader,
 )
 from training.models import create_model, image_transform
-from training.negatives import NegativeVocabulary
+from training.objectives.negatives import NegativeVocabulary
 
 from .conftest import colour_rows
 

@@ -10,14 +10,14 @@ import sys
 import pytest
 import torch
 
-from training.losses import clip_loss
+from training.objectives.clip import clip_loss
 
 RANK_SCRIPT = r"""
 import json, os, sys
 import torch, torch.distributed as dist
 import torch.nn.functional as F
 from training.distributed import DistContext
-from training.losses import ClipObjective
+from training.objectives.clip import ClipObjective
 rank, init, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 torch.set_num_threads(1)
 dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
@@ -65,7 +65,7 @@ from training.checkpoints import gather_sharded_state
 from dataclasses import replace
 from training.config import DreamLIPConfig, MLCDConfig, TrainConfig
 from training.distributed import DistContext
-from training.losses import WeightedObjectives
+from training.objectives import WeightedObjectives
 rank, world, init, out_path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 torch.set_num_threads(1)
 if world > 1:
@@ -174,7 +174,7 @@ import pyarrow as pa
 import torch, torch.distributed as dist
 import training.loop as loop
 from training.config import MLCDConfig, TrainConfig
-from training.protoclip import ProtoCLIPConfig
+from training.objectives.protoclip import ProtoCLIPConfig
 rank, world, init, out_path, setup_path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 setup = json.loads(open(setup_path).read())
 torch.set_num_threads(1)

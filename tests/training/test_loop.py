@@ -6,14 +6,14 @@ import open_clip
 import pytest
 import torch
 
-from training import losses
 from training.config import MLCDConfig, TrainConfig
 from training.distributed import DistContext
 from training.loop import NonFiniteLossError, TrainModule, train, train_step
-from training.losses import WeightedObjectives
 from training.models import create_model
+from training.objectives import WeightedObjectives
+from training.objectives import clip as clip_objective
+from training.objectives.protoclip import ProtoCLIPConfig
 from training.optim import make_optimizer
-from training.protoclip import ProtoCLIPConfig
 
 
 def tiny_cfg(micro_model, **kw) -> TrainConfig:
@@ -62,7 +62,7 @@ def test_a_non_finite_loss_skips_the_step_and_leaves_the_weights(micro_model, co
 
 
 def test_non_finite_steps_are_counted_then_abort(micro_model, colour_table, tmp_path, monkeypatch):
-    real = losses.ClipObjective.forward
+    real = clip_objective.ClipObjective.forward
     calls = {"n": 0}
 
     def sometimes_nan(self, out, batch, dist):
@@ -70,7 +70,7 @@ def test_non_finite_steps_are_counted_then_abort(micro_model, colour_table, tmp_
         value = real(self, out, batch, dist)
         return value * float("nan") if calls["n"] % 3 == 0 else value
 
-    monkeypatch.setattr(losses.ClipObjective, "forward", sometimes_nan)
+    monkeypatch.setattr(clip_objective.ClipObjective, "forward", sometimes_nan)
     result = train(tiny_cfg(micro_model, epochs=3), colour_table, str(tmp_path / "a"))
     assert result.steps == 12 and result.skipped_steps == 4
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in result.history)
@@ -301,7 +301,7 @@ def test_protoclip_trains_in_episodes(micro_model, colour_table, tmp_path, monke
 
 
 def test_episode_index_is_each_samples_position_in_its_episode(micro_model, colour_table, tmp_path, monkeypatch):
-    from training.protoclip import ProtoCLIPObjective
+    from training.objectives.protoclip import ProtoCLIPObjective
 
     seen = []
     real = ProtoCLIPObjective.forward

@@ -9,21 +9,14 @@ import torch.nn.functional as F
 from tests.training.references import alip_reference, aro_reference, dreamlip_reference
 from training.config import ALIPConfig, DreamLIPConfig, MLCDConfig, TrainConfig
 from training.distributed import DistContext, init_rows, shard_range
-from training.losses import (
-    LOSSES,
-    ALIPObjective,
-    ClipObjective,
-    DCLObjective,
-    DreamLIPObjective,
-    MLCDObjective,
-    NegCLIPObjective,
-    SigLIPObjective,
-    WeightedObjectives,
-    clip_loss,
-    clip_loss_gathered,
-    objective_weights,
-)
-from training.objectives import siglip_loss
+from training.objectives import LOSSES, WeightedObjectives, objective_weights
+from training.objectives.alip import ALIPObjective
+from training.objectives.clip import ClipObjective, clip_loss, clip_loss_gathered
+from training.objectives.dcl import DCLObjective
+from training.objectives.dreamlip import DreamLIPObjective
+from training.objectives.mlcd import MLCDObjective
+from training.objectives.negclip import NegCLIPObjective
+from training.objectives.siglip import SigLIPObjective, siglip_loss
 
 
 def unit(x: torch.Tensor) -> torch.Tensor:
@@ -163,7 +156,7 @@ def test_alip_objective_matches_the_authors_step_over_several_steps():
     """ALIPObjective against tests/training/references/alip_reference.py, a transcription of deepglint/ALIP's
     train.py `main()` (gates and running means) and src/open_alip/loss.py `Adaptive_loss.forward`: several
     steps, so the means drift and both sides of `torch.where(weight_sample < 1, weight_pair, 1)` occur."""
-    objective = ALIPObjective(TrainConfig(alip=ALIPConfig(init_mean=0.2))).double()
+    objective = ALIPObjective(ALIPConfig(init_mean=0.2)).double()
     means = {key: 0.2 for key in alip_reference.alip_initial_means()}  # the authors start at 1; lower, so the
     # text/caption similarities fall on both sides of the means within a few steps
     g = torch.Generator().manual_seed(3)
@@ -188,7 +181,7 @@ def test_alip_objective_matches_the_authors_step_over_several_steps():
 
 def test_alip_objective_commits_means_once_per_step():
     img, txt, cap = features(6, 5, seed=10), features(6, 5, seed=11), features(6, 5, seed=12)
-    objective = ALIPObjective(TrainConfig(alip=ALIPConfig(momentum=0.9, init_mean=0.5))).double()
+    objective = ALIPObjective(ALIPConfig(momentum=0.9, init_mean=0.5)).double()
     out = {"image_features": img, "text_features": txt, "synthetic_features": cap,
            "logit_scale": torch.tensor(5.0, dtype=torch.float64)}
     first = objective(out, {}, DistContext()).item()
@@ -207,8 +200,7 @@ def test_dreamlip_objective_is_the_authors_total(micro_model):
     from training.models import create_model
 
     model, _, _ = create_model(micro_model)
-    cfg = TrainConfig(dreamlip=DreamLIPConfig(num_text=3, grouping_weight=0.5, grouping_temperature=0.25,
-                                              grouping_threshold=0.2))
+    cfg = DreamLIPConfig(num_text=3, grouping_weight=0.5, grouping_temperature=0.25, grouping_threshold=0.2)
     objective = DreamLIPObjective(cfg, 32)
     objective.attach(model)
     objective.double()
@@ -238,7 +230,7 @@ def test_dreamlip_and_clip_together_are_refused():
 
 
 def test_dreamlip_without_grouping_reads_no_patch_tokens():
-    objective = DreamLIPObjective(TrainConfig(dreamlip=DreamLIPConfig(grouping_weight=0.0)), 8)
+    objective = DreamLIPObjective(DreamLIPConfig(grouping_weight=0.0), 8)
     objective.attach(SimpleNamespace())  # any tower: no projection is built
     assert "patch_tokens" not in objective.reads and list(objective.parameters()) == []
 
@@ -254,8 +246,8 @@ def mlcd_by_rows(x, centers, labels, scale: float, margin: float) -> float:
 
 
 def test_mlcd_objective_is_the_multi_label_loss_over_its_classifier():
-    cfg = TrainConfig(mlcd=MLCDConfig(num_centers=7, scale=6.0, margin=0.25, negative_ratio=1.0))
-    objective = MLCDObjective(cfg, 5).double()
+    cfg = MLCDConfig(num_centers=7, scale=6.0, margin=0.25, negative_ratio=1.0)
+    objective = MLCDObjective(cfg, 5, seed=0).double()
     assert objective.weight.shape == (7, 5) and objective.reads == {"image_features"}
     x = features(4, 5, seed=16)
     labels = torch.tensor([[0, 3], [6, -1], [-1, -1], [2, 1]])  # a sample without labels has only negatives
@@ -268,8 +260,8 @@ def test_mlcd_objective_is_the_multi_label_loss_over_its_classifier():
 
 
 def test_mlcd_samples_negatives_per_step_and_checkpoints_the_step():
-    cfg = TrainConfig(mlcd=MLCDConfig(num_centers=50, negative_ratio=0.2))
-    objective = MLCDObjective(cfg, 4)
+    cfg = MLCDConfig(num_centers=50, negative_ratio=0.2)
+    objective = MLCDObjective(cfg, 4, seed=0)
     out = {"image_features": features(3, 4, seed=17).float()}
     batch = {"cluster_label_ids": torch.tensor([[1], [2], [3]])}
     first = objective(out, batch, DistContext())
@@ -277,7 +269,7 @@ def test_mlcd_samples_negatives_per_step_and_checkpoints_the_step():
     objective.end_step()
     assert objective(out, batch, DistContext()).item() != first.item()
     state = objective.state_dict()
-    fresh = MLCDObjective(cfg, 4)
+    fresh = MLCDObjective(cfg, 4, seed=0)
     fresh.load_state_dict(state)
     assert fresh.steps_done == 1 and torch.equal(fresh.weight, objective.weight)
 

@@ -8,7 +8,6 @@ from PIL import Image
 
 from training.checkpoints import save_atomic, training_state
 from training.config import TrainConfig
-from training.losses import WeightedObjectives
 from training.models import (
     CONFIG_DIR,
     create_model,
@@ -17,6 +16,7 @@ from training.models import (
     resolve_model_name,
     trims_text,
 )
+from training.objectives import WeightedObjectives
 from training.optim import make_optimizer
 
 

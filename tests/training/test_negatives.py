@@ -1,4 +1,4 @@
-"""NegCLIP's hard negatives (training.negatives) against references/aro_reference.py, a transcription of the
+"""NegCLIP's hard negatives (training.objectives.negatives) against references/aro_reference.py, a transcription of the
 authors' negative-generation script (linked from mertyg/vision-language-models-are-bows issue 13,
 `global_find_hard_negatives`: `swapper`, `shuffle_noun_phrase`, `check_same`) and of ARO's
 `TextShuffler.shuffle_all_words` (dataset_zoo/perturbations.py).
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.training.references import aro_reference
-from training.negatives import (
+from training.objectives.negatives import (
     KINDS,
     NegativeVocabulary,
     attribute_swap,

@@ -10,19 +10,18 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 from tests.training.references import alip_reference, aro_reference, dreamlip_reference
-from training.objectives import (
-    LOSS_FUNCTIONS,
-    alip_gates,
-    dcl_loss,
+from training.objectives import LOSS_FUNCTIONS
+from training.objectives.alip import alip_gates, weighted_clip_loss
+from training.objectives.dcl import dcl_loss
+from training.objectives.dreamlip import (
     dreamlip_grouping_loss,
     dreamlip_multi_positive_gathered,
-    mlcd_loss,
-    negclip_loss,
     sample_subcaption_ids,
-    siglip_loss,
     split_sentences,
-    weighted_clip_loss,
 )
+from training.objectives.mlcd import mlcd_loss
+from training.objectives.negclip import negclip_loss
+from training.objectives.siglip import siglip_loss
 
 
 def unit(*shape: int, seed: int) -> torch.Tensor:
@@ -266,12 +265,10 @@ def test_registry_names_the_plain_functions():
 
 
 def test_gathered_forms_averaged_over_ranks_equal_the_global_loss():
-    from training.objectives import (
-        dcl_loss_gathered,
-        negclip_loss_gathered,
-        siglip_loss_gathered,
-        weighted_clip_loss_gathered,
-    )
+    from training.objectives.alip import weighted_clip_loss_gathered
+    from training.objectives.dcl import dcl_loss_gathered
+    from training.objectives.negclip import negclip_loss_gathered
+    from training.objectives.siglip import siglip_loss_gathered
 
     img, txt, neg = unit(8, 5, seed=30), unit(8, 5, seed=31), unit(3, 5, seed=32)
     groups = unit(8, 3, 5, seed=33)
@@ -298,7 +295,7 @@ def test_gathered_forms_averaged_over_ranks_equal_the_global_loss():
 
 
 def test_mlcd_reads_only_the_sampled_centers_and_survives_samples_without_labels():
-    from training.objectives import mlcd_logits
+    from training.objectives.mlcd import mlcd_logits
 
     centers = torch.randn(1000, 4, dtype=torch.float64, requires_grad=True)
     x = unit(3, 4, seed=36).requires_grad_()

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 from training.distributed import DistContext
-from training.protoclip import (
+from training.objectives.protoclip import (
     ProtoCLIPConfig,
     ProtoCLIPObjective,
     Prototypes,
@@ -306,7 +306,7 @@ RANK_SCRIPT = r"""
 import json, os, sys
 import numpy as np, torch, torch.distributed as dist
 from training.distributed import DistContext
-from training.protoclip import ProtoCLIPConfig, ProtoCLIPObjective, Prototypes, share_prototypes
+from training.objectives.protoclip import ProtoCLIPConfig, ProtoCLIPObjective, Prototypes, share_prototypes
 rank, init, out, state = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 torch.set_num_threads(1)
 dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)

@@ -3,7 +3,7 @@
 from training.config import MLCDConfig, TrainConfig
 from training.data import batch_fields
 from training.models import create_model
-from training.protoclip import ProtoCLIPConfig
+from training.objectives.protoclip import ProtoCLIPConfig
 from training.throughput import measure_throughput, random_batch
 
 
