@@ -66,7 +66,8 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from curation.sharding import ShardConfig, write_shards  # noqa: E402
 from curation.synthetic import WorldConfig, generate_pool  # noqa: E402
 from tasks.train_ray import omp_threads  # noqa: E402
-from training.config import MLCDConfig, TrainConfig  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
+from training.objectives.mlcd import MLCDConfig  # noqa: E402
 from training.data import ShardData  # noqa: E402
 from training.loop import train  # noqa: E402
 from training.models import CONFIG_DIR, create_model  # noqa: E402

@@ -38,10 +38,11 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from training.config import NegCLIPConfig, TrainConfig
+from training.config import TrainConfig
 from training.models import transform_for
 from training.objectives.dreamlip import sample_subcaption_ids, split_sentences
 from training.objectives.negatives import NegativeVocabulary, draw_negative
+from training.objectives.negclip import NegCLIPConfig
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 """Image members a shard sample may hold (open_clip's image_key "jpg;png;jpeg;webp")."""

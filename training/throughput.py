@@ -18,12 +18,13 @@ from dataclasses import replace
 
 import torch
 
-from training.config import MLCDConfig, TrainConfig
+from training.config import TrainConfig
 from training.data import NO_FIELDS, BatchFields, batch_fields
 from training.distributed import DistContext
 from training.loop import TrainModule, configure_threads, train_step
 from training.models import create_model, embed_dim
 from training.objectives import WeightedObjectives
+from training.objectives.mlcd import MLCDConfig
 from training.objectives.protoclip import fit_prototypes
 from training.optim import make_optimizer
 

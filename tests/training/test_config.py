@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from training.config import ALIPConfig, DreamLIPConfig, MLCDConfig, NegCLIPConfig, TrainConfig
+from training.config import TrainConfig
+from training.objectives.alip import ALIPConfig
+from training.objectives.dreamlip import DreamLIPConfig
+from training.objectives.mlcd import MLCDConfig
+from training.objectives.negclip import NegCLIPConfig
 from training.objectives.protoclip import ProtoCLIPConfig
 
 SCALARS = {int, float, str, bool, int | None, float | None, str | None,

@@ -7,7 +7,7 @@ import pytest
 import torch
 import webdataset as wds
 
-from training.config import MLCDConfig, NegCLIPConfig, TrainConfig
+from training.config import TrainConfig
 from training.data import (
     LIST_FIELDS,
     BatchFields,
@@ -23,7 +23,9 @@ from training.data import (
     table_loader,
 )
 from training.models import create_model, image_transform
+from training.objectives.mlcd import MLCDConfig
 from training.objectives.negatives import NegativeVocabulary
+from training.objectives.negclip import NegCLIPConfig
 
 from .conftest import colour_rows
 

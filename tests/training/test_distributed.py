@@ -63,7 +63,9 @@ import torch.nn.functional as F
 from torch import nn
 from training.checkpoints import gather_sharded_state
 from dataclasses import replace
-from training.config import DreamLIPConfig, MLCDConfig, TrainConfig
+from training.config import TrainConfig
+from training.objectives.dreamlip import DreamLIPConfig
+from training.objectives.mlcd import MLCDConfig
 from training.distributed import DistContext
 from training.objectives import WeightedObjectives
 rank, world, init, out_path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -173,7 +175,8 @@ import json, os, sys
 import pyarrow as pa
 import torch, torch.distributed as dist
 import training.loop as loop
-from training.config import MLCDConfig, TrainConfig
+from training.config import TrainConfig
+from training.objectives.mlcd import MLCDConfig
 from training.objectives.protoclip import ProtoCLIPConfig
 rank, world, init, out_path, setup_path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 setup = json.loads(open(setup_path).read())

@@ -6,12 +6,13 @@ import open_clip
 import pytest
 import torch
 
-from training.config import MLCDConfig, TrainConfig
+from training.config import TrainConfig
 from training.distributed import DistContext
 from training.loop import NonFiniteLossError, TrainModule, train, train_step
 from training.models import create_model
 from training.objectives import WeightedObjectives
 from training.objectives import clip as clip_objective
+from training.objectives.mlcd import MLCDConfig
 from training.objectives.protoclip import ProtoCLIPConfig
 from training.optim import make_optimizer
 

@@ -1,8 +1,9 @@
 """training.throughput: a full optimiser step on random batches shaped for every objective."""
 
-from training.config import MLCDConfig, TrainConfig
+from training.config import TrainConfig
 from training.data import batch_fields
 from training.models import create_model
+from training.objectives.mlcd import MLCDConfig
 from training.objectives.protoclip import ProtoCLIPConfig
 from training.throughput import measure_throughput, random_batch
 
