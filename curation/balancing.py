@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.matching import hash_strings
-from curation.metadata import MetadataBuilderConfig
+from curation.metadata import MetadataBuilderConfig, builder_version
 
 Matched = Sequence[Sequence[int]] | pa.ListArray | pa.ChunkedArray
 
@@ -110,3 +110,21 @@ def keep_mask(uids: Sequence[str] | pa.Array | pa.ChunkedArray, keep_prob: np.nd
     if len(keep_prob) != len(uids):
         raise ValueError(f"{len(uids)} uids but {len(keep_prob)} keep probabilities")
     return uniform_from_uid(uids, seed) < keep_prob
+
+
+def curate_key_config(cfg: CurateConfig, synthetic_only: bool) -> object:
+    """What the curate artifact's key hashes beyond its inputs: the config, and, when `metadata` is None, which
+    metadata that means (the synthetic world's, or the builder's, whose word list has a version of its own)."""
+    if cfg.metadata:
+        return cfg
+    return (cfg, synthetic_only) if synthetic_only else (cfg, synthetic_only, builder_version())
+
+
+def entry_count_table(entries: Sequence[str], before: np.ndarray, after: np.ndarray, probs: np.ndarray) -> pa.Table:
+    """The curate artifact's `entry_counts`: each entry's matches before and after balancing and its keep
+    probability."""
+    return pa.table({
+        "entry_id": np.arange(len(entries), dtype=np.int32), "entry": list(entries),
+        "count_before": np.asarray(before).astype(np.int64), "count_after": np.asarray(after).astype(np.int64),
+        "prob": np.asarray(probs).astype(np.float32),
+    })

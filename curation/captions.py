@@ -88,6 +88,11 @@ class LongcapConfig:
     """samples per backend call."""
 
 
+STAGE_SEEDS: dict[str, int] = {"rewrite": 1, "longcap": 2}
+"""The seed each caption stage draws its per-sample randomness from (with the uid), so the two stages'
+outputs are independent."""
+
+
 def sample_rng(seed: int, uid: str, stream: int) -> np.random.Generator:
     """A generator that depends only on (seed, uid, stream): independent of batches and workers."""
     digest = int.from_bytes(hashlib.blake2b(uid.encode(), digest_size=8).digest(), "little")

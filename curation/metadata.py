@@ -26,15 +26,17 @@ Entries are capped like MetaCLIP's at 500k; unigrams come first, most frequent f
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import fsspec
 
 from curation.matching import spacing
+from curation.synthetic import metadata_entries
 
 MAX_ENTRIES = 500_000
 """MetaCLIP's metadata size."""
@@ -190,3 +192,22 @@ def english_metadata_from_counts(words: Counter[str], pairs: Counter[tuple[str, 
     unigrams = english_unigrams(cfg.unigrams, cfg.min_zipf, cfg.min_length, cfg.ascii_only, cfg.capitalized)
     bigrams = pmi_bigrams(words, pairs, cfg.bigram_min_count, cfg.bigram_min_pmi)
     return merge_entries(unigrams, bigrams, cfg.max_entries)
+
+
+def builder_version() -> str:
+    """What the offline builder's output depends on beyond its config: the wordfreq word list's version."""
+    return f"wordfreq {importlib.metadata.version('wordfreq')}"
+
+
+def choose_metadata(path: str | None, synthetic_only: bool, builder: MetadataBuilderConfig,
+                    count_captions: Callable[[], tuple[Counter, Counter]]) -> tuple[list[str], str]:
+    """The curate stage's metadata entries and where they came from: the file at `path`, the synthetic world's own
+    entries, or (real data without metadata) the offline English builder over the pool's word and pair counts,
+    which `count_captions()` supplies (the stage counts its parts in parallel)."""
+    if path:
+        return load_metadata(path), path
+    if synthetic_only:
+        return metadata_entries(), "synthetic world"
+    words, pairs = count_captions()
+    entries = english_metadata_from_counts(words, pairs, builder)
+    return entries, f"built: wordfreq unigrams + PMI bigrams of the pool ({len(entries)} entries)"

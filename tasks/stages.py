@@ -10,7 +10,6 @@ version is part of the key, so the stage and everything below it recompute.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import shutil
 from collections import Counter
@@ -19,22 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from curation import partitions as P
-from curation.balancing import CurateConfig, entry_probs
-from curation.captions import LongcapConfig, RewriteConfig, make_backend
+from curation.balancing import CurateConfig, curate_key_config, entry_count_table, entry_probs
+from curation.captions import STAGE_SEEDS, LongcapConfig, RewriteConfig, make_backend
 from curation.clustering import ClusterConfig
 from curation.filters import FilterConfig
 from curation.matching import EntryMatcher
-from curation.metadata import english_metadata_from_counts, load_metadata, save_metadata
+from curation.metadata import choose_metadata, save_metadata
 from curation.sharding import ShardConfig, write_sizes
 from curation.sources import IngestConfig, plan_partitions
 from curation.statistics import distribution_stats, top_entries
-from curation.synthetic import metadata_entries
 from eval.jobs import eval_job
 from eval.suite import EvalConfig
 from tasks.artifacts import ArtifactRef
@@ -102,24 +99,18 @@ def filter_(ctx: RunContext, cfg: FilterConfig, upstream: ArtifactRef) -> Artifa
     return run_stage(ctx, "filter", CODE_VERSIONS["filter"], cfg, [upstream], compute)
 
 
-def _entries(cfg: CurateConfig, synthetic_only: bool, parts: list[str]) -> tuple[list[str], str]:
-    """The metadata entries and where they came from: the configured file, the synthetic world's own
-    entries, or (real data without metadata) the offline English builder over the pool's captions."""
-    if cfg.metadata:
-        return load_metadata(cfg.metadata), cfg.metadata
-    if synthetic_only:
-        return metadata_entries(), "synthetic world"
+def _caption_counts(parts: list[str]) -> tuple[Counter, Counter]:
+    """Word and pair counts of every part's captions, counted in parallel (the metadata builder's input)."""
     counts = ray_map(P.caption_counts_part, [(p,) for p in parts])
-    words, pairs = sum((c[0] for c in counts), Counter()), sum((c[1] for c in counts), Counter())
-    entries = english_metadata_from_counts(words, pairs, cfg.builder)
-    return entries, f"built: wordfreq unigrams + PMI bigrams of the pool ({len(entries)} entries)"
+    return sum((c[0] for c in counts), Counter()), sum((c[1] for c in counts), Counter())
 
 
 @task(name="curate", cache_policy=NO_CACHE)
 def curate(ctx: RunContext, cfg: CurateConfig, upstream: ArtifactRef, synthetic_only: bool = True) -> ArtifactRef:
     def compute(tmp: Path, manifest: dict[str, Any]) -> None:
         parts = _parts(upstream)
-        entries, manifest["metadata"] = _entries(cfg, synthetic_only, parts)
+        entries, manifest["metadata"] = choose_metadata(cfg.metadata, synthetic_only, cfg.builder,
+                                                        lambda: _caption_counts(parts))
         save_metadata(entries, str(tmp / "metadata.json"))
         matcher = EntryMatcher(entries)  # built once, shared by every part's task
         counts = ray_map(P.match_part, [(p, matcher, _out(tmp, "matched", i)) for i, p in enumerate(parts)])
@@ -129,21 +120,15 @@ def curate(ctx: RunContext, cfg: CurateConfig, upstream: ArtifactRef, synthetic_
                  for i, p in enumerate(parts)]
         results = ray_map(P.balance_part, calls)
         after = np.sum([r.pop("counts_after") for r in results], axis=0)
-        P.write_table(pa.table({
-            "entry_id": np.arange(len(entries), dtype=np.int32), "entry": entries,
-            "count_before": before.astype(np.int64), "count_after": after.astype(np.int64),
-            "prob": probs.astype(np.float32),
-        }), tmp / "entry_counts.parquet")
+        P.write_table(entry_count_table(entries, before, after, probs), tmp / "entry_counts.parquet")
         manifest["counts"] = _passthrough_counts(results)
         manifest["reasons"] = {"filtered": P.reason_counts(P.list_parts(tmp / "filtered"))}
         manifest["distribution"] = distribution_stats(before, after, cfg.t)
         manifest["top_entries"] = top_entries(entries, before, after, n=20)
         (tmp / "curate_stats.json").write_text(json.dumps(manifest["distribution"]))
 
-    # Which metadata a None `metadata` means depends on the sources: part of the key.
-    key_config = cfg if cfg.metadata else (cfg, synthetic_only) if synthetic_only else \
-        (cfg, synthetic_only, f"wordfreq {importlib.metadata.version('wordfreq')}")  # the builder's word list
-    return run_stage(ctx, "curate", CODE_VERSIONS["curate"], key_config, [upstream], compute)
+    return run_stage(ctx, "curate", CODE_VERSIONS["curate"], curate_key_config(cfg, synthetic_only), [upstream],
+                     compute)
 
 
 def _caption_stage(ctx: RunContext, stage: str, cfg: RewriteConfig | LongcapConfig, upstream: ArtifactRef,
@@ -165,12 +150,12 @@ def _caption_stage(ctx: RunContext, stage: str, cfg: RewriteConfig | LongcapConf
 
 @task(name="rewrite", cache_policy=NO_CACHE)
 def rewrite(ctx: RunContext, cfg: RewriteConfig, upstream: ArtifactRef) -> ArtifactRef:
-    return _caption_stage(ctx, "rewrite", cfg, upstream, None, seed=1)
+    return _caption_stage(ctx, "rewrite", cfg, upstream, None, seed=STAGE_SEEDS["rewrite"])
 
 
 @task(name="longcap", cache_policy=NO_CACHE)
 def longcap(ctx: RunContext, cfg: LongcapConfig, upstream: ArtifactRef, ingest_ref: ArtifactRef) -> ArtifactRef:
-    return _caption_stage(ctx, "longcap", cfg, upstream, ingest_ref, seed=2)
+    return _caption_stage(ctx, "longcap", cfg, upstream, ingest_ref, seed=STAGE_SEEDS["longcap"])
 
 
 @task(name="embed", cache_policy=NO_CACHE)

@@ -157,3 +157,18 @@ def test_head_is_flattened_to_about_t() -> None:
 def test_config_defaults() -> None:
     cfg = CurateConfig()
     assert cfg.t > 0 and cfg.seed == 0 and cfg.metadata is None
+
+
+def test_curate_key_config_and_entry_count_table() -> None:
+    from curation.balancing import CurateConfig, curate_key_config, entry_count_table
+    from curation.metadata import builder_version
+
+    cfg = CurateConfig(t=3)
+    assert curate_key_config(cfg, True) == (cfg, True)  # the synthetic world's metadata
+    assert curate_key_config(cfg, False) == (cfg, False, builder_version())  # the builder, with its word list
+    with_file = CurateConfig(t=3, metadata="m.json")
+    assert curate_key_config(with_file, False) is with_file
+    table = entry_count_table(["a", "b"], np.array([5, 1]), np.array([3, 1]), np.array([0.6, 1.0]))
+    assert table.to_pylist() == [
+        {"entry_id": 0, "entry": "a", "count_before": 5, "count_after": 3, "prob": pytest.approx(0.6)},
+        {"entry_id": 1, "entry": "b", "count_before": 1, "count_after": 1, "prob": 1.0}]

@@ -171,3 +171,21 @@ def test_builder_reads_no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     assert "Golden Gate" in build_english_metadata(POOL, MetadataBuilderConfig(unigrams=1000, bigram_min_count=4,
                                                                                  bigram_min_pmi=0.5))
+
+
+def test_choose_metadata_takes_the_file_the_world_or_the_builder(tmp_path) -> None:
+    from curation.metadata import MetadataBuilderConfig, choose_metadata
+    from curation.synthetic import metadata_entries
+
+    def never() -> tuple[Counter, Counter]:
+        raise AssertionError("the pool is counted only for the builder")
+
+    path = tmp_path / "m.json"
+    save_metadata(["hot dog", "bridge"], str(path))
+    assert choose_metadata(str(path), True, MetadataBuilderConfig(), never) == (["hot dog", "bridge"], str(path))
+    assert choose_metadata(None, True, MetadataBuilderConfig(), never) == (metadata_entries(), "synthetic world")
+    words = Counter({"bridge": 9, "golden": 8, "gate": 8})
+    pairs = Counter({("golden", "gate"): 8})
+    builder = MetadataBuilderConfig(unigrams=1000, bigram_min_count=2, bigram_min_pmi=0.1)
+    entries, source = choose_metadata(None, False, builder, lambda: (words, pairs))
+    assert "golden gate" in entries and source.startswith("built:")
