@@ -45,7 +45,7 @@ RAY_TRAIN_DIR = "ray_train"
 """Ray Train's storage path inside the run folder."""
 
 PROGRESS = print_progress("train")
-"""The default metrics callback: one printed line per metrics line, as train_job prints."""
+"""The default metrics callback: one printed line per metrics line."""
 
 MARKER = "checkpoint.json"
 """Inside a reported checkpoint: which file it holds and its step (checkpoints/latest.json's content)."""
@@ -125,7 +125,7 @@ def training_data(data: str | pa.Table) -> ShardData | pa.Table:
 
 
 def summarize_result(result: TrainResult, data: ShardData | pa.Table) -> dict[str, Any]:
-    """training.jobs.train_job's summary: the result without its per-step history, plus the data's size."""
+    """A training run's summary: the result without its per-step history, plus the data's size."""
     summary = dataclasses.asdict(result)
     summary.pop("history", None)
     if isinstance(data, pa.Table):
@@ -202,7 +202,7 @@ def train_distributed(cfg: TrainConfig, data: str | pa.Table, out_dir: str, max_
                       cpus_per_rank: float | None = None,
                       log: Callable[[dict], None] | None = PROGRESS) -> dict[str, Any]:
     """Train `cfg` on a shard folder (the shard stage's `shards/`, with sizes.json) or a table into out_dir;
-    returns train_job's summary plus "ranks" and "resumed_from_step" (where the last attempt began).
+    returns summarize_result's summary plus "ranks" and "resumed_from_step" (where the last attempt began).
 
     TrainConfig.ranks / gpus_per_rank say how many ranks and GPUs (plan_workers: CPUs). Several ranks train
     with Ray Train DDP, its state in `<out_dir>/ray_train/`; one rank runs as a plain Ray task, because Ray
