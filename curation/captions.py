@@ -208,8 +208,9 @@ def rewrite_caption(text: str, rng: np.random.Generator, frame: int, error_rate:
     body = _body(text)
     if rng.random() < 0.5:
         body = reorder_relation(body) or body
-    if rng.random() < 0.25 and TRAILING_SETTING.search(body) and TRAILING_SETTING.sub("", body).strip():
-        body = TRAILING_SETTING.sub("", body)
+    trimmed = TRAILING_SETTING.sub("", body)
+    if rng.random() < 0.25 and trimmed != body and trimmed.strip():
+        body = trimmed
     if rng.random() < error_rate:
         body = distort(body, rng)
     body = _swap_words(body, rng)

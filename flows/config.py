@@ -83,7 +83,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if origin is typing.Literal:
         allowed = typing.get_args(tp)
-        if value not in allowed or isinstance(value, bool) != any(isinstance(a, bool) for a in allowed):
+        if not any(type(value) is type(a) and value == a for a in allowed):  # True is not 1, 1.0 is not 1
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(repr(a) for a in allowed)}")
         return value
     if origin in (typing.Union, types.UnionType):

@@ -178,10 +178,8 @@ class TrainModule(nn.Module):
         out = {**self.encode_image(batch["image"]), **self.encode_texts(batch),
                "logit_scale": self.model.logit_scale.exp()}
         if "text_features" not in out and "text" in batch:
-            with torch.no_grad():
-                text = batch["text"]
-                out["text_features"] = (encode_text_trimmed(self.model, text, normalize=True) if trims_text(self.model)
-                                        else self.model.encode_text(text, normalize=True))
+            with torch.no_grad():  # encode_text_trimmed falls back to encode_text for towers it cannot cut
+                out["text_features"] = encode_text_trimmed(self.model, batch["text"], normalize=True)
         if getattr(self.model, "logit_bias", None) is not None:
             out["logit_bias"] = self.model.logit_bias
         return out
@@ -388,11 +386,6 @@ class Run:
     log: Callable[[dict], None] | None
     on_checkpoint: Callable[[str | None], None] | None
 
-    @property
-    def base_lr(self) -> float:
-        """The peak learning rate after the optimiser's defaults (TrainConfig.lr may be unset)."""
-        return optimizer_settings(self.cfg).lr
-
 
 def setup(cfg: TrainConfig, data: ShardData | pa.Table, out_dir: str, log: Callable[[dict], None] | None,
           on_checkpoint: Callable[[str | None], None] | None) -> tuple[Run, Callable, Callable]:
@@ -563,11 +556,12 @@ def make_feed(run: Run, stream: Iterator[dict], data: ShardData | pa.Table) -> B
 def run_steps(run: Run, progress: Progress, feed: BatchFeed) -> None:
     """Train from progress.step to the last step, skipping (and counting) non-finite steps."""
     cfg, clock = run.cfg, {"last": time.perf_counter(), "seen": float(progress.samples_seen)}
+    peak_lr = optimizer_settings(cfg).lr  # TrainConfig.lr may be unset: the optimiser's default then
     bar = progress_bar(run, progress)
     try:
         while progress.step < run.total_steps:
             batches = [to_device(b, run.device) for b in feed.take(progress.step)]
-            lr = cosine_lr(progress.step, run.base_lr, cfg.warmup_steps, run.total_steps, cfg.min_lr_ratio)
+            lr = cosine_lr(progress.step, peak_lr, cfg.warmup_steps, run.total_steps, cfg.min_lr_ratio)
             set_lr(run.optimizer, lr)
             metrics = train_step(run.module, run.optimizer, batches, cfg, run.dist)
             progress.step += 1
