@@ -113,3 +113,20 @@ def test_classifier_rows_do_not_depend_on_the_number_of_ranks():
     assert torch.equal(torch.cat(parts), whole)
     assert whole.std().item() == pytest.approx(0.01, rel=0.05)
     assert not torch.equal(init_rows(shard_range(10, 0, 1), 3, seed=5), whole[:10])
+
+
+@pytest.mark.parametrize(("scale", "margin"), [(32.0, 0.2), (1.0, 0.0), (10.0, 0.5)])
+def test_mlcd_loss_equals_the_papers_multi_label_loss(scale, margin):
+    """mlcd_loss with every negative scored against references/mlcd_reference.py. The authors released no loss code
+    (deepglint/unicom at ae71411: `mlcd/` holds the ViT and checkpoint converters only; `partial_fc.py` is UNICOM's
+    single-label margin softmax), so the reference transcribes the paper's multi-label loss (An et al. 2024,
+    Sec. 3): log(1 + sum_neg exp(s cos)) + log(1 + sum_pos exp(-s (cos - m))), mean over samples."""
+    from tests.training.references.mlcd_reference import mlcd_loss_reference
+
+    g = torch.Generator().manual_seed(7)
+    x, centers = torch.randn(6, 8, generator=g, dtype=torch.float64), torch.randn(11, 8, generator=g,
+                                                                                   dtype=torch.float64)
+    labels = torch.randint(0, 11, (6, 3), generator=g)
+    labels[0, 2], labels[1, 1:] = -1, -1  # fewer positives than k: -1 pads
+    got = mlcd_loss(x, centers, labels, scale, margin, negative_ratio=1.0)
+    assert_close(got, mlcd_loss_reference(x, centers, labels, scale, margin))

@@ -357,3 +357,39 @@ def test_two_ranks_share_prototypes_and_match_one_process_with_global_batch_norm
     assert_close(grad_img, 2 * feats[0].grad, rtol=1e-4, atol=1e-6)
     for r in ranks:
         assert_close(torch.tensor(r["running_mean"]), objective.image_head[1].running_mean, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("teacher", [False, True])
+@pytest.mark.parametrize("pbt", [True, False])
+@pytest.mark.parametrize("tau", [0.01, 0.3, -1.0])
+def test_prototype_loss_equals_the_authors(teacher, pbt, tau):
+    """ProtoCLIPObjective against references/protoclip_reference.py, a transcription of megvii-research/protoclip
+    (src/training/loss.py `ProtoLoss.forward`, src/training/clustering.py `Clustering.PBT`, src/training/train.py
+    `train_one_epoch`): soft (tau > 0) or one-hot targets, PBT on or off, with and without the external teacher."""
+    from tests.training.references.protoclip_reference import pbt_reference, protoclip_prototype_loss_reference
+    from training.objectives.protoclip import back_translate
+
+    g = torch.Generator().manual_seed(0)
+    n, b, d, k, dt = 40, 12, 6, 5, 7
+    ep_img, ep_txt = (F.normalize(torch.randn(n, d, generator=g), dim=1) for _ in range(2))
+    il, tl, el = (torch.randint(0, k, (n,), generator=g) for _ in range(3))
+    ic, tc = torch.randn(k, d, generator=g) * 0.5, torch.randn(k, d, generator=g) * 0.5
+    ec = torch.randn(k, dt, generator=g) * 0.5
+    i_from_t, t_from_i = pbt_reference(k, tl, ep_img), pbt_reference(k, il, ep_txt)
+    i_from_e, t_from_e = pbt_reference(k, el, ep_img), pbt_reference(k, el, ep_txt)
+    assert np.allclose(back_translate(tl.numpy(), ep_img.numpy(), k), i_from_t.numpy(), atol=1e-6)
+    index = torch.randint(0, n, (b,), generator=g)
+    img, txt = (F.normalize(torch.randn(b, d, generator=g), dim=1) for _ in range(2))
+    objective = ProtoCLIPObjective(ProtoCLIPConfig(num_prototypes=k, projection_dim=0, temperature=tau, pbt=pbt), d)
+    extra = dict(teacher_centroids=ec.numpy(), teacher_labels=el.numpy(), image_from_teacher=i_from_e.numpy(),
+                 text_from_teacher=t_from_e.numpy()) if teacher else {}
+    objective.set_prototypes(Prototypes(ic.numpy(), tc.numpy(), il.numpy(), tl.numpy(), i_from_t.numpy(),
+                                        t_from_i.numpy(), **extra))
+    ours = objective({"image_features": img, "text_features": txt}, {"episode_index": index}, DistContext()).item()
+    external = dict(external_labels=el[index], external_centroids=ec,
+                    img_centroids_translated_from_external_prototypes=i_from_e,
+                    text_centroids_translated_from_external_prototypes=t_from_e) if teacher else {}
+    proto, proto_external = protoclip_prototype_loss_reference(
+        img, txt, il[index], tl[index], ic, tc, objective.logit_scale.exp().item(), tau, pbt, i_from_t, t_from_i,
+        **external)
+    assert ours == pytest.approx((proto + proto_external).item(), abs=1e-5)  # teacher_weight 1
