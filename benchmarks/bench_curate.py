@@ -4,9 +4,9 @@ Builds the same web-like alt-texts and MetaCLIP-style metadata as ``bench_matchi
 deterministic; default 100,000 texts and 300,000 entries), writes them as P Parquet parts of a
 filtered pool (``uid``, ``text``, ``image_sha256``, ``width``, ``height``, and with ``--image-bytes``
 a stand-in image payload the stage must copy), then runs the curate stage's per-partition work
-exactly as ``tasks.stages.curate`` fans it out (``tasks.parallel.ray_map`` over
-``curation.partitions.match_part``, entry counts summed in the driver, ``entry_probs``, then
-``ray_map`` over ``balance_part``: match + count + balance + write) on a local two-CPU Ray cluster,
+exactly as ``tasks.stages.curate`` fans it out (the Ray executor, ``tasks.executors.ray_tasks.RayExecutor``,
+over ``curation.partitions.MatchPart`` units, entry counts summed in the driver, ``entry_probs``, then over
+``BalancePart`` units: match + count + balance + write) on a local two-CPU Ray cluster,
 with one CPU and then two free for its tasks (for one, a sleeping task holds the other CPU, so the
 same two warm worker processes serve both timings). Ray start-up and worker warm-up are not timed;
 rounds interleave the two timings so load changes hit both.
@@ -30,7 +30,8 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,7 +46,8 @@ from bench_matching import curate_once, make_inputs  # noqa: E402  (its import p
 from curation import partitions as P  # noqa: E402
 from curation.balancing import entry_probs  # noqa: E402
 from curation.matching import EntryMatcher  # noqa: E402
-from tasks.parallel import ensure_ray, ray_map  # noqa: E402
+from tasks.executors.base import Resources  # noqa: E402
+from tasks.executors.ray_tasks import RayExecutor, ensure_ray  # noqa: E402
 
 GOAL_TWO_VS_ONE = 1.7
 """issue 3: two Ray workers at least 1.7x one."""
@@ -74,30 +76,44 @@ def write_pool(root: Path, texts: Sequence[str], parts: int, image_bytes: int) -
     return paths, uids
 
 
-def _timed_call(fn: Callable, *args: object) -> tuple[object, float]:
-    """(fn(*args), CPU seconds of this worker process during the call, its threads included)."""
-    start = time.process_time()
-    result = fn(*args)
-    return result, time.process_time() - start
+@dataclass(frozen=True)
+class TimedMatch(P.MatchPart):
+    """The stage's match unit, also returning the CPU seconds of its worker process (threads included)."""
+
+    def run(self) -> dict:
+        start = time.process_time()
+        return {**super().run(), "cpu_s": time.process_time() - start}
+
+
+@dataclass(frozen=True)
+class TimedBalance(P.BalancePart):
+    """The stage's balance unit, also returning the CPU seconds of its worker process (threads included)."""
+
+    def run(self) -> dict:
+        start = time.process_time()
+        return {**super().run(), "cpu_s": time.process_time() - start}
 
 
 def curate_parts(parts: Sequence[str], entries: Sequence[str], t: int, seed: int, out: Path) -> dict[str, float]:
     """tasks.stages.curate's fan-out on the Ray cluster: match pass, count sum, balance pass.
 
     Returns the wall seconds of each pass and the CPU seconds its Ray tasks used."""
+    executor, one_cpu = RayExecutor(), Resources()
     start = time.perf_counter()
-    matcher = EntryMatcher(entries)  # as the stage does: built once in the driver, shared by every task
-    matched = ray_map(_timed_call, [(P.match_part, p, matcher, str(out / "matched" / P.part_name(i)))
-                                    for i, p in enumerate(parts)])
-    probs = entry_probs(np.sum([counts for counts, _ in matched], axis=0), t)
+    matcher = EntryMatcher(entries)  # as the stage does: built once in the driver, shared by every unit
+    units = [TimedMatch(p, matcher, str(out / "matched" / P.part_name(i)), str(out / "counts" / f"{i}.npy"))
+             for i, p in enumerate(parts)]
+    matched = [r for _, r in executor.map(units, one_cpu)]
+    probs = entry_probs(np.sum([np.load(u.counts) for u in units], axis=0), t)
     middle = time.perf_counter()
-    balanced = ray_map(_timed_call, [(P.balance_part, p, str(out / "matched" / P.part_name(i)), probs, seed,
-                                      str(out / "parts" / P.part_name(i)), str(out / "filtered" / P.part_name(i)))
-                                     for i, p in enumerate(parts)])
-    np.sum([r["counts_after"] for r, _ in balanced], axis=0)  # the stage's after-balancing entry counts
+    units = [TimedBalance(p, str(out / "matched" / P.part_name(i)), probs, seed, str(out / "parts" / P.part_name(i)),
+                          str(out / "filtered" / P.part_name(i)), str(out / "after" / f"{i}.npy"))
+             for i, p in enumerate(parts)]
+    balanced = [r for _, r in executor.map(units, one_cpu)]
+    np.sum([np.load(u.counts_after) for u in units], axis=0)  # the stage's after-balancing entry counts
     end = time.perf_counter()
     return {"seconds": end - start, "match_pass_s": middle - start, "balance_pass_s": end - middle,
-            "task_cpu_s": sum(cpu for _, cpu in matched + balanced)}
+            "task_cpu_s": sum(r["cpu_s"] for r in matched + balanced)}
 
 
 def kept_uids(folder: Path) -> list[str]:
@@ -135,7 +151,7 @@ def start_ray(num_cpus: int) -> None:
     ensure_ray(None, num_cpus)
     if __name__ != "__main__":  # imported (the smoke test): Ray workers cannot import this file by name
         ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray_map(_warm, [(0.3,)] * num_cpus)
+    ray.get([ray.remote(num_cpus=1)(_warm).remote(0.3) for _ in range(num_cpus)])
 
 
 def time_workers(workers: int, parts: Sequence[str], entries: Sequence[str], t: int, seed: int, out: Path

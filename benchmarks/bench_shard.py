@@ -52,7 +52,7 @@ from curation.sharding import ShardConfig  # noqa: E402
 from curation.synthetic import WorldConfig, generate_pool  # noqa: E402
 from tasks.artifacts import ArtifactRef, ArtifactStore  # noqa: E402
 from tasks.common import RunContext  # noqa: E402
-from tasks.parallel import ensure_ray, ray_map  # noqa: E402
+from tasks.executors.ray_tasks import ensure_ray  # noqa: E402
 from tasks.stages import shard  # noqa: E402
 
 GOAL_ONE_WORKER = 0.8
@@ -108,7 +108,8 @@ def write_upstream(workdir: Path, table: pa.Table, parts: int, row_group_rows: i
     store = ArtifactStore(workdir)
     bounds = np.linspace(0, table.num_rows, parts + 1).astype(int)
     counts = {"rows_in": table.num_rows, "rows_out": table.num_rows, "filtered": 0, "quarantined": 0}
-    with store.writing("cluster", "bench", {"stage": "cluster", "key": "bench", "counts": counts}) as tmp:
+    with store.writing("cluster", "bench", {"stage": "cluster", "key": "bench", "counts": counts}) as staging:
+        tmp = staging.path
         (tmp / "parts").mkdir()
         for i in range(parts):
             pq.write_table(table.slice(bounds[i], bounds[i + 1] - bounds[i]), tmp / "parts" / part_name(i),
@@ -214,7 +215,7 @@ def time_stage(workdir: Path, upstream: ArtifactRef, cfg: ShardConfig, workers: 
     """
     workdir.mkdir(parents=True)
     flags = (str(workdir / "hold-started"), str(workdir / "hold-release"))
-    ray_map(_warm, [(0.3,)] * 2)
+    ray.get([ray.remote(num_cpus=1)(_warm).remote(0.3) for _ in range(2)])
     hold = None
     if workers < ray.cluster_resources().get("CPU", 0):
         hold = ray.remote(num_cpus=1)(_hold).remote(*flags, 600.0)

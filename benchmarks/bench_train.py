@@ -65,7 +65,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from curation.sharding import ShardConfig, write_shards  # noqa: E402
 from curation.synthetic import WorldConfig, generate_pool  # noqa: E402
-from tasks.train_ray import omp_threads  # noqa: E402
+from training.jobs import omp_threads  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.objectives.mlcd import MLCDConfig  # noqa: E402
 from training.data import ShardData  # noqa: E402

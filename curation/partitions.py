@@ -1,8 +1,10 @@
-"""Partition-level units of work of the curation stages: what one Ray task does to one Parquet part.
+"""The curation stages' units of work: what one task does to one Parquet part (or, for a job, to all).
 
-Each function reads its input part(s) from disk, calls the stage's pure functions and writes its
-output part(s), returning only small counts. Data never travels through Ray's object store, and
-this module (like all of ``curation/``) imports neither Prefect nor Ray, so workers stay light.
+A unit is a frozen dataclass whose fields are its inputs and outputs (paths) and its settings; ``run()``
+reads the inputs, calls the stage's pure functions, writes the outputs and returns small JSON-able counts.
+An executor runs them (tasks.executors: Ray tasks, or in-process), and the stage marks each finished part
+done, so a crash loses only the parts in flight (docs/architecture.md, "The executor seam"). Data never
+travels through the executor, and this module (like all of ``curation/``) imports neither Prefect nor Ray.
 
 Dropped rows (filtered or quarantined) are written as ``uid, stage, reason, detail`` tables beside
 the kept rows, so every stage can reconcile rows in = rows out + filtered + quarantined.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,8 @@ from curation.matching import EntryMatcher
 from curation.metadata import count_words_and_pairs
 from curation.schema import DROPPED_SCHEMA
 from curation.sources import IngestConfig, read_partition
+
+Counts = dict[str, int]
 
 
 def part_name(index: int) -> str:
@@ -76,14 +81,24 @@ def split_by_reason(table: pa.Table, reasons: Sequence[str | None], stage: str, 
 
 # --- ingest -----------------------------------------------------------------------------------
 
-def ingest_part(cfg: IngestConfig, span: tuple, index: int, out_dir: str) -> dict[str, int]:
-    """Pass 1: read and validate one partition; rows that cannot be used go to quarantine."""
-    samples, truth, quarantine = read_partition(cfg, span)
-    write_table(samples, Path(out_dir) / "candidates" / part_name(index))
-    write_table(quarantine, Path(out_dir) / "quarantine" / part_name(index))
-    if truth is not None:
-        write_table(truth, Path(out_dir) / "truth" / part_name(index))
-    return {"rows_in": samples.num_rows + quarantine.num_rows, "quarantined": quarantine.num_rows}
+@dataclass(frozen=True)
+class IngestPart:
+    """Pass 1: read and validate one partition; rows that cannot be used go to quarantine. The synthetic
+    world's scene truth, when the source has one, goes to ``truth``."""
+
+    cfg: IngestConfig
+    span: tuple
+    candidates: str
+    quarantine: str
+    truth: str
+
+    def run(self) -> Counts:
+        samples, truth, quarantine = read_partition(self.cfg, self.span)
+        write_table(samples, self.candidates)
+        write_table(quarantine, self.quarantine)
+        if truth is not None:
+            write_table(truth, self.truth)
+        return {"rows_in": samples.num_rows + quarantine.num_rows, "quarantined": quarantine.num_rows}
 
 
 def duplicate_uid_table(candidate_paths: Sequence[str]) -> pa.Table:
@@ -99,36 +114,56 @@ def duplicate_uid_table(candidate_paths: Sequence[str]) -> pa.Table:
                      "uid": pa.array(uids, pa.string())})
 
 
-def drop_duplicate_uids_part(in_path: str, part: int, dup_path: str, out_part: str, quarantine_path: str
-                             ) -> dict[str, int]:
-    """Pass 2: quarantine the rows of this part that repeat an earlier uid; write the rest."""
-    table = read_table(in_path)
-    dups = read_table(dup_path)
-    repeat_rows = np.asarray(dups.column("row"))[np.asarray(dups.column("part")) == part]
-    if len(repeat_rows):
-        keep = np.ones(table.num_rows, dtype=bool)
-        keep[repeat_rows] = False
-        uids = table.column("uid").to_pylist()
-        extra = dropped_table([uids[i] for i in repeat_rows], "ingest", ["duplicate_uid"] * len(repeat_rows),
-                              ["uid seen earlier in the pool"] * len(repeat_rows))
-        write_table(pa.concat_tables([read_table(quarantine_path), extra]), quarantine_path)
-        table = table.filter(pa.array(keep))
-    write_table(table, out_part)
-    return {"rows_out": table.num_rows, "quarantined": int(len(repeat_rows))}
+@dataclass(frozen=True)
+class DropDuplicateUids:
+    """Pass 2: quarantine the rows of part ``part`` that repeat an earlier uid (``duplicates``: the
+    ``duplicate_uid_table``); write the rest to ``out``, and pass 1's quarantine plus these to ``quarantine``."""
+
+    source: str
+    part: int
+    duplicates: str
+    pass1_quarantine: str
+    out: str
+    quarantine: str
+
+    def run(self) -> Counts:
+        table = read_table(self.source)
+        dups = read_table(self.duplicates)
+        repeat_rows = np.asarray(dups.column("row"))[np.asarray(dups.column("part")) == self.part]
+        dropped = read_table(self.pass1_quarantine)
+        if len(repeat_rows):
+            keep = np.ones(table.num_rows, dtype=bool)
+            keep[repeat_rows] = False
+            uids = table.column("uid").to_pylist()
+            extra = dropped_table([uids[i] for i in repeat_rows], "ingest", ["duplicate_uid"] * len(repeat_rows),
+                                  ["uid seen earlier in the pool"] * len(repeat_rows))
+            dropped = pa.concat_tables([dropped, extra])
+            table = table.filter(pa.array(keep))
+        write_table(dropped, self.quarantine)
+        write_table(table, self.out)
+        return {"rows_out": table.num_rows, "quarantined": int(len(repeat_rows))}
 
 
 # --- filter -----------------------------------------------------------------------------------
 
-def filter_keys_part(in_path: str, cfg: filters.FilterConfig, out_path: str) -> int:
-    """Pass 1: per-row filter reasons plus the keys global deduplication needs."""
-    table = read_table(in_path)
-    _keep, reasons = filters.row_filters(table, cfg)
-    keys = table.select([c for c in ("uid", "image_sha256", "text") if c in table.column_names])
-    if cfg.phash_hamming >= 0:
-        keys = keys.append_column("image", table.column("image"))
-    keys = keys.append_column("reason", pa.array(reasons, pa.string()))
-    write_table(keys.append_column("detail", pa.array(filters.row_details(table, reasons), pa.string())), out_path)
-    return table.num_rows
+@dataclass(frozen=True)
+class FilterKeys:
+    """Pass 1: per-row filter reasons plus the keys global deduplication needs, written to ``out``."""
+
+    source: str
+    cfg: filters.FilterConfig
+    out: str
+
+    def run(self) -> Counts:
+        table = read_table(self.source)
+        _keep, reasons = filters.row_filters(table, self.cfg)
+        keys = table.select([c for c in ("uid", "image_sha256", "text") if c in table.column_names])
+        if self.cfg.phash_hamming >= 0:
+            keys = keys.append_column("image", table.column("image"))
+        keys = keys.append_column("reason", pa.array(reasons, pa.string()))
+        write_table(keys.append_column("detail", pa.array(filters.row_details(table, reasons), pa.string())),
+                    self.out)
+        return {"rows_in": table.num_rows}
 
 
 def global_filter_reasons(key_paths: Sequence[str], cfg: filters.FilterConfig) -> pa.Table:
@@ -144,95 +179,173 @@ def global_filter_reasons(key_paths: Sequence[str], cfg: filters.FilterConfig) -
                      "detail": pa.array(details, pa.string())})
 
 
-def apply_reasons_part(in_path: str, reasons_path: str, stage: str, out_part: str, out_dropped: str
-                       ) -> dict[str, int]:
-    """Pass 2: split one part by the global reasons table into kept rows and dropped rows."""
-    table = read_table(in_path)
-    found = read_table(reasons_path)
-    lookup = dict(zip(found.column("uid").to_pylist(),
-                      zip(found.column("reason").to_pylist(), found.column("detail").to_pylist())))
-    pairs = [lookup.get(uid, (None, "")) for uid in table.column("uid").to_pylist()]
-    kept, dropped = split_by_reason(table, [r for r, _ in pairs], stage, [d for _, d in pairs])
-    write_table(kept, out_part)
-    write_table(dropped, out_dropped)
-    return {"rows_in": table.num_rows, "rows_out": kept.num_rows, "filtered": dropped.num_rows}
+@dataclass(frozen=True)
+class ApplyReasons:
+    """Pass 2: split one part by the global ``reasons`` table (uid, reason, detail) into kept and dropped rows."""
+
+    source: str
+    reasons: str
+    stage: str
+    out: str
+    dropped: str
+
+    def run(self) -> Counts:
+        table = read_table(self.source)
+        found = read_table(self.reasons)
+        lookup = dict(zip(found.column("uid").to_pylist(),
+                          zip(found.column("reason").to_pylist(), found.column("detail").to_pylist())))
+        pairs = [lookup.get(uid, (None, "")) for uid in table.column("uid").to_pylist()]
+        kept, dropped = split_by_reason(table, [r for r, _ in pairs], self.stage, [d for _, d in pairs])
+        write_table(kept, self.out)
+        write_table(dropped, self.dropped)
+        return {"rows_in": table.num_rows, "rows_out": kept.num_rows, "filtered": dropped.num_rows}
 
 
 # --- curate (MetaCLIP) ------------------------------------------------------------------------
 
-def caption_counts_part(in_path: str) -> tuple[Counter, Counter]:
-    """Word and adjacent-pair counts of one part's captions, for the metadata builder's PMI bigrams
-    (counters of all parts add up to the pool's)."""
-    return count_words_and_pairs(read_table(in_path, ["text"]).column("text").to_pylist())
+@dataclass(frozen=True)
+class CaptionCounts:
+    """Word and adjacent-pair counts of one part's captions, for the metadata builder's PMI bigrams, written
+    to ``out`` as ``first, second, count`` (``second`` null for a word); parts' counts add up to the pool's."""
+
+    source: str
+    out: str
+
+    def run(self) -> Counts:
+        words, pairs = count_words_and_pairs(read_table(self.source, ["text"]).column("text").to_pylist())
+        firsts = list(words) + [a for a, _ in pairs]
+        seconds = [None] * len(words) + [b for _, b in pairs]
+        write_table(pa.table({"first": pa.array(firsts, pa.string()), "second": pa.array(seconds, pa.string()),
+                              "count": pa.array(list(words.values()) + list(pairs.values()), pa.int64())}),
+                    self.out)
+        return {"words": len(words), "pairs": len(pairs)}
 
 
-def match_part(in_path: str, entries: Sequence[str] | EntryMatcher, out_path: str) -> np.ndarray:
-    """Pass 1: matched entry ids per text, written beside; returns this part's entry counts.
+def read_caption_counts(paths: Sequence[str]) -> tuple[Counter, Counter]:
+    """The summed ``CaptionCounts`` of several parts: (word counts, pair counts)."""
+    words: Counter[str] = Counter()
+    pairs: Counter[tuple[str, str]] = Counter()
+    for path in paths:
+        table = read_table(path).to_pydict()
+        for first, second, n in zip(table["first"], table["second"], table["count"]):
+            if second is None:
+                words[first] += n
+            else:
+                pairs[(first, second)] += n
+    return words, pairs
 
-    Pass a built EntryMatcher to share it across parts: building one over 300k entries costs more CPU
-    than matching 100k texts with it (measured by benchmarks/bench_curate.py)."""
-    table = read_table(in_path, ["uid", "text"])
-    matcher = entries if isinstance(entries, EntryMatcher) else EntryMatcher(entries)
-    offsets, ids = matcher.match_arrays(table.column("text"))
-    column = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(ids, pa.int32()))
-    write_table(pa.table({"uid": table.column("uid"), "matched_entries": column}), out_path)
-    return balancing.count_entries(column, matcher.num_entries)
+
+@dataclass(frozen=True)
+class MatchPart:
+    """Pass 1: matched entry ids per text (``matched``) and this part's entry counts (``counts``, .npy).
+
+    Give every part the same built EntryMatcher: building one over 300k entries costs more CPU than matching
+    100k texts with it (measured by benchmarks/bench_curate.py); the Ray executor ships it once."""
+
+    source: str
+    matcher: EntryMatcher
+    matched: str
+    counts: str
+
+    def run(self) -> Counts:
+        table = read_table(self.source, ["uid", "text"])
+        offsets, ids = self.matcher.match_arrays(table.column("text"))
+        column = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(ids, pa.int32()))
+        write_table(pa.table({"uid": table.column("uid"), "matched_entries": column}), self.matched)
+        save_array(balancing.count_entries(column, self.matcher.num_entries), self.counts)
+        return {"rows_in": table.num_rows}
 
 
-def balance_part(in_path: str, matched_path: str, probs: np.ndarray, seed: int, out_part: str,
-                 out_dropped: str) -> dict:
-    """Pass 2: keep probability and seeded keep decision per sample (MetaCLIP balancing)."""
-    table = read_table(in_path)
-    matched_col = read_table(matched_path).column("matched_entries").combine_chunks()
-    keep_prob = balancing.keep_probs(matched_col, probs)
-    keep = balancing.keep_mask(table.column("uid"), keep_prob, seed)
-    has_match = np.asarray(pa.compute.list_value_length(matched_col).fill_null(0)) > 0
-    reasons = [None if k else ("not_sampled" if m else "no_entry") for k, m in zip(keep, has_match)]
-    details = [f"keep_prob={p:.4f}" if m else "" for m, p in zip(has_match, keep_prob)]
-    table = table.append_column("matched_entries", matched_col)
-    table = table.append_column("keep_prob", pa.array(keep_prob, pa.float32()))
-    kept, dropped = split_by_reason(table, reasons, "curate", details)
-    write_table(kept, out_part)
-    write_table(dropped, out_dropped)
-    counts_after = balancing.count_entries(matched_col.filter(pa.array(keep)), len(probs))
-    return {"rows_in": table.num_rows, "rows_out": kept.num_rows, "filtered": dropped.num_rows,
-            "counts_after": counts_after}
+def save_array(array: np.ndarray, path: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:  # a file object: np.save would append .npy to a name without it
+        np.save(f, array)
+
+
+@dataclass(frozen=True)
+class BalancePart:
+    """Pass 2: keep probability and seeded keep decision per sample (MetaCLIP balancing); the entry counts of
+    the kept rows go to ``counts_after`` (.npy)."""
+
+    source: str
+    matched: str
+    probs: np.ndarray
+    seed: int
+    out: str
+    dropped: str
+    counts_after: str
+
+    def run(self) -> Counts:
+        table = read_table(self.source)
+        matched_col = read_table(self.matched).column("matched_entries").combine_chunks()
+        keep_prob = balancing.keep_probs(matched_col, self.probs)
+        keep = balancing.keep_mask(table.column("uid"), keep_prob, self.seed)
+        has_match = np.asarray(pa.compute.list_value_length(matched_col).fill_null(0)) > 0
+        reasons = [None if k else ("not_sampled" if m else "no_entry") for k, m in zip(keep, has_match)]
+        details = [f"keep_prob={p:.4f}" if m else "" for m, p in zip(has_match, keep_prob)]
+        table = table.append_column("matched_entries", matched_col)
+        table = table.append_column("keep_prob", pa.array(keep_prob, pa.float32()))
+        kept, dropped = split_by_reason(table, reasons, "curate", details)
+        write_table(kept, self.out)
+        write_table(dropped, self.dropped)
+        save_array(balancing.count_entries(matched_col.filter(pa.array(keep)), len(self.probs)), self.counts_after)
+        return {"rows_in": table.num_rows, "rows_out": kept.num_rows, "filtered": dropped.num_rows}
 
 
 # --- rewrite / longcap ------------------------------------------------------------------------
 
-def _truth_rows(truth_path: str | None, uids: Sequence[str]) -> list[dict | None]:
-    if truth_path is None or not Path(truth_path).exists():
-        return [None] * len(uids)
-    truth = read_table(truth_path)
-    by_uid = dict(zip(truth.column("uid").to_pylist(), truth.to_pylist()))
+def truth_rows(truth_paths: Sequence[str], uids: Sequence[str]) -> list[dict | None]:
+    """The scene-truth row of each uid (None where the truth table has none), joined by uid over every
+    truth part: a part's rows need not sit in the truth part of the same name."""
+    wanted = set(uids)
+    by_uid: dict[str, dict] = {}
+    for path in truth_paths:
+        truth = read_table(path)
+        mask = pa.compute.is_in(truth.column("uid"), value_set=pa.array(sorted(wanted), pa.string()))
+        for row in truth.filter(mask).to_pylist():
+            by_uid[row["uid"]] = row
     return [by_uid.get(uid) for uid in uids]
 
 
-def caption_part(in_path: str, truth_path: str | None, out_path: str,
-                 cfg: captions.RewriteConfig | captions.LongcapConfig, seed: int) -> dict[str, int]:
-    """Add LaCLIP ``rewrites`` (a RewriteConfig; text only, so `truth_path` must be None) or DreamLIP/ALIP
-    ``long_caption`` + ``synthetic_caption`` (a LongcapConfig; the captioner may read the scene truth)."""
-    table = read_table(in_path)
-    if isinstance(cfg, captions.RewriteConfig):
-        if truth_path is not None:
-            raise ValueError("the rewrite stage stands in for a text-only LLM: it is given no scene truth")
-        table = captions.rewrite_table(table, cfg, seed)
-    else:
-        table = captions.longcap_table(table, _truth_rows(truth_path, table.column("uid").to_pylist()), cfg, seed)
-    write_table(table, out_path)
-    return {"rows_in": table.num_rows, "rows_out": table.num_rows}
+@dataclass(frozen=True)
+class CaptionPart:
+    """Add LaCLIP ``rewrites`` (a RewriteConfig; text only, so ``truth`` must be empty) or DreamLIP/ALIP
+    ``long_caption`` + ``synthetic_caption`` (a LongcapConfig; the simulated captioner may read the scene truth,
+    the ingest artifact's truth parts, joined by uid)."""
+
+    source: str
+    truth: tuple[str, ...]
+    out: str
+    cfg: captions.RewriteConfig | captions.LongcapConfig
+    seed: int
+
+    def run(self) -> Counts:
+        table = read_table(self.source)
+        if isinstance(self.cfg, captions.RewriteConfig):
+            if self.truth:
+                raise ValueError("the rewrite stage stands in for a text-only LLM: it is given no scene truth")
+            table = captions.rewrite_table(table, self.cfg, self.seed)
+        else:
+            rows = truth_rows(self.truth, table.column("uid").to_pylist())
+            table = captions.longcap_table(table, rows, self.cfg, self.seed)
+        write_table(table, self.out)
+        return {"rows_in": table.num_rows, "rows_out": table.num_rows}
 
 
 # --- cluster (MLCD) ---------------------------------------------------------------------------
 
-def fit_centers_job(part_paths: Sequence[str], cfg: clustering.ClusterConfig, out_path: str) -> int:
-    """Spherical k-means over every part's image embeddings; centers saved as .npy."""
-    x = np.concatenate([embedding_matrix(read_table(p, ["image_emb"])) for p in part_paths])
-    centers = clustering.fit_centers(x, cfg)
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    np.save(out_path, centers)
-    return int(x.shape[0])
+@dataclass(frozen=True)
+class FitCenters:
+    """Spherical k-means over every part's image embeddings (a job over all parts); centers saved as .npy."""
+
+    sources: tuple[str, ...]
+    cfg: clustering.ClusterConfig
+    out: str
+
+    def run(self) -> Counts:
+        x = np.concatenate([embedding_matrix(read_table(p, ["image_emb"])) for p in self.sources])
+        save_array(clustering.fit_centers(x, self.cfg), self.out)
+        return {"points": int(x.shape[0])}
 
 
 def embedding_matrix(table: pa.Table, column: str = "image_emb") -> np.ndarray:
@@ -244,13 +357,22 @@ def embedding_matrix(table: pa.Table, column: str = "image_emb") -> np.ndarray:
     return flat.reshape(len(col), -1)
 
 
-def assign_part(in_path: str, centers_path: str, top_k: int, out_path: str) -> dict[str, int]:
-    table = read_table(in_path)
-    labels, scores = clustering.assign_topk(embedding_matrix(table), np.load(centers_path), top_k)
-    table = table.append_column("cluster_labels", pa.array(list(labels), pa.list_(pa.int32())))
-    table = table.append_column("cluster_scores", pa.array(list(scores), pa.list_(pa.float32())))
-    write_table(table, out_path)
-    return {"rows_in": table.num_rows, "rows_out": table.num_rows}
+@dataclass(frozen=True)
+class AssignPart:
+    """Top-k nearest centers (``cluster_labels``, ``cluster_scores``) of one part's image embeddings."""
+
+    source: str
+    centers: str
+    top_k: int
+    out: str
+
+    def run(self) -> Counts:
+        table = read_table(self.source)
+        labels, scores = clustering.assign_topk(embedding_matrix(table), np.load(self.centers), self.top_k)
+        table = table.append_column("cluster_labels", pa.array(list(labels), pa.list_(pa.int32())))
+        table = table.append_column("cluster_scores", pa.array(list(scores), pa.list_(pa.float32())))
+        write_table(table, self.out)
+        return {"rows_in": table.num_rows, "rows_out": table.num_rows}
 
 
 # --- shard ------------------------------------------------------------------------------------
@@ -272,15 +394,26 @@ def plan_shards(part_rows: Sequence[int], samples_per_shard: int) -> list[list[t
     return [s for s in shards if s]
 
 
-def shard_job(part_paths: Sequence[str], slices: Sequence[tuple[int, int, int]], out_dir: str, shard: int) -> dict:
-    """Write one shard from its slices ``(part index, offset, length)`` of the parts.
+@dataclass(frozen=True)
+class ShardJob:
+    """Write shard number ``shard`` into ``out_dir`` from its slices ``(part index, offset, length)`` of the parts.
 
     Each part is memory-mapped and decoded batch by batch from the row group holding the slice's
     first row, stopping at the slice's end: the shards that share a part do not each decode all of it.
     """
-    pieces = []
-    for part, offset, length in slices:
-        with pq.ParquetFile(part_paths[part], memory_map=True) as pf:
+
+    sources: tuple[str, ...]
+    slices: tuple[tuple[int, int, int], ...]
+    out_dir: str
+    shard: int
+
+    def run(self) -> dict:
+        pieces = [self._slice(self.sources[part], offset, length) for part, offset, length in self.slices]
+        return sharding.write_shard(pa.concat_tables(pieces), self.out_dir, self.shard)
+
+    @staticmethod
+    def _slice(path: str, offset: int, length: int) -> pa.Table:
+        with pq.ParquetFile(path, memory_map=True) as pf:
             starts = np.cumsum([0] + [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)])
             first = int(np.searchsorted(starts, offset, side="right")) - 1
             batches, row = [], int(starts[first])
@@ -290,5 +423,4 @@ def shard_job(part_paths: Sequence[str], slices: Sequence[tuple[int, int, int]],
                 row += batch.num_rows
                 if row >= offset + length:
                     break
-            pieces.append(pa.Table.from_batches(batches, pf.schema_arrow).slice(offset - int(starts[first]), length))
-    return sharding.write_shard(pa.concat_tables(pieces), out_dir, shard)
+            return pa.Table.from_batches(batches, pf.schema_arrow).slice(offset - int(starts[first]), length)

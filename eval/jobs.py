@@ -4,6 +4,7 @@ Imports neither Prefect nor Ray."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from curation import synthetic
@@ -33,3 +34,17 @@ def eval_job(world: WorldConfig, cfg: EvalConfig, model_name: str, checkpoint: s
     )
     (Path(out_dir) / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
     return results
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """The eval stage's unit of work: the suite on ``checkpoint``, results also written to ``out_dir``."""
+
+    world: WorldConfig
+    cfg: EvalConfig
+    model_name: str
+    checkpoint: str
+    out_dir: str
+
+    def run(self) -> dict:
+        return eval_job(self.world, self.cfg, self.model_name, self.checkpoint, self.out_dir)

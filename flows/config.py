@@ -12,7 +12,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
-from importlib import resources
+import importlib.resources
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from curation.sharding import ShardConfig
 from curation.sources import IngestConfig
 from eval.suite import EvalConfig
 from tasks.artifacts import config_hash, to_dict  # noqa: F401  (re-exported for the CLI)
+from tasks.executors.base import ExecutorKind, StageResources
 from training.config import TrainConfig
 from training.embedding import EmbedConfig
 
@@ -50,8 +51,13 @@ class RayConfig:
 class RunConfig:
     """One pipeline run: a config block per stage, in pipeline order."""
 
+    executor: ExecutorKind = "ray"
+    """where stages run their units of work: "ray" (Ray tasks and actor pools, the cluster of `ray:`) or "local"
+    (one after the other in this process: for a debugger; no Ray is started)."""
     ray: RayConfig = field(default_factory=RayConfig)
     """Where stages fan out their work."""
+    resources: StageResources = field(default_factory=StageResources)
+    """CPUs, GPUs, memory and actors each stage's units reserve (not part of any cache key)."""
     ingest: IngestConfig = field(default_factory=IngestConfig)
     """Raw pool sources (the synthetic world by default)."""
     filter: FilterConfig = field(default_factory=FilterConfig)
@@ -178,7 +184,7 @@ def _is_tuple_field(dotted: str) -> bool:
 
 def default_config_text() -> str:
     """The packaged default configuration (``flows/default.yaml``)."""
-    return resources.files("flows").joinpath("default.yaml").read_text()
+    return importlib.resources.files("flows").joinpath("default.yaml").read_text()
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> RunConfig:

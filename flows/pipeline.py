@@ -59,7 +59,7 @@ def pipeline(
     workdir = str(Path(workdir).resolve())
     ctx = RunContext(
         workdir=workdir, run_id=new_run_id(), force=plan.force, cached_only=plan.cached_only,
-        ray_address=cfg.ray.address, ray_num_cpus=cfg.ray.num_cpus,
+        ray_address=cfg.ray.address, ray_num_cpus=cfg.ray.num_cpus, executor=cfg.executor, resources=cfg.resources,
     )
     refs: Refs = {}
     try:

@@ -4,9 +4,10 @@ A stage's artifact lives at ``<workdir>/artifacts/<stage>/<key>/`` with a ``mani
 hashes the stage name, its code version, its config and its inputs' keys, so the same inputs and
 config find the same folder (a rerun skips) and a change anywhere upstream changes every key below.
 
-Writes go to ``<workdir>/artifacts/<stage>/.tmp-<key>-<pid>/`` and are renamed into place only when
-the manifest is written, so a crash never leaves a half artifact that looks whole: an artifact is
-complete if and only if its ``manifest.json`` exists.
+Writes go to the key's staging area ``<workdir>/artifacts/<stage>/<key>.partial/`` and are renamed into
+place only when the manifest is written, so a crash never leaves a half artifact that looks whole: an
+artifact is complete if and only if its ``manifest.json`` exists. The staging area keeps a completion marker
+per finished part, so a rerun after a crash redoes only the parts that had not finished.
 
 This module is deliberately free of Prefect and Ray: tasks use it, tests use it alone.
 """
@@ -14,6 +15,7 @@ This module is deliberately free of Prefect and Ray: tasks use it, tests use it 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -26,6 +28,69 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
+PARTIAL = ".partial"
+"""Suffix of a key's staging area, ``artifacts/<stage>/<key>.partial/``: never read as an artifact."""
+DONE_DIR = "_done"
+"""Inside a staging area: one completion marker per finished part, ``_done/<step>/<index>.json``."""
+LOCK = ".lock"
+
+
+class StagingBusyError(RuntimeError):
+    """Another live process is writing the same stage and key."""
+
+
+class Staging:
+    """A stage's staging area: its files as they are written, and a completion marker per finished part.
+
+    A marker is written only after its part's files are, and holds the part's result and a digest of its unit
+    (inputs, outputs, settings): a rerun reuses a part only when the same unit finished before."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / LOCK, "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StagingBusyError(f"another process is writing {self.path}") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def clear(self) -> None:
+        for child in self.path.iterdir():
+            if child.name != LOCK:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+    def _marker(self, step: str, index: int) -> Path:
+        return self.path / DONE_DIR / step / f"{index:05d}.json"
+
+    def done(self, step: str, index: int, digest: str) -> dict[str, Any] | None:
+        """The result of part ``index`` of ``step`` when that same unit finished earlier, else None."""
+        marker = self._marker(step, index)
+        if not marker.is_file():
+            return None
+        record = json.loads(marker.read_text())
+        return record["result"] if record.get("unit") == digest else None
+
+    def mark(self, step: str, index: int, digest: str, result: dict[str, Any]) -> None:
+        marker = self._marker(step, index)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        tmp = marker.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"unit": digest, "result": result}, sort_keys=True))
+        os.replace(tmp, marker)  # a marker is whole or absent
+
+    def unmark(self, step: str) -> None:
+        """Forget the markers of ``step`` (before deleting that step's intermediate files)."""
+        shutil.rmtree(self.path / DONE_DIR / step, ignore_errors=True)
+
+    def unmark_all(self) -> None:
+        shutil.rmtree(self.path / DONE_DIR, ignore_errors=True)
+        (self.path / LOCK).unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -100,25 +165,31 @@ class ArtifactStore:
             seconds=float(manifest.get("seconds", 0.0)),
         )
 
-    @contextmanager
-    def writing(self, stage: str, key: str, manifest: dict[str, Any]) -> Iterator[Path]:
-        """Yield a temporary folder; on success write ``manifest`` there and rename it into place.
+    def staging(self, stage: str, key: str) -> Path:
+        """The key's staging area: where a stage writes until its manifest is published."""
+        return self.root / stage / f"{key}{PARTIAL}"
 
-        The caller may add entries to ``manifest`` (counts, reasons) inside the block. An existing
-        artifact at the same key (a forced recompute) is replaced only once the new one is complete.
+    @contextmanager
+    def writing(self, stage: str, key: str, manifest: dict[str, Any], fresh: bool = False) -> Iterator[Staging]:
+        """Yield the key's staging area; on success write ``manifest`` there and rename it into place.
+
+        The area survives a failed or killed run, with a completion marker per finished part, so the next run of
+        the same key redoes only the unfinished parts; ``fresh`` (a forced recompute) empties it first. One
+        process at a time writes a key (an advisory lock, released when the process ends however it ends). The
+        caller may add entries to ``manifest`` inside the block. An existing artifact at the same key (a forced
+        recompute) is replaced only once the new one is complete.
         """
         final = self.path(stage, key)
-        tmp = final.parent / f".tmp-{key}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        started = time.perf_counter()
-        try:
-            yield tmp
+        area = Staging(self.staging(stage, key))
+        with area.locked():
+            if fresh:
+                area.clear()
+            started = time.perf_counter()
+            yield area
             manifest.setdefault("seconds", round(time.perf_counter() - started, 3))
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
-            self._replace(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            area.unmark_all()
+            (area.path / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+            self._replace(area.path, final)
 
     @staticmethod
     def _replace(tmp: Path, final: Path) -> None:

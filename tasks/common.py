@@ -9,15 +9,19 @@ could not see a forced recompute. Keys never include the run id, so a new run fi
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
+from functools import cached_property
 from typing import Any
 
-from tasks.artifacts import ArtifactRef, ArtifactStore, config_hash, stage_key, to_dict
-from tasks.parallel import ensure_ray
+from tasks.artifacts import ArtifactRef, ArtifactStore, Staging, config_hash, stage_key, to_dict
+from tasks.executors import make_executor
+from tasks.executors.base import Executor, ExecutorKind, Resources, Result, StageResources, Worker
 
 
 class MissingArtifactError(RuntimeError):
@@ -40,10 +44,67 @@ class RunContext:
     """Stages that must come from the cache (upstream of --only/--from): a miss is an error."""
     ray_address: str | None = None
     ray_num_cpus: int | None = None
+    executor: ExecutorKind = "ray"
+    """Where units of work run: Ray tasks and actors, or this process ("local")."""
+    resources: StageResources = field(default_factory=StageResources)
 
     @property
     def store(self) -> ArtifactStore:
         return ArtifactStore(self.workdir)
+
+    def make_executor(self) -> Executor:
+        return make_executor(self.executor, self.ray_address, self.ray_num_cpus)
+
+
+def unit_digest(unit: Any) -> str:
+    """A digest of a unit's fields (inputs, outputs, settings); objects with no plain form (a built matcher)
+    count by type only: the stage's key already covers what they were built from."""
+    value = dataclasses.asdict(unit) if dataclasses.is_dataclass(unit) else unit
+    blob = json.dumps(value, sort_keys=True, default=lambda obj: type(obj).__name__)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class StageRun:
+    """One stage computing its artifact: its staging area, its executor and resources, and the tally of parts
+    computed and reused per step (``manifest["parts"]``).
+
+    Every unit of a step is looked up in the staging area first: a part whose marker holds the same unit
+    finished in an earlier, interrupted run of this key and is not run again. A part is marked as soon as it
+    finishes, so a crash loses only the parts in flight."""
+
+    def __init__(self, ctx: RunContext, stage: str, staging: Staging, manifest: dict[str, Any]):
+        self.ctx, self.stage, self.staging, self.manifest = ctx, stage, staging, manifest
+        self.tmp = staging.path
+        self.resources: Resources = ctx.resources.of(stage)
+
+    @cached_property
+    def executor(self) -> Executor:
+        return self.ctx.make_executor()  # built on first use: a cached rerun never starts Ray
+
+    def map(self, step: str, units: Sequence[Any]) -> list[Result]:
+        """Every unit's ``run()`` on the executor; results in unit order."""
+        return self._run(step, units, lambda todo: self.executor.map(todo, self.resources))
+
+    def map_stateful(self, step: str, worker: Callable[[], Worker], units: Sequence[Any]) -> list[Result]:
+        """``worker()(unit)`` for every unit, the worker built once per process or actor."""
+        return self._run(step, units, lambda todo: self.executor.map_stateful(worker, todo, self.resources))
+
+    def job(self, step: str, unit: Any) -> Result:
+        """One whole-data unit holding the job's CPUs (``resources.job_cpus``, else the cluster's)."""
+        return self._run(step, [unit], lambda todo: self.executor.map(todo, self.executor.job_resources(
+            self.resources)))[0]
+
+    def _run(self, step: str, units: Sequence[Any], submit: Callable[[list[Any]], Any]) -> list[Result]:
+        digests = [unit_digest(u) for u in units]
+        results: list[Result | None] = [self.staging.done(step, i, d) for i, d in enumerate(digests)]
+        todo = [i for i, r in enumerate(results) if r is None]
+        self.manifest.setdefault("parts", {})[step] = {"computed": len(todo), "reused": len(units) - len(todo)}
+        if todo:
+            for position, result in submit([units[i] for i in todo]):
+                index = todo[position]
+                self.staging.mark(step, index, digests[index], result)
+                results[index] = result
+        return results  # type: ignore[return-value]  (every None was filled or the submit raised)
 
 
 def reconcile(stage: str, counts: dict[str, int]) -> None:
@@ -63,12 +124,13 @@ def run_stage(
     code_version: str,
     cfg: Any,
     inputs: list[ArtifactRef],
-    compute: Callable[[Path, dict[str, Any]], None],
+    compute: Callable[[StageRun, dict[str, Any]], None],
 ) -> ArtifactRef:
-    """Return the stage's artifact, computing it with ``compute(tmp_dir, manifest)`` unless cached.
+    """Return the stage's artifact, computing it with ``compute(run, manifest)`` unless cached.
 
-    ``compute`` writes its files into ``tmp_dir`` and fills ``manifest["counts"]`` (rows_in, rows_out,
-    filtered, quarantined) and, where rows are dropped, ``manifest["reasons"]``.
+    ``compute`` runs its units through ``run`` (:class:`StageRun`), writes its files into ``run.tmp`` (the
+    staging area) and fills ``manifest["counts"]`` (rows_in, rows_out, filtered, quarantined) and, where rows
+    are dropped, ``manifest["reasons"]``.
     """
     config = to_dict(cfg)
     key = stage_key(stage, code_version, config, [ref.key for ref in inputs])
@@ -92,10 +154,9 @@ def run_stage(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "counts": {},
     }
-    ensure_ray(ctx.ray_address, ctx.ray_num_cpus)  # only a stage that computes needs Ray: cached reruns stay fast
     started = time.perf_counter()
-    with store.writing(stage, key, manifest) as tmp:
-        compute(tmp, manifest)
+    with store.writing(stage, key, manifest, fresh=stage in ctx.force) as staging:
+        compute(StageRun(ctx, stage, staging, manifest), manifest)
         reconcile(stage, manifest["counts"])
         manifest["seconds"] = round(time.perf_counter() - started, 3)
     return store.ref(stage, key, status="computed")

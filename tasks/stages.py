@@ -14,6 +14,7 @@ import json
 import shutil
 from collections import Counter
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +33,14 @@ from curation.metadata import choose_metadata, save_metadata
 from curation.sharding import ShardConfig, write_sizes
 from curation.sources import IngestConfig, plan_partitions
 from curation.statistics import distribution_stats, top_entries
-from eval.jobs import eval_job
+from eval.jobs import EvalJob
 from eval.suite import EvalConfig
+from tasks import layout as L
 from tasks.artifacts import ArtifactRef
-from tasks.common import RunContext, run_stage
-from tasks.parallel import ray_call, ray_map
-from tasks.train_ray import train_distributed
+from tasks.common import RunContext, StageRun, run_stage
 from training.config import TrainConfig
 from training.embedding import EmbedConfig
-from training.jobs import bootstrap_config, bootstrap_job, embed_part
+from training.jobs import BootstrapJob, EmbedPart, PartEmbedder, bootstrap_config
 
 CODE_VERSIONS = {
     "ingest": "2", "filter": "2", "curate": "1", "rewrite": "2", "longcap": "2",
@@ -48,12 +48,12 @@ CODE_VERSIONS = {
 }
 
 
-def _parts(ref: ArtifactRef) -> list[str]:
-    return P.list_parts(Path(ref.path) / "parts")
+def _parts(ref: ArtifactRef, folder: str = L.PARTS) -> list[str]:
+    return P.list_parts(Path(ref.path) / folder)
 
 
-def _out(tmp: Path, folder: str, index: int) -> str:
-    return str(tmp / folder / P.part_name(index))
+def _out(tmp: Path, folder: str, index: int, suffix: str = ".parquet") -> str:
+    return str((tmp / folder / P.part_name(index)).with_suffix(suffix))
 
 
 def _passthrough_counts(results: list[dict]) -> dict[str, int]:
@@ -62,89 +62,104 @@ def _passthrough_counts(results: list[dict]) -> dict[str, int]:
     return {"rows_in": rows_in, "rows_out": rows_out, "filtered": rows_in - rows_out, "quarantined": 0}
 
 
+def _discard(run: StageRun, step: str, *paths: Path) -> None:
+    """Delete a finished step's intermediate files, its markers first: a crash in between redoes the step."""
+    run.staging.unmark(step)
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
 @task(name="ingest", cache_policy=NO_CACHE)
 def ingest(ctx: RunContext, cfg: IngestConfig) -> ArtifactRef:
-    def compute(tmp: Path, manifest: dict[str, Any]) -> None:
+    def compute(run: StageRun, manifest: dict[str, Any]) -> None:
+        tmp = run.tmp
         spans = plan_partitions(cfg)
-        read = ray_map(P.ingest_part, [(cfg, span, i, str(tmp)) for i, span in enumerate(spans)])
-        candidates = P.list_parts(tmp / "candidates")
-        P.write_table(P.duplicate_uid_table(candidates), tmp / "duplicates.parquet")
-        calls = [(p, i, str(tmp / "duplicates.parquet"), _out(tmp, "parts", i), _out(tmp, "quarantine", i))
-                 for i, p in enumerate(candidates)]
-        kept = ray_map(P.drop_duplicate_uids_part, calls)
+        read = run.map("read", [P.IngestPart(cfg, span, _out(tmp, L.CANDIDATES, i), _out(tmp, L.READ_QUARANTINE, i),
+                                             _out(tmp, L.TRUTH, i)) for i, span in enumerate(spans)])
+        candidates = [_out(tmp, L.CANDIDATES, i) for i in range(len(spans))]
+        P.write_table(P.duplicate_uid_table(candidates), tmp / L.DUPLICATES)
+        kept = run.map("dedup", [P.DropDuplicateUids(p, i, str(tmp / L.DUPLICATES), _out(tmp, L.READ_QUARANTINE, i),
+                                                     _out(tmp, L.PARTS, i), _out(tmp, L.QUARANTINE, i))
+                                 for i, p in enumerate(candidates)])
         manifest["counts"] = {"rows_in": sum(r["rows_in"] for r in read), "rows_out": sum(r["rows_out"] for r in kept),
                               "filtered": 0, "quarantined": sum(r["quarantined"] for r in read + kept)}
-        manifest["reasons"] = {"quarantined": P.reason_counts(P.list_parts(tmp / "quarantine"))}
+        manifest["reasons"] = {"quarantined": P.reason_counts(P.list_parts(tmp / L.QUARANTINE))}
         manifest["source"] = cfg.source
-        shutil.rmtree(tmp / "candidates")
+        _discard(run, "dedup")
+        _discard(run, "read", tmp / L.CANDIDATES, tmp / L.READ_QUARANTINE)  # the duplicates table stays
 
     return run_stage(ctx, "ingest", CODE_VERSIONS["ingest"], cfg, [], compute)
 
 
 @task(name="filter", cache_policy=NO_CACHE)
 def filter_(ctx: RunContext, cfg: FilterConfig, upstream: ArtifactRef) -> ArtifactRef:
-    def compute(tmp: Path, manifest: dict[str, Any]) -> None:
-        parts = _parts(upstream)
-        keys = ray_map(P.filter_keys_part, [(p, cfg, _out(tmp, "keys", i)) for i, p in enumerate(parts)])
-        reasons = P.global_filter_reasons(P.list_parts(tmp / "keys"), cfg)
-        P.write_table(reasons, tmp / "reasons.parquet")
-        calls = [(p, str(tmp / "reasons.parquet"), "filter", _out(tmp, "parts", i), _out(tmp, "filtered", i))
-                 for i, p in enumerate(parts)]
-        manifest["counts"] = _passthrough_counts(ray_map(P.apply_reasons_part, calls))
-        assert manifest["counts"]["rows_in"] == sum(keys)
-        manifest["reasons"] = {"filtered": P.reason_counts(P.list_parts(tmp / "filtered"))}
-        for path in P.list_parts(tmp / "keys") + [str(tmp / "reasons.parquet")]:
-            Path(path).unlink()
+    def compute(run: StageRun, manifest: dict[str, Any]) -> None:
+        tmp, parts = run.tmp, _parts(upstream)
+        keys = run.map("keys", [P.FilterKeys(p, cfg, _out(tmp, L.FILTER_KEYS, i)) for i, p in enumerate(parts)])
+        reasons = P.global_filter_reasons([_out(tmp, L.FILTER_KEYS, i) for i in range(len(parts))], cfg)
+        P.write_table(reasons, tmp / L.FILTER_REASONS)
+        applied = run.map("apply", [P.ApplyReasons(p, str(tmp / L.FILTER_REASONS), "filter", _out(tmp, L.PARTS, i),
+                                                   _out(tmp, L.FILTERED, i)) for i, p in enumerate(parts)])
+        manifest["counts"] = _passthrough_counts(applied)
+        assert manifest["counts"]["rows_in"] == sum(k["rows_in"] for k in keys)
+        manifest["reasons"] = {"filtered": P.reason_counts(P.list_parts(tmp / L.FILTERED))}
+        _discard(run, "apply")
+        _discard(run, "keys", tmp / L.FILTER_KEYS, tmp / L.FILTER_REASONS)
 
     return run_stage(ctx, "filter", CODE_VERSIONS["filter"], cfg, [upstream], compute)
 
 
-def _caption_counts(parts: list[str]) -> tuple[Counter, Counter]:
+def _caption_counts(run: StageRun, parts: list[str]) -> tuple[Counter, Counter]:
     """Word and pair counts of every part's captions, counted in parallel (the metadata builder's input)."""
-    counts = ray_map(P.caption_counts_part, [(p,) for p in parts])
-    return sum((c[0] for c in counts), Counter()), sum((c[1] for c in counts), Counter())
+    outs = [_out(run.tmp, L.CAPTION_COUNTS, i) for i in range(len(parts))]
+    run.map("caption_counts", [P.CaptionCounts(p, out) for p, out in zip(parts, outs)])
+    counts = P.read_caption_counts(outs)
+    _discard(run, "caption_counts", run.tmp / L.CAPTION_COUNTS)
+    return counts
 
 
 @task(name="curate", cache_policy=NO_CACHE)
 def curate(ctx: RunContext, cfg: CurateConfig, upstream: ArtifactRef, synthetic_only: bool = True) -> ArtifactRef:
-    def compute(tmp: Path, manifest: dict[str, Any]) -> None:
-        parts = _parts(upstream)
+    def compute(run: StageRun, manifest: dict[str, Any]) -> None:
+        tmp, parts = run.tmp, _parts(upstream)
         entries, manifest["metadata"] = choose_metadata(cfg.metadata, synthetic_only, cfg.builder,
-                                                        lambda: _caption_counts(parts))
-        save_metadata(entries, str(tmp / "metadata.json"))
-        matcher = EntryMatcher(entries)  # built once, shared by every part's task
-        counts = ray_map(P.match_part, [(p, matcher, _out(tmp, "matched", i)) for i, p in enumerate(parts)])
-        before = np.sum(counts, axis=0)
+                                                        lambda: _caption_counts(run, parts))
+        save_metadata(entries, str(tmp / L.METADATA))
+        matcher = EntryMatcher(entries)  # built once, shared by every part's unit
+        run.map("match", [P.MatchPart(p, matcher, _out(tmp, L.MATCHED, i), _out(tmp, L.MATCH_COUNTS, i, ".npy"))
+                          for i, p in enumerate(parts)])
+        before = np.sum([np.load(_out(tmp, L.MATCH_COUNTS, i, ".npy")) for i in range(len(parts))], axis=0)
         probs = entry_probs(before, cfg.t)
-        calls = [(p, _out(tmp, "matched", i), probs, cfg.seed, _out(tmp, "parts", i), _out(tmp, "filtered", i))
-                 for i, p in enumerate(parts)]
-        results = ray_map(P.balance_part, calls)
-        after = np.sum([r.pop("counts_after") for r in results], axis=0)
-        P.write_table(entry_count_table(entries, before, after, probs), tmp / "entry_counts.parquet")
+        results = run.map("balance", [
+            P.BalancePart(p, _out(tmp, L.MATCHED, i), probs, cfg.seed, _out(tmp, L.PARTS, i), _out(tmp, L.FILTERED, i),
+                          _out(tmp, L.KEPT_COUNTS, i, ".npy")) for i, p in enumerate(parts)])
+        after = np.sum([np.load(_out(tmp, L.KEPT_COUNTS, i, ".npy")) for i in range(len(parts))], axis=0)
+        P.write_table(entry_count_table(entries, before, after, probs), tmp / L.ENTRY_COUNTS)
         manifest["counts"] = _passthrough_counts(results)
-        manifest["reasons"] = {"filtered": P.reason_counts(P.list_parts(tmp / "filtered"))}
+        manifest["reasons"] = {"filtered": P.reason_counts(P.list_parts(tmp / L.FILTERED))}
         manifest["distribution"] = distribution_stats(before, after, cfg.t)
         manifest["top_entries"] = top_entries(entries, before, after, n=20)
-        (tmp / "curate_stats.json").write_text(json.dumps(manifest["distribution"]))
+        (tmp / L.CURATE_STATS).write_text(json.dumps(manifest["distribution"]))
+        _discard(run, "balance", tmp / L.KEPT_COUNTS)
+        _discard(run, "match", tmp / L.MATCH_COUNTS)
 
     return run_stage(ctx, "curate", CODE_VERSIONS["curate"], curate_key_config(cfg, synthetic_only), [upstream],
                      compute)
 
 
 def _caption_stage(ctx: RunContext, stage: str, cfg: RewriteConfig | LongcapConfig, upstream: ArtifactRef,
-                   ingest_ref: ArtifactRef | None, seed: int) -> ArtifactRef:
-    """`ingest_ref` gives the scene truth to the captioner (longcap); the rewriter (a text-only LLM) gets None."""
-    truth_dir = Path(ingest_ref.path) / "truth" if ingest_ref is not None else None
-    truth_parts = {Path(p).name for p in P.list_parts(truth_dir)} if truth_dir is not None else set()
+                   truth: ArtifactRef | None, seed: int) -> ArtifactRef:
+    """`truth` (the ingest artifact, whose truth table is joined by uid) is given to the captioner (longcap) only;
+    the rewriter stands in for a text-only LLM and gets None."""
+    truth_parts = tuple(_parts(truth, L.TRUTH)) if truth is not None else ()
 
-    def compute(tmp: Path, manifest: dict[str, Any]) -> None:
-        calls = [(p, str(truth_dir / Path(p).name) if Path(p).name in truth_parts else None,
-                  _out(tmp, "parts", i), cfg, seed)
+    def compute(run: StageRun, manifest: dict[str, Any]) -> None:
+        units = [P.CaptionPart(p, truth_parts, _out(run.tmp, L.PARTS, i), cfg, seed)
                  for i, p in enumerate(_parts(upstream))]
-        manifest["counts"] = _passthrough_counts(ray_map(P.caption_part, calls))
+        manifest["counts"] = _passthrough_counts(run.map("caption", units))
         manifest["backend"] = make_backend(cfg.backend, cfg.error_rate).describe(stage)
 
-    inputs = [upstream] if ingest_ref is None else [upstream, ingest_ref]
+    inputs = [upstream] if truth is None else [upstream, truth]
     return run_stage(ctx, stage, CODE_VERSIONS[stage], cfg, inputs, compute)
 
 
@@ -154,22 +169,23 @@ def rewrite(ctx: RunContext, cfg: RewriteConfig, upstream: ArtifactRef) -> Artif
 
 
 @task(name="longcap", cache_policy=NO_CACHE)
-def longcap(ctx: RunContext, cfg: LongcapConfig, upstream: ArtifactRef, ingest_ref: ArtifactRef) -> ArtifactRef:
-    return _caption_stage(ctx, "longcap", cfg, upstream, ingest_ref, seed=STAGE_SEEDS["longcap"])
+def longcap(ctx: RunContext, cfg: LongcapConfig, upstream: ArtifactRef, truth: ArtifactRef) -> ArtifactRef:
+    return _caption_stage(ctx, "longcap", cfg, upstream, truth, seed=STAGE_SEEDS["longcap"])
 
 
 @task(name="embed", cache_policy=NO_CACHE)
 def embed(ctx: RunContext, cfg: EmbedConfig, train_cfg: TrainConfig, upstream: ArtifactRef) -> ArtifactRef:
-    def compute(tmp: Path, manifest: dict[str, Any]) -> None:
-        parts = _parts(upstream)
+    def compute(run: StageRun, manifest: dict[str, Any]) -> None:
+        tmp, parts = run.tmp, _parts(upstream)
         checkpoint = cfg.checkpoint
         if checkpoint is None:
-            checkpoint = ray_call(bootstrap_job, parts, cfg, train_cfg, str(tmp / "bootstrap"))
+            job = BootstrapJob(tuple(parts), cfg, train_cfg, str(tmp / L.BOOTSTRAP))
+            checkpoint = run.job("bootstrap", job)["checkpoint"]
         stored = str(Path(checkpoint).relative_to(tmp)) if checkpoint.startswith(str(tmp)) else checkpoint
         manifest["model"] = {"name": cfg.model, "checkpoint": stored,
                              "source": "config" if cfg.checkpoint else "bootstrap training on the curated data"}
-        calls = [(p, cfg.model, checkpoint, cfg.batch_size, _out(tmp, "parts", i)) for i, p in enumerate(parts)]
-        results = ray_map(embed_part, calls)
+        worker = partial(PartEmbedder, cfg.model, checkpoint, cfg.batch_size)
+        results = run.map_stateful("embed", worker, [EmbedPart(p, _out(tmp, L.PARTS, i)) for i, p in enumerate(parts)])
         manifest["counts"] = _passthrough_counts(results)
         manifest["dim"] = results[0]["dim"] if results else 0
 
@@ -179,25 +195,26 @@ def embed(ctx: RunContext, cfg: EmbedConfig, train_cfg: TrainConfig, upstream: A
 
 @task(name="cluster", cache_policy=NO_CACHE)
 def cluster(ctx: RunContext, cfg: ClusterConfig, upstream: ArtifactRef) -> ArtifactRef:
-    def compute(tmp: Path, manifest: dict[str, Any]) -> None:
+    def compute(run: StageRun, manifest: dict[str, Any]) -> None:
         parts = _parts(upstream)
-        centers = str(tmp / "centers.npy")
-        manifest["points"] = ray_call(P.fit_centers_job, parts, cfg, centers)
-        calls = [(p, centers, cfg.top_k, _out(tmp, "parts", i)) for i, p in enumerate(parts)]
-        manifest["counts"] = _passthrough_counts(ray_map(P.assign_part, calls))
+        centers = str(run.tmp / L.CENTERS)
+        manifest["points"] = run.job("fit", P.FitCenters(tuple(parts), cfg, centers))["points"]
+        results = run.map("assign", [P.AssignPart(p, centers, cfg.top_k, _out(run.tmp, L.PARTS, i))
+                                     for i, p in enumerate(parts)])
+        manifest["counts"] = _passthrough_counts(results)
 
     return run_stage(ctx, "cluster", CODE_VERSIONS["cluster"], cfg, [upstream], compute)
 
 
 @task(name="shard", cache_policy=NO_CACHE)
 def shard(ctx: RunContext, cfg: ShardConfig, upstream: ArtifactRef) -> ArtifactRef:
-    def compute(tmp: Path, manifest: dict[str, Any]) -> None:
-        parts = _parts(upstream)
+    def compute(run: StageRun, manifest: dict[str, Any]) -> None:
+        parts = tuple(_parts(upstream))
         rows = [pq.ParquetFile(p).metadata.num_rows for p in parts]  # counts from metadata, no data read
         plan = P.plan_shards(rows, cfg.samples_per_shard)
-        out = str(tmp / "shards")
-        Path(out).mkdir()
-        results = ray_map(P.shard_job, [(parts, slices, out, i) for i, slices in enumerate(plan)])
+        out = str(run.tmp / L.SHARDS)
+        Path(out).mkdir(exist_ok=True)
+        results = run.map("write", [P.ShardJob(parts, tuple(slices), out, i) for i, slices in enumerate(plan)])
         write_sizes(out, {r["shard"]: r["count"] for r in results})
         written = sum(r["count"] for r in results)
         manifest["counts"] = {"rows_in": sum(rows), "rows_out": written, "filtered": 0, "quarantined": 0}
@@ -211,13 +228,14 @@ def shard(ctx: RunContext, cfg: ShardConfig, upstream: ArtifactRef) -> ArtifactR
 def train(ctx: RunContext, cfg: TrainConfig, upstream: ArtifactRef, curate_ref: ArtifactRef | None = None
           ) -> ArtifactRef:
     """`curate_ref` gives NegCLIP the pool's metadata entries (its vocabulary), when negclip asks for them."""
-    metadata = Path(curate_ref.path) / "metadata.json" if curate_ref is not None else None
+    metadata = Path(curate_ref.path) / L.METADATA if curate_ref is not None else None
     uses_metadata = "negclip" in cfg.objectives and cfg.negclip.use_metadata and metadata is not None
     run_cfg = replace(cfg, negclip=replace(cfg.negclip, metadata_file=str(metadata))) if uses_metadata else cfg
 
-    def compute(tmp: Path, manifest: dict[str, Any]) -> None:
-        summary = train_distributed(run_cfg, str(Path(upstream.path) / "shards"), str(tmp))
-        shutil.rmtree(tmp / "ray_train", ignore_errors=True)  # Ray Train's duplicate of the last checkpoint
+    def compute(run: StageRun, manifest: dict[str, Any]) -> None:
+        tmp = run.tmp
+        summary = run.executor.train(run_cfg, str(Path(upstream.path) / L.SHARDS), str(tmp))
+        shutil.rmtree(tmp / L.RAY_TRAIN, ignore_errors=True)  # Ray Train's duplicate of the last checkpoint
         summary["checkpoint"] = str(Path(summary["checkpoint"]).relative_to(tmp.resolve()))
         manifest["train"] = summary
         rows = upstream.counts.get("rows_out", 0)
@@ -230,9 +248,9 @@ def train(ctx: RunContext, cfg: TrainConfig, upstream: ArtifactRef, curate_ref: 
 @task(name="eval", cache_policy=NO_CACHE)
 def evaluate(ctx: RunContext, cfg: EvalConfig, ingest_cfg: IngestConfig, train_cfg: TrainConfig,
              upstream: ArtifactRef) -> ArtifactRef:
-    def compute(tmp: Path, manifest: dict[str, Any]) -> None:
+    def compute(run: StageRun, manifest: dict[str, Any]) -> None:
         checkpoint = str(Path(upstream.path) / ctx.store.manifest("train", upstream.key)["train"]["checkpoint"])
-        manifest["eval"] = ray_call(eval_job, ingest_cfg.world, cfg, train_cfg.model, checkpoint, str(tmp))
+        manifest["eval"] = run.job("suite", EvalJob(ingest_cfg.world, cfg, train_cfg.model, checkpoint, str(run.tmp)))
         manifest["counts"] = {"rows_in": 0, "rows_out": 0, "filtered": 0, "quarantined": 0}
 
     return run_stage(ctx, "eval", CODE_VERSIONS["eval"], (cfg, ingest_cfg.world), [upstream], compute)

@@ -95,6 +95,12 @@ def latest_checkpoint(out_dir: str | Path) -> str | None:
     return str(path) if path.exists() else None
 
 
+def checkpoint_step(out_dir: str | Path) -> int:
+    """Step of the run folder's newest checkpoint; -1 when it has none."""
+    marker = Path(out_dir) / CHECKPOINT_DIR / LATEST
+    return int(json.loads(marker.read_text())["step"]) if marker.exists() else -1
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 

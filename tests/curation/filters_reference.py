@@ -1,5 +1,5 @@
 """The plain, single-table form of the filter stage: the parity reference its partitioned production path
-(curation.partitions.filter_keys_part -> global_filter_reasons -> apply_reasons_part) is tested against."""
+(curation.partitions.FilterKeys -> global_filter_reasons -> ApplyReasons) is tested against."""
 
 from __future__ import annotations
 

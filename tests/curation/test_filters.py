@@ -176,7 +176,7 @@ def test_empty_table(cfg: FilterConfig) -> None:
 
 
 def test_the_partitioned_filter_stage_equals_the_plain_reference_with_its_details(tmp_path) -> None:
-    """filter_keys_part on each part -> global_filter_reasons -> apply_reasons_part keeps and drops what the
+    """FilterKeys on each part -> global_filter_reasons -> ApplyReasons keeps and drops what the
     single-table reference does, with the same reason and detail for every dropped row."""
     from curation import partitions as P
 
@@ -190,11 +190,11 @@ def test_the_partitioned_filter_stage_equals_the_plain_reference_with_its_detail
     halves = [t.slice(0, 4), t.slice(4)]
     for i, half in enumerate(halves):
         P.write_table(half, tmp_path / "in" / P.part_name(i))
-        P.filter_keys_part(str(tmp_path / "in" / P.part_name(i)), cfg, str(tmp_path / "keys" / P.part_name(i)))
+        P.FilterKeys(str(tmp_path / "in" / P.part_name(i)), cfg, str(tmp_path / "keys" / P.part_name(i))).run()
     P.write_table(P.global_filter_reasons(P.list_parts(tmp_path / "keys"), cfg), tmp_path / "reasons.parquet")
     for i in range(2):
-        P.apply_reasons_part(str(tmp_path / "in" / P.part_name(i)), str(tmp_path / "reasons.parquet"), "filter",
-                             str(tmp_path / "out" / P.part_name(i)), str(tmp_path / "dropped" / P.part_name(i)))
+        P.ApplyReasons(str(tmp_path / "in" / P.part_name(i)), str(tmp_path / "reasons.parquet"), "filter",
+                       str(tmp_path / "out" / P.part_name(i)), str(tmp_path / "dropped" / P.part_name(i))).run()
     got_kept = pa.concat_tables([P.read_table(p) for p in P.list_parts(tmp_path / "out")])
     got_dropped = pa.concat_tables([P.read_table(p) for p in P.list_parts(tmp_path / "dropped")])
     assert got_kept.column("uid").to_pylist() == kept.column("uid").to_pylist()

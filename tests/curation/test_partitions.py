@@ -26,12 +26,14 @@ def test_duplicate_uids_keep_first_occurrence_across_parts(tmp_path):
     dups = P.duplicate_uid_table([a, b])
     assert list(zip(*(dups.column(c).to_pylist() for c in ("part", "row", "uid")))) == [(0, 2, "x"), (1, 0, "y")]
     dup_path = _write(tmp_path, "d.parquet", dups)
-    q = _write(tmp_path, "q.parquet", P.dropped_table([], "ingest", [], []))
-    out = str(tmp_path / "out.parquet")
-    counts = P.drop_duplicate_uids_part(b, 1, dup_path, out, q)
-    assert counts == {"rows_out": 1, "quarantined": 1}
+    read_q = _write(tmp_path, "q1.parquet", P.dropped_table(["bad"], "ingest", ["empty_image"], [""]))
+    out, q = str(tmp_path / "out.parquet"), str(tmp_path / "q.parquet")
+    unit = P.DropDuplicateUids(b, 1, dup_path, read_q, out, q)
+    assert unit.run() == {"rows_out": 1, "quarantined": 1}
     assert pq.read_table(out).column("uid").to_pylist() == ["z"]
-    assert pq.read_table(q).column("reason").to_pylist() == ["duplicate_uid"]
+    assert pq.read_table(q).column("reason").to_pylist() == ["empty_image", "duplicate_uid"]
+    assert unit.run() == {"rows_out": 1, "quarantined": 1}  # a rerun (after a crash) writes the same, not more
+    assert pq.read_table(q).column("reason").to_pylist() == ["empty_image", "duplicate_uid"]
 
 
 def test_match_and_balance_parts_agree_with_plain_functions(tmp_path):
@@ -39,20 +41,39 @@ def test_match_and_balance_parts_agree_with_plain_functions(tmp_path):
     texts = ["a red star", "a circle", "nothing here", "blue circle", "star"] * 20
     uids = [f"u{i}" for i in range(len(texts))]
     part = _write(tmp_path, "p.parquet", pa.table({"uid": uids, "text": texts}))
-    shared = P.match_part(part, EntryMatcher(entries), str(tmp_path / "shared.parquet"))  # the stage's way
-    counts = P.match_part(part, entries, str(tmp_path / "m.parquet"))
-    assert shared.tolist() == counts.tolist()
-    assert pq.read_table(tmp_path / "shared.parquet").equals(pq.read_table(tmp_path / "m.parquet"))
+    result = P.MatchPart(part, EntryMatcher(entries), str(tmp_path / "m.parquet"), str(tmp_path / "c.npy")).run()
+    assert result == {"rows_in": len(texts)}
+    counts = np.load(tmp_path / "c.npy")
     matched = EntryMatcher(entries).match_batch(texts)
+    assert pq.read_table(tmp_path / "m.parquet").column("matched_entries").to_pylist() == [list(m) for m in matched]
     assert counts.tolist() == balancing.count_entries(matched, len(entries)).tolist()
     probs = balancing.entry_probs(counts, t=10)
-    result = P.balance_part(part, str(tmp_path / "m.parquet"), probs, 3, str(tmp_path / "k.parquet"),
-                            str(tmp_path / "d.parquet"))
+    result = P.BalancePart(part, str(tmp_path / "m.parquet"), probs, 3, str(tmp_path / "k.parquet"),
+                           str(tmp_path / "d.parquet"), str(tmp_path / "after.npy")).run()
     keep = balancing.keep_mask(uids, balancing.keep_probs(matched, probs), 3)
     kept = pq.read_table(tmp_path / "k.parquet")
     assert kept.column("uid").to_pylist() == [u for u, k in zip(uids, keep) if k]
     assert result["rows_in"] == result["rows_out"] + result["filtered"] == len(texts)
     reasons = pq.read_table(tmp_path / "d.parquet").column("reason").to_pylist()
     assert reasons.count("no_entry") == 20 and set(reasons) <= {"no_entry", "not_sampled"}
-    assert np.array_equal(result["counts_after"], balancing.count_entries(
+    assert np.array_equal(np.load(tmp_path / "after.npy"), balancing.count_entries(
         [m for m, k in zip(matched, keep) if k], len(entries)))
+
+
+def test_caption_counts_of_parts_add_up_to_the_pool(tmp_path):
+    from curation.metadata import count_words_and_pairs
+
+    texts = ["a hot dog", "hot dog, again", "a dog", None, "a hot dog stand"]
+    parts = [_write(tmp_path, f"p{i}.parquet", pa.table({"text": pa.array(chunk, pa.string())}))
+             for i, chunk in enumerate((texts[:2], texts[2:]))]
+    outs = [str(tmp_path / f"c{i}.parquet") for i in range(2)]
+    for part, out in zip(parts, outs):
+        P.CaptionCounts(part, out).run()
+    assert P.read_caption_counts(outs) == count_words_and_pairs(texts)
+
+
+def test_longcap_reads_the_truth_by_uid_not_by_part_name(tmp_path):
+    truth = [_write(tmp_path, "t0.parquet", pa.table({"uid": ["b", "z"], "shape": ["star", "cube"]})),
+             _write(tmp_path, "t1.parquet", pa.table({"uid": ["a"], "shape": ["circle"]}))]
+    rows = P.truth_rows(truth, ["a", "b", "missing"])
+    assert rows == [{"uid": "a", "shape": "circle"}, {"uid": "b", "shape": "star"}, None]

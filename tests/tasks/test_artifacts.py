@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from tasks.artifacts import ArtifactStore, config_hash, stage_key
+from tasks.artifacts import ArtifactStore, Staging, StagingBusyError, config_hash, stage_key
 
 
 def test_key_changes_with_every_ingredient():
@@ -24,18 +24,24 @@ def test_config_hash_ignores_key_order():
 def test_artifact_appears_only_when_complete(tmp_path):
     store = ArtifactStore(tmp_path)
     with pytest.raises(RuntimeError):
-        with store.writing("ingest", "k1", {"counts": {}}) as tmp:
-            (tmp / "part.txt").write_text("half")
+        with store.writing("ingest", "k1", {"counts": {}}) as staging:
+            (staging.path / "part.txt").write_text("half")
+            staging.mark("read", 0, "d0", {"rows_in": 3})
             assert not store.is_complete("ingest", "k1")
             raise RuntimeError("crash mid-write")
     assert not store.is_complete("ingest", "k1")
     assert not store.path("ingest", "k1").exists()
-    assert list((tmp_path / "artifacts" / "ingest").iterdir()) == []
+    # the staging area stays for the next run of the key, with its marked part
+    assert [p.name for p in (tmp_path / "artifacts" / "ingest").iterdir()] == ["k1.partial"]
+    assert Staging(store.staging("ingest", "k1")).done("read", 0, "d0") == {"rows_in": 3}
 
     manifest = {"counts": {"rows_in": 3, "rows_out": 3}}
-    with store.writing("ingest", "k1", manifest) as tmp:
-        (tmp / "part.txt").write_text("whole")
+    with store.writing("ingest", "k1", manifest) as staging:
+        assert (staging.path / "part.txt").read_text() == "half"  # reused, not emptied
+        (staging.path / "part.txt").write_text("whole")
     assert store.is_complete("ingest", "k1")
+    assert sorted(p.name for p in store.path("ingest", "k1").iterdir()) == ["manifest.json", "part.txt"]  # no markers
+    assert [p.name for p in (tmp_path / "artifacts" / "ingest").iterdir()] == ["k1"]
     ref = store.ref("ingest", "k1")
     assert ref.counts == {"rows_in": 3, "rows_out": 3} and ref.status == "cached"
     assert json.loads(ref.file("manifest.json").read_text())["counts"]["rows_in"] == 3
@@ -43,10 +49,38 @@ def test_artifact_appears_only_when_complete(tmp_path):
 
 def test_forced_rewrite_replaces_atomically(tmp_path):
     store = ArtifactStore(tmp_path)
-    with store.writing("x", "k", {"v": 1}) as tmp:
-        (tmp / "data").write_text("old")
-    with store.writing("x", "k", {"v": 2}) as tmp:
-        (tmp / "data").write_text("new")
+    with store.writing("x", "k", {"v": 1}) as staging:
+        (staging.path / "data").write_text("old")
+    with store.writing("x", "k", {"v": 2}, fresh=True) as staging:
+        (staging.path / "data").write_text("new")
     assert (store.path("x", "k") / "data").read_text() == "new"
     assert store.manifest("x", "k")["v"] == 2
     assert sorted(p.name for p in (tmp_path / "artifacts" / "x").iterdir()) == ["k"]
+
+
+def test_a_marker_counts_only_for_the_same_unit(tmp_path):
+    staging = Staging(tmp_path / "k.partial")
+    staging.mark("read", 3, "digest-a", {"rows_in": 7})
+    assert staging.done("read", 3, "digest-a") == {"rows_in": 7}
+    assert staging.done("read", 3, "digest-b") is None  # another unit at that index: redo it
+    assert staging.done("read", 2, "digest-a") is None and staging.done("dedup", 3, "digest-a") is None
+    staging.unmark("read")
+    assert staging.done("read", 3, "digest-a") is None
+
+
+def test_a_forced_write_empties_the_staging_area(tmp_path):
+    store = ArtifactStore(tmp_path)
+    with pytest.raises(RuntimeError):
+        with store.writing("x", "k", {}) as staging:
+            staging.mark("s", 0, "d", {})
+            raise RuntimeError("killed")
+    with store.writing("x", "k", {}, fresh=True) as staging:
+        assert staging.done("s", 0, "d") is None
+
+
+def test_one_writer_per_key(tmp_path):
+    store = ArtifactStore(tmp_path)
+    with store.writing("x", "k", {}):
+        with pytest.raises(StagingBusyError, match="another process"):
+            with Staging(store.staging("x", "k")).locked():
+                pass

@@ -9,7 +9,8 @@ from tasks.catalog import QueryError, build_catalog, format_table, query, stage_
 
 
 def _artifact(store, stage, key, table, counts, dropped=None):
-    with store.writing(stage, key, {"counts": counts}) as tmp:
+    with store.writing(stage, key, {"counts": counts}) as staging:
+        tmp = staging.path
         (tmp / "parts").mkdir()
         pq.write_table(table, tmp / "parts" / "part-00000.parquet")
         if dropped is not None:

@@ -5,7 +5,7 @@ import torch
 
 from training.config import TrainConfig
 from training.embedding import EmbedConfig
-from training.jobs import bootstrap_job, embed_part
+from training.jobs import BootstrapJob, EmbedPart, PartEmbedder
 from training.models import create_model
 
 from .conftest import colour_rows
@@ -15,7 +15,7 @@ def test_embed_part_appends_image_embeddings(micro_model, tmp_path):
     rows = colour_rows(6)
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
     out = tmp_path / "out" / "part-00000.parquet"
-    summary = embed_part(str(tmp_path / "in.parquet"), micro_model, None, 4, str(out))
+    summary = PartEmbedder(micro_model, None, 4)(EmbedPart(str(tmp_path / "in.parquet"), str(out)))
     assert summary == {"rows_in": 6, "rows_out": 6, "dim": 32}
     table = pq.read_table(out)
     assert table.column("uid").to_pylist() == [r["uid"] for r in rows]
@@ -28,7 +28,8 @@ def test_bootstrap_job_trains_and_keeps_only_the_final_weights(micro_model, tmp_
     pq.write_table(pa.Table.from_pylist(colour_rows(32)), tmp_path / "part-00000.parquet")
     cfg = EmbedConfig(model=micro_model, bootstrap_epochs=1)
     train_cfg = TrainConfig(batch_size=16, workers=0, warmup_steps=1, seed=0)
-    checkpoint = bootstrap_job([str(tmp_path / "part-00000.parquet")], cfg, train_cfg, str(tmp_path / "boot"))
+    job = BootstrapJob((str(tmp_path / "part-00000.parquet"),), cfg, train_cfg, str(tmp_path / "boot"))
+    checkpoint = job.run()["checkpoint"]
     assert checkpoint == str(tmp_path / "boot" / "final.pt")
     assert not (tmp_path / "boot" / "checkpoints").exists()
     trained, _, _ = create_model(micro_model, checkpoint)

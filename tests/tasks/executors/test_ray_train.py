@@ -1,4 +1,4 @@
-"""tasks.train_ray: two Ray Train DDP workers on CPU (gloo) follow the 1-worker loss curve at the same global
+"""tasks.executors.ray_train: two Ray Train DDP workers on CPU (gloo) follow the 1-worker loss curve at the same global
 batch; an injected failure restarts training, which resumes from its last checkpoint and ends on the same
 curve; a reported checkpoint restores a run folder that lost its own.
 
@@ -22,17 +22,10 @@ import pytest
 import torch
 from PIL import Image
 
-from tasks.train_ray import (
-    MARKER,
-    Workers,
-    checkpoint_step,
-    omp_threads,
-    plan_workers,
-    restore_reported,
-    train_distributed,
-)
-from training.checkpoints import latest_checkpoint, load_checkpoint, write_checkpoint
+from tasks.executors.ray_train import MARKER, Workers, plan_workers, restore_reported, train_distributed
+from training.checkpoints import checkpoint_step, latest_checkpoint, load_checkpoint, write_checkpoint
 from training.config import TrainConfig
+from training.jobs import omp_threads
 
 MICRO_CONFIG = {
     "embed_dim": 32,
@@ -50,7 +43,7 @@ def local_ray():
     instead of hanging the suite."""
     import ray
 
-    from tasks.parallel import ensure_ray
+    from tasks.executors.ray_cluster import ensure_ray
 
     if ray.is_initialized():  # another module's cluster may have other CPU counts
         ray.shutdown()

@@ -22,8 +22,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +33,13 @@ import torch.distributed as torch_dist
 from ray.train import Checkpoint, CheckpointConfig, CheckpointUploadMode, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from tasks.parallel import WORKER_ENV, cluster_cpus, ensure_ray
-from training.checkpoints import CHECKPOINT_DIR, LATEST, load_checkpoint, write_checkpoint
+from tasks.executors.ray_cluster import WORKER_ENV, cluster_cpus, ensure_ray
+from tasks.layout import RAY_TRAIN
+from training.checkpoints import LATEST, checkpoint_step, load_checkpoint, write_checkpoint
 from training.config import TrainConfig
-from training.data import ShardData
-from training.jobs import print_progress
-from training.loop import TrainResult, train
+from training.jobs import TrainJob, print_progress
 
-RAY_TRAIN_DIR = "ray_train"
+RAY_TRAIN_DIR = RAY_TRAIN
 """Ray Train's storage path inside the run folder."""
 
 PROGRESS = print_progress("train")
@@ -69,12 +67,6 @@ def plan_workers(cfg: TrainConfig, cpus_per_rank: float | None = None) -> Worker
     if cpus_per_rank is None:
         cpus_per_rank = float(cfg.workers + 1) if cfg.gpus_per_rank > 0 else float(max(1, cluster_cpus() // cfg.ranks))
     return Workers(cfg.ranks, cpus_per_rank, cfg.gpus_per_rank)
-
-
-def checkpoint_step(out_dir: str | Path) -> int:
-    """Step of the run folder's newest checkpoint; -1 when it has none."""
-    marker = Path(out_dir) / CHECKPOINT_DIR / LATEST
-    return int(json.loads(marker.read_text())["step"]) if marker.exists() else -1
 
 
 def report_checkpoint(path: str | None) -> None:
@@ -119,59 +111,18 @@ def restore_before_training(out_dir: str) -> None:
         torch_dist.barrier()
 
 
-def training_data(data: str | pa.Table) -> ShardData | pa.Table:
-    """A shard folder (with sizes.json) becomes its ShardData; a table trains as it is."""
-    return data if isinstance(data, pa.Table) else ShardData.from_folder(data)
-
-
-def summarize_result(result: TrainResult, data: ShardData | pa.Table) -> dict[str, Any]:
-    """A training run's summary: the result without its per-step history, plus the data's size."""
-    summary = dataclasses.asdict(result)
-    summary.pop("history", None)
-    if isinstance(data, pa.Table):
-        summary.update(num_samples=data.num_rows, num_shards=0)
-    else:
-        summary.update(num_samples=data.num_samples, num_shards=len(data.urls))
-    return summary
-
-
-@contextmanager
-def omp_threads(threads: int) -> Iterator[None]:
-    """OMP_NUM_THREADS set while training (the loop's configure_threads reads it), then restored: Ray reuses
-    task processes, and later tasks size their threads by it."""
-    before = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = before
-
-
-def rank_job(cfg: TrainConfig, data: str | pa.Table, out_dir: str, threads: int, log: Callable[[dict], None] | None,
-             on_checkpoint: Callable[[str | None], None] | None) -> dict[str, Any]:
-    """One rank's training on `threads` torch threads, resumed from out_dir's newest checkpoint; its summary."""
-    resumed_from = max(0, checkpoint_step(out_dir))
-    loaded = training_data(data)
-    with omp_threads(threads):
-        result = train(cfg, loaded, out_dir, log=log, resume=True, on_checkpoint=on_checkpoint)
-    return {**summarize_result(result, loaded), "resumed_from_step": resumed_from}
-
-
 def train_worker(config: dict[str, Any]) -> dict[str, Any]:
     """One Ray Train worker: Ray Train's checkpoint restored if the run folder lags it, then rank_job."""
     restore_before_training(config["out_dir"])
-    summary = rank_job(config["cfg"], config["data"], config["out_dir"], config["threads"], config["log"],
-                       report_checkpoint)
+    job = TrainJob(config["cfg"], config["data"], config["out_dir"], config["threads"])
+    summary = job.run(config["log"], report_checkpoint)
     return {**summary, "ranks": ray.train.get_context().get_world_size()}
 
 
 def single_rank_job(cfg: TrainConfig, data: str | pa.Table, out_dir: str, threads: int,
                     log: Callable[[dict], None] | None) -> dict[str, Any]:
     """One rank as a plain Ray task (retried by Ray on failure), resuming from the run folder."""
-    return {**rank_job(cfg, data, out_dir, threads, log, None), "ranks": 1}
+    return {**TrainJob(cfg, data, out_dir, threads).run(log), "ranks": 1}
 
 
 def fit_ranks(cfg: TrainConfig, data: str | pa.Table, out_dir: str, workers: Workers, max_failures: int,
@@ -209,7 +160,7 @@ def train_distributed(cfg: TrainConfig, data: str | pa.Table, out_dir: str, max_
     Train's controller, worker actor and process group add ~25-45 s of start-up on two loaded cores and have
     nothing to synchronise. Either way a failure restarts training up to `max_failures` times (-1: without
     limit), resuming from the last checkpoint. `log` runs on rank 0 for each metrics line. Joins or starts
-    Ray (tasks.parallel.ensure_ray). A table travels through Ray's object store: meant for tests."""
+    Ray (tasks.executors.ray_cluster.ensure_ray). A table travels through Ray's object store: meant for tests."""
     ensure_ray()
     workers = plan_workers(cfg, cpus_per_rank)
     out = Path(out_dir).resolve()

@@ -1,0 +1,85 @@
+"""The executor contract: units, stateful workers, per-stage resources, and the Executor protocol.
+
+Free of Ray and Prefect: the in-process executor, the stage plumbing and the tests use it alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+Result = dict[str, Any]
+"""What a unit returns: counts and other small JSON values (a path, a shard number), never data."""
+
+
+class Unit(Protocol):
+    """A typed description of one piece of a stage's work: its inputs and outputs as fields."""
+
+    def run(self) -> Result: ...
+
+
+Worker = Callable[[Any], Result]
+"""A stateful unit's processor: built once per process or actor (it loads a model), then called per unit."""
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What each unit (Ray task) or actor of a stage reserves; the in-process executor runs one at a time."""
+
+    cpus: float = 1.0
+    """CPUs per unit or actor."""
+    gpus: float = 0.0
+    """GPUs per unit or actor (fractions share a GPU)."""
+    memory_gb: float | None = None
+    """memory Ray reserves per unit or actor, in GiB; None reserves none (Ray's default)."""
+    actors: int | None = None
+    """actors of a stateful stage (embed); None: as many as the cluster's CPUs (or GPUs) fit, at most one per
+    unit."""
+    job_cpus: float | None = None
+    """CPUs of a stage's single whole-data job (bootstrap training, the k-means fit, eval); None: all the
+    cluster's CPUs."""
+
+
+@dataclass(frozen=True)
+class StageResources:
+    """Resources per stage (the `resources:` block of the run config). Not part of any cache key: where work
+    runs does not change what it computes. Training's ranks and GPUs are `train`'s own settings, since the
+    number of ranks changes the contrastive batch and so the result."""
+
+    ingest: Resources = field(default_factory=Resources)
+    filter: Resources = field(default_factory=Resources)
+    curate: Resources = field(default_factory=Resources)
+    rewrite: Resources = field(default_factory=Resources)
+    longcap: Resources = field(default_factory=Resources)
+    embed: Resources = field(default_factory=Resources)
+    cluster: Resources = field(default_factory=Resources)
+    shard: Resources = field(default_factory=Resources)
+    eval: Resources = field(default_factory=Resources)
+
+    def of(self, stage: str) -> Resources:
+        return getattr(self, stage, Resources())
+
+
+ExecutorKind = Literal["ray", "local"]
+
+
+class Executor(Protocol):
+    """Runs units and yields ``(index in units, result)`` as each finishes, in any order.
+
+    A unit that fails raises out of the iterator; the results already yielded stand (the stage has marked
+    those parts done, so a rerun does not redo them)."""
+
+    def map(self, units: Sequence[Unit], resources: Resources) -> Iterator[tuple[int, Result]]: ...
+
+    def map_stateful(self, worker: Callable[[], Worker], units: Sequence[Any], resources: Resources
+                     ) -> Iterator[tuple[int, Result]]: ...
+
+    def job_resources(self, resources: Resources) -> Resources:
+        """``resources`` with ``cpus`` set for a single whole-data job (``job_cpus``, else the cluster's)."""
+        ...
+
+    def train(self, cfg: Any, shards: str, out_dir: str) -> Result:
+        """The train stage's run of ``cfg`` (a TrainConfig) on a shard folder into ``out_dir``, resuming from the
+        newest checkpoint there; its summary (training.jobs.TrainJob's, plus ``ranks``)."""
+        ...

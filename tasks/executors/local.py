@@ -1,0 +1,41 @@
+"""The in-process executor: every unit runs here, one after the other, in order.
+
+For stepping through a stage in a debugger and for the stage unit tests; a stateful worker is built once.
+Resources are not reserved (there is nothing to reserve them from), and the torch thread count is left
+as the process has it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+from typing import Any
+
+from tasks.executors.base import Resources, Result, Unit, Worker
+
+
+class LocalExecutor:
+    def map(self, units: Sequence[Unit], resources: Resources) -> Iterator[tuple[int, Result]]:
+        for index, unit in enumerate(units):
+            yield index, unit.run()
+
+    def map_stateful(self, worker: Callable[[], Worker], units: Sequence[Any], resources: Resources
+                     ) -> Iterator[tuple[int, Result]]:
+        if not units:
+            return
+        process = worker()
+        for index, unit in enumerate(units):
+            yield index, process(unit)
+
+    def job_resources(self, resources: Resources) -> Resources:
+        return replace(resources, cpus=resources.job_cpus or float(os.cpu_count() or 1))
+
+    def train(self, cfg: Any, shards: str, out_dir: str) -> Result:
+        """One rank, here, on every CPU of the machine; several ranks need Ray Train (executor: ray)."""
+        from training.jobs import TrainJob, print_progress  # torch only for the stage that trains
+
+        if cfg.ranks != 1:
+            raise ValueError(f"train.ranks={cfg.ranks}: several ranks train with Ray Train; set executor: ray")
+        job = TrainJob(cfg, shards, out_dir, threads=os.cpu_count() or 1)
+        return {**job.run(print_progress("train")), "ranks": 1}

@@ -1,0 +1,136 @@
+"""The Ray executor: units as Ray tasks, stateful units on a Ray actor pool (Ray Train: ray_train).
+
+Ray workers run library code from ``curation/``, ``training/`` and ``eval/`` (through :func:`run_unit` and
+:class:`PoolActor` below, which import nothing else); those folders never import Prefect, so no worker ever
+starts a Prefect server of its own (what happens when Prefect tasks themselves are shipped to Ray workers
+without ``PREFECT_API_URL``). As a second guard, workers get ``PREFECT_SERVER_ALLOW_EPHEMERAL_MODE=false``:
+were Prefect imported there after all, it would fail loudly instead of spawning a server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import ray
+
+from tasks.executors.base import Resources, Result, Unit, Worker
+from tasks.executors.ray_cluster import cluster_cpus, ensure_ray
+
+
+def ray_options(resources: Resources) -> dict[str, Any]:
+    """Ray's task/actor options for ``resources``."""
+    options: dict[str, Any] = {"num_cpus": resources.cpus, "num_gpus": resources.gpus}
+    if resources.memory_gb is not None:
+        options["memory"] = int(resources.memory_gb * 2**30)
+    return options
+
+
+def run_unit(unit: Unit, names: tuple[str, ...], *shared: Any) -> Result:
+    """A unit's ``run()`` in a Ray worker, with the fields every unit shared put back (see :func:`split_shared`)."""
+    return dataclasses.replace(unit, **dict(zip(names, shared))).run() if names else unit.run()
+
+
+def split_shared(units: Sequence[Any]) -> tuple[list[Any], tuple[str, ...], list[Any]]:
+    """(units without their shared fields, the shared fields' names, those fields' object-store references).
+
+    A field that every unit holds as the same object (a built matcher, the balancing probabilities) goes to
+    Ray's object store once: Ray would otherwise serialise it again for every task."""
+    if len(units) < 2 or not all(dataclasses.is_dataclass(u) for u in units):
+        return list(units), (), []
+    first = units[0]
+    names = tuple(f.name for f in dataclasses.fields(first)
+                  if not isinstance(getattr(first, f.name), (str, int, float, bool, type(None)))
+                  and all(getattr(u, f.name) is getattr(first, f.name) for u in units))
+    refs = [ray.put(getattr(first, name)) for name in names]
+    stripped = [dataclasses.replace(u, **{name: None for name in names}) for u in units]
+    return stripped, names, refs
+
+
+def drain(pending: dict[Any, Any], on_done: Callable[[Any], None]) -> Iterator[tuple[Any, Result]]:
+    """Yield ``(pending[ref], result)`` as each task finishes, calling ``on_done(pending[ref])`` after each.
+
+    A failed task does not stop the others: they run to the end and their results are yielded (so the stage
+    marks those parts done), then the first failure is raised."""
+    failure: BaseException | None = None
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        key = pending.pop(done[0])
+        try:
+            result = ray.get(done[0])
+        except Exception as err:  # noqa: BLE001  (re-raised once the others have finished)
+            failure = failure or err
+            continue
+        on_done(key)
+        yield key, result
+    if failure is not None:
+        raise failure
+
+
+class PoolActor:
+    """One actor of a stateful pool: builds its worker (loads the model) once, then processes units."""
+
+    def __init__(self, worker: Callable[[], Worker]):
+        self.process = worker()
+
+    def run(self, unit: Any) -> Result:
+        return self.process(unit)
+
+
+class RayExecutor:
+    """Units as Ray tasks (``resources`` per task); stateful units on a pool of actors (``resources`` per actor)."""
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None):
+        ensure_ray(address, num_cpus)
+
+    def map(self, units: Sequence[Unit], resources: Resources) -> Iterator[tuple[int, Result]]:
+        remote = ray.remote(**ray_options(resources))(run_unit)
+        stripped, names, refs = split_shared(units)
+        pending = {remote.remote(unit, names, *refs): i for i, unit in enumerate(stripped)}
+        yield from drain(pending, lambda index: None)
+
+    def map_stateful(self, worker: Callable[[], Worker], units: Sequence[Any], resources: Resources
+                     ) -> Iterator[tuple[int, Result]]:
+        if not units:
+            return
+        actor_cls = ray.remote(**ray_options(resources))(PoolActor)
+        actors = [actor_cls.remote(worker) for _ in range(self.pool_size(len(units), resources))]
+        queue = list(enumerate(units))
+        pending: dict[Any, tuple[int, Any]] = {}
+        try:
+            for actor in actors:
+                if queue:
+                    index, unit = queue.pop(0)
+                    pending[actor.run.remote(unit)] = (index, actor)
+            def refill(actor: Any) -> None:
+                if queue:
+                    index, unit = queue.pop(0)
+                    pending[actor.run.remote(unit)] = (index, actor)
+
+            yield from ((index, result) for (index, _actor), result in drain(pending, lambda key: refill(key[1])))
+        finally:
+            for actor in actors:
+                ray.kill(actor)
+
+    @staticmethod
+    def pool_size(units: int, resources: Resources) -> int:
+        """``resources.actors``, else as many actors as the cluster's CPUs (or GPUs) hold, at most one per unit."""
+        if resources.actors is not None:
+            return max(1, min(resources.actors, units))
+        available = ray.cluster_resources()
+        fits = [available.get("CPU", 1) / resources.cpus] if resources.cpus > 0 else []
+        if resources.gpus > 0:
+            fits.append(available.get("GPU", 0) / resources.gpus)
+        return max(1, min(units, int(min(fits)) if fits else units))
+
+    def job_resources(self, resources: Resources) -> Resources:
+        return dataclasses.replace(resources, cpus=resources.job_cpus or float(cluster_cpus()))
+
+    def train(self, cfg: Any, shards: str, out_dir: str) -> Result:
+        """One rank as a retried Ray task, several through Ray Train (tasks.executors.ray_train)."""
+        from tasks.executors.ray_train import (
+            train_distributed,  # Ray Train's import is heavy: only the train stage pays it
+        )
+
+        return train_distributed(cfg, shards, out_dir)

@@ -1,0 +1,52 @@
+"""Artifact file and folder names, in one place: the stage tasks write them, the catalog and the report
+read them (docs/architecture.md, "Artifacts and caching"). Library code is handed full paths and spells none
+of these; its own formats keep their names where they are defined (a shard folder's ``sizes.json``,
+``curation.sharding``; a training run's ``checkpoints/``, ``training.checkpoints``)."""
+
+from __future__ import annotations
+
+MANIFEST = "manifest.json"
+"""Every artifact's record; an artifact is complete if and only if it has one."""
+
+# Sample tables, one Parquet part per partition (curation.partitions.part_name).
+PARTS = "parts"
+"""the stage's kept rows"""
+FILTERED = "filtered"
+"""dropped rows a filter decided on: uid, stage, reason, detail"""
+QUARANTINE = "quarantine"
+"""dropped rows of bad input, same schema"""
+TRUTH = "truth"
+"""ingest, synthetic world only: the scene truth per uid, read by the simulated captioner (longcap)"""
+
+DUPLICATES = "duplicates.parquet"
+"""ingest: part, row and uid of every repeated uid after its first occurrence"""
+
+# ingest and filter intermediates (removed before the artifact is published)
+CANDIDATES = "candidates"
+READ_QUARANTINE = "quarantine_read"
+FILTER_KEYS = "keys"
+FILTER_REASONS = "reasons.parquet"
+
+# curate
+METADATA = "metadata.json"
+"""the MetaCLIP entries the pool was matched against"""
+MATCHED = "matched"
+"""matched entry ids per uid"""
+ENTRY_COUNTS = "entry_counts.parquet"
+"""per entry: count before and after balancing, and its keep probability"""
+CURATE_STATS = "curate_stats.json"
+CAPTION_COUNTS = "caption_counts"
+MATCH_COUNTS = "match_counts"
+KEPT_COUNTS = "kept_counts"
+
+# embed, cluster, shard, train, eval
+BOOTSTRAP = "bootstrap"
+"""embed: the bootstrap training run when no checkpoint was given"""
+CENTERS = "centers.npy"
+SHARDS = "shards"
+"""WebDataset tars, Parquet sidecars and sizes.json"""
+RAY_TRAIN = "ray_train"
+"""train: Ray Train's storage (its run state and copy of the newest checkpoint), removed when training ends"""
+TRAIN_METRICS = "metrics.jsonl"
+"""train: one JSON line per logged step (written by training.loop)"""
+EVAL_RESULTS = "results.json"

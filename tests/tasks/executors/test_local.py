@@ -1,0 +1,45 @@
+"""The in-process executor: units in order, a stateful worker built once, failures raised as they happen."""
+
+from functools import partial
+
+import pytest
+
+from tasks.executors import make_executor
+from tasks.executors.base import Resources
+from tasks.executors.local import LocalExecutor
+
+from tests.tasks.executors.units import Counter, Fails, Square
+
+
+def test_units_run_in_order_here():
+    executor = make_executor("local")
+    assert isinstance(executor, LocalExecutor)
+    assert list(executor.map([Square(i) for i in range(4)], Resources())) == [
+        (0, {"square": 0}), (1, {"square": 1}), (2, {"square": 4}), (3, {"square": 9})]
+
+
+def test_a_stateful_worker_is_built_once():
+    Counter.builds = 0
+    results = list(LocalExecutor().map_stateful(partial(Counter, 10), [Square(i) for i in range(5)], Resources()))
+    assert [r["value"] for _, r in results] == [10, 11, 12, 13, 14]
+    assert Counter.builds == 1 and len({r["worker"] for _, r in results}) == 1
+    assert list(LocalExecutor().map_stateful(partial(Counter, 0), [], Resources())) == []
+    assert Counter.builds == 1  # no units, no model loaded
+
+
+def test_results_before_a_failure_are_yielded_first():
+    seen = []
+    with pytest.raises(ValueError, match="unit 1 fails"):
+        for item in LocalExecutor().map([Fails(0), Fails(1), Fails(2)], Resources()):
+            seen.append(item)
+    assert seen == [(0, {"x": 0})]
+
+
+def test_a_job_takes_the_machine_unless_told():
+    assert LocalExecutor().job_resources(Resources(job_cpus=3)).cpus == 3
+    assert LocalExecutor().job_resources(Resources()).cpus >= 1
+
+
+def test_an_unknown_executor_is_an_error():
+    with pytest.raises(ValueError, match="unknown executor 'dask'"):
+        make_executor("dask")

@@ -1,0 +1,53 @@
+"""Small units and workers for the executor tests (Ray workers get this module by value)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Square:
+    x: int
+
+    def run(self) -> dict:
+        return {"square": self.x * self.x}
+
+
+@dataclass(frozen=True)
+class Fails:
+    x: int
+
+    def run(self) -> dict:
+        if self.x == 1:
+            raise ValueError("unit 1 fails")
+        return {"x": self.x}
+
+
+@dataclass(frozen=True)
+class Sees:
+    """Reports what the worker got: the shared payload's size and the resources Ray assigned it."""
+
+    payload: Any
+    x: int
+
+    def run(self) -> dict:
+        import ray
+
+        return {"payload": len(self.payload), "x": self.x,
+                "resources": ray.get_runtime_context().get_assigned_resources()}
+
+
+class Counter:
+    """A stateful worker: records which instance (and process) processed each unit."""
+
+    builds = 0
+
+    def __init__(self, offset: int):
+        Counter.builds += 1
+        self.offset = offset
+        self.token = f"{os.getpid()}-{id(self)}"
+
+    def __call__(self, unit: Square) -> dict:
+        return {"value": unit.x + self.offset, "worker": self.token}
