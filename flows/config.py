@@ -9,10 +9,10 @@ config never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import types
 import typing
 from dataclasses import dataclass, field
-import importlib.resources
 from pathlib import Path
 from typing import Any
 

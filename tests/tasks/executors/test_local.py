@@ -7,7 +7,6 @@ import pytest
 from tasks.executors import make_executor
 from tasks.executors.base import Resources
 from tasks.executors.local import LocalExecutor
-
 from tests.tasks.executors.units import Counter, Fails, Square
 
 

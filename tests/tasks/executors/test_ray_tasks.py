@@ -9,7 +9,6 @@ import ray
 
 from tasks.executors.base import Resources
 from tasks.executors.ray_tasks import RayExecutor, split_shared
-
 from tests.tasks.executors import units
 from tests.tasks.executors.units import Counter, Fails, Sees, Square
 
