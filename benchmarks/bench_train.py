@@ -65,8 +65,15 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from curation.sharding import ShardConfig, write_shards  # noqa: E402
 from curation.synthetic import WorldConfig, generate_pool  # noqa: E402
+from training.config import (  # noqa: E402
+    DataConfig,
+    DistConfig,
+    OptimConfig,
+    ProgressConfig,
+    ScheduleConfig,
+    TrainConfig,
+)
 from training.jobs import omp_threads  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
 from training.objectives.mlcd import MLCDConfig  # noqa: E402
 from training.data import ShardData  # noqa: E402
 from training.loop import train  # noqa: E402
@@ -93,7 +100,7 @@ ADDED_OBJECTIVES: dict[str, tuple[str, ...]] = {
     "mlcd": ("clip", "mlcd"),
     "protoclip": ("clip", "protoclip"),
 }
-"""Each added objective's TrainConfig.objectives, timed against ("clip",)."""
+"""Each added objective's names for TrainConfig.objectives (weight 1.0 each), timed against ("clip",)."""
 
 OPEN_CLIP_MAIN = ("import sys, open_clip; open_clip.add_model_config(sys.argv[1]); "
                   "from open_clip_train.main import main; sys.exit(main(sys.argv[2:]))")
@@ -187,10 +194,13 @@ def our_config(args: argparse.Namespace, objectives: tuple[str, ...]) -> TrainCo
     checkpoint before the end; ProtoCLIP episodes of `warmup` steps, so the timed steps hold whole episodes."""
     episode = args.warmup * args.batch_size
     proto = replace(ProtoCLIPConfig(), episode_size=episode, num_prototypes=min(32, episode // 8))
-    return replace(TrainConfig(), model=args.model, batch_size=args.batch_size, epochs=1, lr=LR,
-                   warmup_steps=WARMUP_LR_STEPS, workers=args.workers, device="cpu", precision="fp32",
-                   objectives=objectives, log_every=1, checkpoint_every=0, shuffle_buffer=SHUFFLE_BUFFER,
-                   mlcd=MLCDConfig(num_centers=args.num_centers), protoclip=proto)
+    return TrainConfig(model=args.model, objectives=dict.fromkeys(objectives, 1.0), optim=OptimConfig(lr=LR),
+                       schedule=ScheduleConfig(epochs=1, warmup_steps=WARMUP_LR_STEPS),
+                       data=DataConfig(batch_size=args.batch_size, workers=args.workers,
+                                       shuffle_buffer=SHUFFLE_BUFFER),
+                       distribution=DistConfig(device="cpu", precision="fp32"),
+                       progress=ProgressConfig(log_every=1, checkpoint_every=0),
+                       mlcd=MLCDConfig(num_centers=args.num_centers), protoclip=proto)
 
 
 def run_ours(args: argparse.Namespace, urls: list[str], objectives: tuple[str, ...], out_dir: Path) -> Timing:
@@ -205,13 +215,14 @@ def run_ours(args: argparse.Namespace, urls: list[str], objectives: tuple[str, .
 def open_clip_argv(args: argparse.Namespace, shard_dir: Path, num_shards: int, logs: Path, name: str) -> list[str]:
     """open_clip_train's arguments matching our_config (its defaults differ: amp, wd 0.2, crop scale 0.9)."""
     cfg = TrainConfig()
-    opt = optimizer_settings(cfg)  # AdamW's defaults, as our trainer fills them in
+    opt_cfg = cfg.optim
+    opt = optimizer_settings(cfg.optim)  # AdamW's defaults, as our trainer fills them in
     return ["--train-data", f"{shard_dir}/{{00000..{num_shards - 1:05d}}}.tar", "--dataset-type", "webdataset",
             "--dataset-resampled", "--train-num-samples", str(args.steps * args.batch_size),
             "--batch-size", str(args.batch_size), "--epochs", "1", "--model", args.model,
             "--lr", str(LR), "--warmup", str(WARMUP_LR_STEPS), "--wd", str(opt.weight_decay),
             "--beta1", str(opt.beta1), "--beta2", str(opt.beta2), "--eps", str(opt.eps),
-            "--grad-clip-norm", str(cfg.grad_clip_norm), "--aug-cfg", f"scale=({cfg.crop_scale_min}, 1.0)",
+            "--grad-clip-norm", str(opt_cfg.grad_clip_norm), "--aug-cfg", f"scale=({cfg.data.crop_scale_min}, 1.0)",
             "--precision", "fp32", "--device", "cpu", "--workers", str(args.workers), "--seed", str(cfg.seed),
             "--log-every-n-steps", "1", "--save-frequency", "0", "--report-to", "", "--logs", str(logs),
             "--name", name]
@@ -281,7 +292,8 @@ IMPLIED_FORWARDS: dict[str, Callable[[TrainConfig, TowerFlops], tuple[float, flo
     "dreamlip": lambda cfg, t: (t.image + (1 + cfg.dreamlip.num_text) * t.text
                                 + grouping_flops(t, 1 + cfg.dreamlip.num_text), 0.0),  # raw caption + K
     "negclip": lambda cfg, t: (t.image + 2 * t.text, 0.0),  # one hard negative per caption, as NegCLIP draws
-    "mlcd": lambda cfg, t: (t.image + t.text + 2 * t.embed_dim * mlcd_sampled_rows(cfg.mlcd, cfg.batch_size), 0.0),
+    "mlcd": lambda cfg, t: (t.image + t.text
+                            + 2 * t.embed_dim * mlcd_sampled_rows(cfg.mlcd, cfg.data.batch_size), 0.0),
     "protoclip": lambda cfg, t: (t.image + t.text, t.image + t.text),
 }
 """Per-sample forward FLOPs (with gradients, without) each objective set must spend, keyed by ADDED_OBJECTIVES."""
@@ -379,7 +391,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=4096, help="synthetic images in the shard set")
     parser.add_argument("--samples-per-shard", type=int, default=512)
     parser.add_argument("--model", default=TrainConfig().model)
-    parser.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
+    parser.add_argument("--batch-size", type=int, default=TrainConfig().data.batch_size)
     parser.add_argument("--steps", type=int, default=32, help="optimiser steps per run, warm-up included")
     parser.add_argument("--warmup", type=int, default=8, help="first steps left out of the timing")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads, both")
@@ -401,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         root = Path(tmp)
         started = time.perf_counter()
         urls = write_bench_shards(root / "shards", args.samples, args.samples_per_shard, args.num_centers)
-        towers = tower_flops(args.model, TrainConfig().context_length)
+        towers = tower_flops(args.model, TrainConfig().data.context_length)
         print(f"samples={args.samples} shards={len(urls)} batch_size={args.batch_size} steps={args.steps} "
               f"warmup={args.warmup} threads={args.threads} workers={args.workers} num_centers={args.num_centers} "
               f"omp_wait_policy={os.environ.get('OMP_WAIT_POLICY')} prepared_s={time.perf_counter() - started:.1f} "

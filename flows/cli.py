@@ -27,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--force", nargs="+", choices=STAGES, default=[], metavar="STAGE",
                      help="recompute these stages and every stage after them")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config value, e.g. --set train.epochs=2 (repeatable)")
+                     help="override a config value, e.g. --set train.schedule.epochs=2 (repeatable)")
     run.add_argument("--preset", default="default", choices=sorted(PRESETS),
                      help="overrides applied before --set: 'smoke' runs every stage on a few hundred samples")
 

@@ -3,7 +3,8 @@
 Each stage's config lives beside the code it configures (``curation/``, ``training/``, ``eval/``);
 this module only assembles them into :class:`RunConfig` and validates YAML against their type
 hints. Unknown keys and wrong types are errors that name the offending dotted key, so a typo in a
-config never silently falls back to a default.
+config never silently falls back to a default; a key that moved is an error naming its new path (a config
+class lists its moved keys in ``MOVED_KEYS``, as TrainConfig does).
 """
 
 from __future__ import annotations
@@ -107,12 +108,25 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {type(value).__name__}")
         return from_dict(tp, value, where)
+    if origin is dict:
+        return _coerce_mapping(tp, value, where)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
         (item_tp, *_rest) = typing.get_args(tp)
         return tuple(_coerce(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value))
     return _coerce_scalar(tp, value, where)
+
+
+def _coerce_mapping(tp: Any, value: Any, where: str) -> dict:
+    """A ``dict[K, V]`` field: every key checked against K (a Literal names the choices), every value against V.
+    A list of keys means each with the value 1 (``train.objectives: [alip, mlcd]``: weight 1.0 each)."""
+    key_tp, value_tp = typing.get_args(tp)
+    if isinstance(value, (list, tuple)):
+        value = dict.fromkeys(value, 1)
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping or a list, got {type(value).__name__} {value!r}")
+    return {_coerce(key_tp, k, where): _coerce(value_tp, v, f"{where}.{k}") for k, v in value.items()}
 
 
 def _coerce_scalar(tp: Any, value: Any, where: str) -> Any:
@@ -133,8 +147,11 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
+    prefix = f"{where}." if where else ""
+    moved = getattr(cls, "MOVED_KEYS", {})  # old key -> new path, declared beside the config (TrainConfig)
+    for key in (k for k in unknown if k in moved):
+        raise ConfigError(f"{prefix}{key} moved to {prefix}{moved[key]}")
     if unknown:
-        prefix = f"{where}." if where else ""
         raise ConfigError(
             f"unknown key {prefix}{unknown[0]!s} (valid keys for {cls.__name__}: {', '.join(sorted(known))})"
         )
@@ -156,7 +173,8 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``train.epochs=3`` -> ("train.epochs", 3); the value is parsed as a YAML scalar or list."""
+    """``train.schedule.epochs=3`` -> ("train.schedule.epochs", 3); the value is parsed as a YAML scalar, list or
+    mapping (``train.objectives={clip: 1, mlcd: 0.5}``)."""
     if "=" not in text:
         raise ConfigError(f"--set expects key=value, got {text!r}")
     key, raw = text.split("=", 1)
@@ -165,21 +183,21 @@ def parse_override(text: str) -> tuple[str, Any]:
     except yaml.YAMLError as err:
         raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {err}") from None
     if isinstance(value, str) and "," in value and not raw.lstrip().startswith(("'", '"')):
-        value = [yaml.safe_load(v) for v in value.split(",")]  # train.objectives=clip,mlcd is a list
-    elif isinstance(value, str) and _is_tuple_field(key.strip()):
+        value = [yaml.safe_load(v) for v in value.split(",")]  # train.objectives=clip,mlcd: a list
+    elif isinstance(value, str) and _is_collection_field(key.strip()):
         value = [value]  # train.objectives=mlcd: a one-item list
     return key.strip(), value
 
 
-def _is_tuple_field(dotted: str) -> bool:
-    """Whether the dotted key names a tuple-typed field of RunConfig (unknown keys: False)."""
+def _is_collection_field(dotted: str) -> bool:
+    """Whether the dotted key names a tuple- or mapping-typed field of RunConfig (unknown keys: False)."""
     tp: Any = RunConfig
     for key in dotted.split("."):
         fields = {f.name: f for f in dataclasses.fields(tp)} if dataclasses.is_dataclass(tp) else {}
         if key not in fields:
             return False
         tp = typing.get_type_hints(tp)[key]
-    return typing.get_origin(tp) is tuple
+    return typing.get_origin(tp) in (tuple, dict)
 
 
 def default_config_text() -> str:

@@ -27,7 +27,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-MANIFEST = "manifest.json"
+from tasks import layout as L
+
+MANIFEST = L.MANIFEST
 PARTIAL = ".partial"
 """Suffix of a key's staging area, ``artifacts/<stage>/<key>.partial/``: never read as an artifact."""
 DONE_DIR = "_done"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import duckdb
 
+from tasks import layout as L
 from tasks.artifacts import ArtifactRef
 
 CATALOG = "catalog.duckdb"
@@ -42,13 +43,14 @@ def _parquet(folder: Path) -> str | None:
 def _stage_sources(ref: ArtifactRef) -> str | None:
     path = Path(ref.path)
     if ref.stage == "shard":
-        return _parquet(path / "shards")
+        return _parquet(path / L.SHARDS)
     if ref.stage == "train":
-        metrics = path / "metrics.jsonl"
+        metrics = path / L.TRAIN_METRICS
         return f"read_json_auto({_lit(metrics)})" if metrics.exists() else None
     if ref.stage == "eval":
-        return f"read_json_auto({_lit(path / 'results.json')})" if (path / "results.json").exists() else None
-    return _parquet(path / "parts")
+        results = path / L.EVAL_RESULTS
+        return f"read_json_auto({_lit(results)})" if results.exists() else None
+    return _parquet(path / L.PARTS)
 
 
 def _dropped_union(refs: Mapping[str, ArtifactRef], folder: str) -> str:
@@ -87,13 +89,13 @@ def build_catalog(workdir: str | Path, refs: Mapping[str, ArtifactRef]) -> Path:
             views[stage] = f"SELECT * FROM {src}"
     if samples := _samples_view(refs):
         views["samples"] = samples
-    views["quarantine"] = _dropped_union(refs, "quarantine")
-    views["filtered"] = _dropped_union(refs, "filtered")
-    if "curate" in refs and (Path(refs["curate"].path) / "entry_counts.parquet").exists():
-        counts = Path(refs["curate"].path) / "entry_counts.parquet"
+    views["quarantine"] = _dropped_union(refs, L.QUARANTINE)
+    views["filtered"] = _dropped_union(refs, L.FILTERED)
+    if "curate" in refs and (Path(refs["curate"].path) / L.ENTRY_COUNTS).exists():
+        counts = Path(refs["curate"].path) / L.ENTRY_COUNTS
         views["entry_counts"] = f"SELECT * FROM read_parquet({_lit(counts)})"
-    if "curate" in refs and (Path(refs["curate"].path) / "curate_stats.json").exists():
-        views["curate_stats"] = f"SELECT * FROM read_json_auto({_lit(Path(refs['curate'].path) / 'curate_stats.json')})"
+    if "curate" in refs and (stats := Path(refs["curate"].path) / L.CURATE_STATS).exists():
+        views["curate_stats"] = f"SELECT * FROM read_json_auto({_lit(stats)})"
     if "train" in views:
         views["train_metrics"] = views.pop("train")
     if "eval" in views:

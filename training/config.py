@@ -1,10 +1,18 @@
-"""The `train` stage's configuration: one frozen dataclass, every field with its unit and reason, with one nested
-frozen dataclass per objective that has settings of its own, defined beside that objective (training.objectives)."""
+"""The `train` stage's configuration: one frozen dataclass per component of a run, assembled by `TrainConfig`
+(`train:` in YAML), every field with its unit and reason. Each objective that has settings of its own keeps its
+nested config, defined beside that objective (training.objectives).
+
+The components follow the code that reads them, so a function takes only the block it needs: `optim`
+(training.optim), `schedule` (the step loop's length and learning-rate curve), `data` (training.data's loaders),
+`distribution` (where and how each step runs: ranks, device, precision, micro-batches) and `progress`
+(training.progress: metrics lines, checkpoints, the skipped-step budget). What a step trains on - the model, the
+objectives and their settings, the seed - stays at the top.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from training.objectives.alip import ALIPConfig
 from training.objectives.dreamlip import DreamLIPConfig
@@ -17,15 +25,12 @@ ObjectiveName = Literal["clip", "siglip", "dcl", "negclip", "alip", "dreamlip", 
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """open_clip pretraining (CLIP, Radford et al. 2021; recipe after open_clip's trainer)."""
+class OptimConfig:
+    """The optimiser (training.optim)."""
 
-    model: str = "curaclip-vit-tiny"
-    """open_clip model name, or the path of a JSON model config (its file stem becomes the name)."""
-    epochs: int = 7
-    """passes over the training samples; 7 x ~8k curated samples is ~5.5 min at ~170 samples/s on 2 CPU cores."""
-    batch_size: int = 128
-    """samples per step per rank (the contrastive batch is batch_size x world_size)."""
+    optimizer: Literal["adamw", "lion"] = "adamw"
+    """a key of training.optim.OPTIMIZERS: "adamw", or "lion" (Chen et al. 2023; wants a 3-10x lower lr and a 3-10x
+    higher weight_decay than AdamW)."""
     lr: float | None = None
     """peak learning rate; None takes the optimiser's default (training.optim.optimizer_settings: AdamW 1e-3,
     which beat 2e-3 on the synthetic world at batch 128; Lion AdamW's / 5, as its paper advises)."""
@@ -39,28 +44,63 @@ class TrainConfig:
     paper)."""
     eps: float = 1e-6
     """AdamW epsilon (CLIP's value)."""
+    grad_clip_norm: float = 1.0
+    """global gradient-norm clip; <= 0 disables clipping."""
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """How long the run is and the learning rate's curve over it."""
+
+    epochs: int = 7
+    """passes over the training samples; 7 x ~8k curated samples is ~5.5 min at ~170 samples/s on 2 CPU cores."""
     warmup_steps: int = 50
     """linear warmup steps before the cosine decay (about 10% of the default run's ~450 steps)."""
     min_lr_ratio: float = 0.0
     """the cosine schedule ends at lr x min_lr_ratio."""
-    grad_clip_norm: float = 1.0
-    """global gradient-norm clip; <= 0 disables clipping."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What the loaders build each step from (training.data)."""
+
+    batch_size: int = 128
+    """samples per step per rank (the contrastive batch is batch_size x world_size)."""
     context_length: int = 32
     """tokens per caption; the model's text tower is built with this length when its config differs."""
     workers: int = 1
     """dataloader worker processes decoding shards (0 decodes in the training process)."""
-    seed: int = 0
-    """seeds model init, shard order, shuffling, augmentation and caption sampling."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """"fp32" or "bf16" (autocast; meant for GPUs, where it is ~2x faster)."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """"auto" (cuda when available, else cpu), "cpu" or "cuda"."""
-    objectives: tuple[ObjectiveName, ...] = ("clip",)
-    """training terms, keys of training.objectives.LOSSES; the loss is their weighted sum ("alip" replaces "clip")."""
-    objective_weights: tuple[float, ...] = ()
-    """one weight per objective; empty means 1.0 for each."""
+    shuffle_buffer: int = 2000
+    """samples in the WebDataset shuffle buffer (shard order is shuffled too)."""
+    crop_scale_min: float = 0.8
+    """RandomResizedCrop lower area bound; the crop keeps between this and all of the image."""
     text_sampler: Literal["original", "laclip"] = "original"
     """which caption each step trains on, a key of training.data.TEXT_SAMPLERS ("laclip": LaCLIP)."""
+
+
+@dataclass(frozen=True)
+class DistConfig:
+    """Where and how each step runs: ranks and GPUs (tasks.train_ray), device, precision, micro-batches."""
+
+    ranks: int = 1
+    """data-parallel ranks (Ray Train workers); each reads its own part of the data."""
+    gpus_per_rank: float = 0.0
+    """GPUs each rank holds (0 trains on CPUs with gloo; > 0 uses CUDA and NCCL)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """"auto" (cuda when available, else cpu), "cpu" or "cuda"."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """"fp32" or "bf16" (autocast; meant for GPUs, where it is ~2x faster)."""
+    accum_freq: int = 1
+    """micro-batches of data.batch_size per optimiser step, accumulated with open_clip's feature cache, so the
+    gradient equals that of one batch of batch_size x accum_freq."""
+
+
+@dataclass(frozen=True)
+class ProgressConfig:
+    """What the run records and tolerates as it goes (training.progress): metrics lines, resumable checkpoints,
+    skipped steps. One block rather than a `checkpoint` one, because the metrics cadence and the skipped-step
+    budget are kept by the same bookkeeping."""
+
     checkpoint_every: int = 200
     """steps between resumable checkpoints (checkpoints/latest.pt); epoch ends always checkpoint."""
     keep_epoch_checkpoints: int = 2
@@ -69,20 +109,33 @@ class TrainConfig:
     """steps between metrics.jsonl lines."""
     max_nonfinite_steps: int = 20
     """skipped steps (non-finite loss or gradient) tolerated before training aborts."""
-    shuffle_buffer: int = 2000
-    """samples in the WebDataset shuffle buffer (shard order is shuffled too)."""
-    crop_scale_min: float = 0.8
-    """RandomResizedCrop lower area bound; the crop keeps between this and all of the image."""
-    ranks: int = 1
-    """data-parallel ranks (Ray Train workers); each reads its own part of the data."""
-    gpus_per_rank: float = 0.0
-    """GPUs each rank holds (0 trains on CPUs with gloo; > 0 uses CUDA and NCCL)."""
-    accum_freq: int = 1
-    """micro-batches of batch_size per optimiser step, accumulated with open_clip's feature cache, so the gradient
-    equals that of one batch of batch_size x accum_freq."""
-    optimizer: Literal["adamw", "lion"] = "adamw"
-    """a key of training.optim.OPTIMIZERS: "adamw", or "lion" (Chen et al. 2023; wants a 3-10x lower lr and a 3-10x
-    higher weight_decay than AdamW)."""
+
+
+def _plain_clip() -> dict[ObjectiveName, float]:
+    return {"clip": 1.0}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """open_clip pretraining (CLIP, Radford et al. 2021; recipe after open_clip's trainer)."""
+
+    model: str = "curaclip-vit-tiny"
+    """open_clip model name, or the path of a JSON model config (its file stem becomes the name)."""
+    seed: int = 0
+    """seeds model init, shard order, shuffling, augmentation and caption sampling."""
+    objectives: dict[ObjectiveName, float] = field(default_factory=_plain_clip)
+    """training terms and their weights, keys of training.objectives.LOSSES; the loss is the weighted sum, in this
+    order ("alip" replaces "clip"). In YAML a list of names means weight 1.0 each."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """the optimiser and its settings."""
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    """epochs, warmup and the cosine decay."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """batch, captions and loaders."""
+    distribution: DistConfig = field(default_factory=DistConfig)
+    """ranks, GPUs, device, precision and accumulation."""
+    progress: ProgressConfig = field(default_factory=ProgressConfig)
+    """metrics, checkpoints and the skipped-step budget."""
     alip: ALIPConfig = field(default_factory=ALIPConfig)
     """settings of the "alip" objective."""
     dreamlip: DreamLIPConfig = field(default_factory=DreamLIPConfig)
@@ -93,3 +146,17 @@ class TrainConfig:
     """settings of the "mlcd" objective."""
     protoclip: ProtoCLIPConfig = field(default_factory=ProtoCLIPConfig)
     """settings of the "protoclip" objective and its episodes (training.objectives.protoclip)."""
+
+    MOVED_KEYS: ClassVar[dict[str, str]] = {
+        **{name: f"optim.{name}" for name in ("optimizer", "lr", "weight_decay", "beta1", "beta2", "eps",
+                                              "grad_clip_norm")},
+        **{name: f"schedule.{name}" for name in ("epochs", "warmup_steps", "min_lr_ratio")},
+        **{name: f"data.{name}" for name in ("batch_size", "context_length", "workers", "shuffle_buffer",
+                                             "crop_scale_min", "text_sampler")},
+        **{name: f"distribution.{name}" for name in ("ranks", "gpus_per_rank", "device", "precision", "accum_freq")},
+        **{name: f"progress.{name}" for name in ("checkpoint_every", "keep_epoch_checkpoints", "log_every",
+                                                 "max_nonfinite_steps")},
+        "objective_weights": "objectives, which maps each objective to its weight ({clip: 1.0, mlcd: 0.5})",
+    }
+    """Keys of the flat TrainConfig that moved into a component: old key -> its new path below `train`; a config
+    naming an old key is an error saying where it went (flows.config.from_dict reads this)."""

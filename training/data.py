@@ -310,7 +310,7 @@ def shard_loader(
 def default_transform(train: bool) -> Callable:
     """open_clip's transform for the default model (64x64, OpenAI mean/std)."""
     cfg = TrainConfig()
-    return transform_for(cfg.model, train, cfg.crop_scale_min)
+    return transform_for(cfg.model, train, cfg.data.crop_scale_min)
 
 
 # --- in-memory table ------------------------------------------------------------------------------

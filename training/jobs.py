@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from training.checkpoints import CHECKPOINT_DIR, checkpoint_step
-from training.config import TrainConfig
+from training.config import DataConfig, TrainConfig
 from training.data import ShardData
 from training.embedding import EmbedConfig, encode_images
 from training.loop import configure_threads, train
@@ -32,20 +32,14 @@ def print_progress(label: str) -> Callable[[dict], None]:
     return log
 
 
-BOOTSTRAP_RESETS = ("objectives", "objective_weights", "text_sampler", "accum_freq", "ranks", "gpus_per_rank",
-                    "alip", "dreamlip", "negclip", "mlcd", "protoclip", "checkpoint_every", "keep_epoch_checkpoints",
-                    "log_every", "max_nonfinite_steps")
-"""TrainConfig fields the bootstrap does not take from the train stage: it is plain CLIP on one rank."""
-
-
 def bootstrap_config(cfg: EmbedConfig, train_cfg: TrainConfig) -> TrainConfig:
-    """The embed stage's bootstrap training: the train stage's model-agnostic optimisation settings
-    (batch, learning rate, schedule, seed...) with plain CLIP, cfg.model and cfg.bootstrap_epochs.
-    Objective and distribution settings stay at their defaults, so changing them recomputes train,
-    not embed, cluster and shard (the embed artifact's key hashes this config)."""
-    defaults = TrainConfig()
-    resets = {name: getattr(defaults, name) for name in BOOTSTRAP_RESETS}
-    return dataclasses.replace(train_cfg, model=cfg.model, epochs=cfg.bootstrap_epochs, **resets)
+    """The embed stage's bootstrap training: plain CLIP on one rank with the train stage's optimiser, schedule
+    (for cfg.bootstrap_epochs), loaders and seed, and cfg.model. Everything else - the objectives and their
+    settings, the caption sampler, the distribution and progress blocks - stays at its default, so changing it
+    recomputes train, not embed, cluster and shard (the embed artifact's key hashes this config)."""
+    return TrainConfig(model=cfg.model, seed=train_cfg.seed, optim=train_cfg.optim,
+                       schedule=dataclasses.replace(train_cfg.schedule, epochs=cfg.bootstrap_epochs),
+                       data=dataclasses.replace(train_cfg.data, text_sampler=DataConfig().text_sampler))
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from training.config import TrainConfig
+from training.config import OptimConfig
 
 MAX_LOGIT_SCALE = math.log(100)
 """CLIP clips the learned temperature so logits are scaled by at most 100 (Radford et al. 2021, sec. 2.5)."""
@@ -42,8 +42,8 @@ class OptimizerSettings:
     eps: float
 
 
-def optimizer_settings(cfg: TrainConfig) -> OptimizerSettings:
-    """TrainConfig's lr, weight_decay and betas, each None ("unset") replaced by the optimiser's default:
+def optimizer_settings(cfg: OptimConfig) -> OptimizerSettings:
+    """The config's lr, weight_decay and betas, each None ("unset") replaced by the optimiser's default:
     AdamW's ADAMW_DEFAULTS; for Lion, AdamW's lr / LION_LR_DIVISOR, weight decay x LION_LR_DIVISOR and
     LION_BETAS."""
     lion_ = cfg.optimizer == "lion"
@@ -123,10 +123,10 @@ OPTIMIZERS: dict[str, Callable[[list[dict], OptimizerSettings], torch.optim.Opti
     "adamw": adamw,
     "lion": lion,
 }
-"""Optimiser factories by TrainConfig.optimizer: `factory(param_groups, settings)`."""
+"""Optimiser factories by OptimConfig.optimizer (`train.optim.optimizer`): `factory(param_groups, settings)`."""
 
 
-def make_optimizer(module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     """The configured optimiser over `param_groups` (no decay on biases, norms and temperatures)."""
     if cfg.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose from {sorted(OPTIMIZERS)}")

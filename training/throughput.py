@@ -14,19 +14,20 @@ import argparse
 import json
 import statistics
 import time
-from dataclasses import replace
 
 import torch
 
-from training.config import TrainConfig
+from training.config import DataConfig, DistConfig, TrainConfig
 from training.data import NO_FIELDS, BatchFields, batch_fields
 from training.distributed import DistContext
-from training.loop import TrainModule, configure_threads, train_step
+from training.loop import configure_threads
 from training.models import create_model, embed_dim
+from training.module import TrainModule
 from training.objectives import WeightedObjectives
 from training.objectives.mlcd import MLCDConfig
 from training.objectives.protoclip import fit_prototypes
 from training.optim import make_optimizer
+from training.step import train_step
 
 
 def random_batch(model: torch.nn.Module, batch_size: int, seed: int, fields: BatchFields = NO_FIELDS,
@@ -61,31 +62,31 @@ def set_batch_prototypes(module: TrainModule, batch: dict, cfg: TrainConfig) -> 
     out = module.encode(batch)
     image, text = term.episode_features(out["image_features"], out["text_features"])
     term.set_prototypes(fit_prototypes(image, text, cfg.protoclip, seed=cfg.seed))
-    batch["episode_index"] = torch.arange(cfg.batch_size)
+    batch["episode_index"] = torch.arange(cfg.data.batch_size)
 
 
 def measure_throughput(cfg: TrainConfig, steps: int = 8, warmup: int = 2) -> dict[str, float]:
     """Median samples/s over `steps` optimiser steps after `warmup` steps, with the training loop's step."""
     threads = configure_threads()
     torch.manual_seed(cfg.seed)
-    model, _, _ = create_model(cfg.model, context_length=cfg.context_length)
+    model, _, _ = create_model(cfg.model, context_length=cfg.data.context_length)
     module = TrainModule(model, WeightedObjectives(cfg, embed_dim(cfg.model)), DistContext())
-    optimizer = make_optimizer(module, cfg)
-    batch = random_batch(model, cfg.batch_size, cfg.seed, batch_fields(cfg), cfg.mlcd.num_centers or 1)
+    optimizer = make_optimizer(module, cfg.optim)
+    batch = random_batch(model, cfg.data.batch_size, cfg.seed, batch_fields(cfg), cfg.mlcd.num_centers or 1)
     if "protoclip" in module.objectives.terms:
         set_batch_prototypes(module, batch, cfg)
     wall, cpu = [], []
     for i in range(warmup + steps):
         w0, c0 = time.perf_counter(), time.process_time()
-        train_step(module, optimizer, [batch] * cfg.accum_freq, cfg, DistContext())
+        train_step(module, optimizer, [batch] * cfg.distribution.accum_freq, cfg, DistContext())
         if i >= warmup:
             wall.append(time.perf_counter() - w0)
             cpu.append(time.process_time() - c0)
     params = sum(p.numel() for p in model.parameters())
-    samples = cfg.batch_size * cfg.accum_freq
+    samples = cfg.data.batch_size * cfg.distribution.accum_freq
     return {
-        "model": cfg.model, "batch_size": cfg.batch_size, "threads": threads, "params_millions": params / 1e6,
-        "objectives": list(cfg.objectives), "accum_freq": cfg.accum_freq,
+        "model": cfg.model, "batch_size": cfg.data.batch_size, "threads": threads, "params_millions": params / 1e6,
+        "objectives": list(cfg.objectives), "accum_freq": cfg.distribution.accum_freq,
         "samples_per_second": samples / statistics.median(wall),
         "samples_per_second_best": samples / min(wall),
         "samples_per_second_cpu_time": samples * threads / statistics.median(cpu),
@@ -95,16 +96,17 @@ def measure_throughput(cfg: TrainConfig, steps: int = 8, warmup: int = 2) -> dic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=TrainConfig().model)
-    parser.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
+    parser.add_argument("--batch-size", type=int, default=TrainConfig().data.batch_size)
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--objectives", default="clip", help="comma-separated keys of training.objectives.LOSSES")
     parser.add_argument("--num-centers", type=int, default=None, help="MLCD classifier rows (for mlcd)")
     parser.add_argument("--accum-freq", type=int, default=1)
     args = parser.parse_args()
-    cfg = replace(TrainConfig(), model=args.model, batch_size=args.batch_size, precision=args.precision,
-                  objectives=tuple(args.objectives.split(",")), accum_freq=args.accum_freq,
-                  mlcd=MLCDConfig(num_centers=args.num_centers))
+    cfg = TrainConfig(model=args.model, objectives=dict.fromkeys(args.objectives.split(","), 1.0),
+                      data=DataConfig(batch_size=args.batch_size),
+                      distribution=DistConfig(precision=args.precision, accum_freq=args.accum_freq),
+                      mlcd=MLCDConfig(num_centers=args.num_centers))
     print(json.dumps(measure_throughput(cfg, args.steps)))
 
 

@@ -35,7 +35,8 @@ class LocalExecutor:
         """One rank, here, on every CPU of the machine; several ranks need Ray Train (executor: ray)."""
         from training.jobs import TrainJob, print_progress  # torch only for the stage that trains
 
-        if cfg.ranks != 1:
-            raise ValueError(f"train.ranks={cfg.ranks}: several ranks train with Ray Train; set executor: ray")
+        if cfg.distribution.ranks != 1:
+            raise ValueError(f"train.distribution.ranks={cfg.distribution.ranks}: several ranks train with Ray Train;"
+                             " set executor: ray")
         job = TrainJob(cfg, shards, out_dir, threads=os.cpu_count() or 1)
         return {**job.run(print_progress("train")), "ranks": 1}

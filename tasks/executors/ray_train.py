@@ -59,14 +59,16 @@ class Workers:
 
 
 def plan_workers(cfg: TrainConfig, cpus_per_rank: float | None = None) -> Workers:
-    """TrainConfig.ranks workers with gpus_per_rank GPUs each. CPUs, unless given: a CPU rank takes an equal
-    share of the cluster's (its torch threads), a GPU rank its dataloader processes plus one."""
-    if cfg.ranks < 1 or cfg.gpus_per_rank < 0:
-        raise ValueError(f"need at least one rank and no negative GPUs, got ranks={cfg.ranks} "
-                         f"gpus_per_rank={cfg.gpus_per_rank}")
+    """train.distribution.ranks workers with gpus_per_rank GPUs each. CPUs, unless given: a CPU rank takes an
+    equal share of the cluster's (its torch threads), a GPU rank its dataloader processes plus one."""
+    dist = cfg.distribution
+    if dist.ranks < 1 or dist.gpus_per_rank < 0:
+        raise ValueError(f"need at least one rank and no negative GPUs, got ranks={dist.ranks} "
+                         f"gpus_per_rank={dist.gpus_per_rank}")
     if cpus_per_rank is None:
-        cpus_per_rank = float(cfg.workers + 1) if cfg.gpus_per_rank > 0 else float(max(1, cluster_cpus() // cfg.ranks))
-    return Workers(cfg.ranks, cpus_per_rank, cfg.gpus_per_rank)
+        cpus_per_rank = float(cfg.data.workers + 1) if dist.gpus_per_rank > 0 \
+            else float(max(1, cluster_cpus() // dist.ranks))
+    return Workers(dist.ranks, cpus_per_rank, dist.gpus_per_rank)
 
 
 def report_checkpoint(path: str | None) -> None:
@@ -155,8 +157,8 @@ def train_distributed(cfg: TrainConfig, data: str | pa.Table, out_dir: str, max_
     """Train `cfg` on a shard folder (the shard stage's `shards/`, with sizes.json) or a table into out_dir;
     returns summarize_result's summary plus "ranks" and "resumed_from_step" (where the last attempt began).
 
-    TrainConfig.ranks / gpus_per_rank say how many ranks and GPUs (plan_workers: CPUs). Several ranks train
-    with Ray Train DDP, its state in `<out_dir>/ray_train/`; one rank runs as a plain Ray task, because Ray
+    train.distribution.ranks / gpus_per_rank say how many ranks and GPUs (plan_workers: CPUs). Several ranks
+    train with Ray Train DDP, its state in `<out_dir>/ray_train/`; one rank runs as a plain Ray task, because Ray
     Train's controller, worker actor and process group add ~25-45 s of start-up on two loaded cores and have
     nothing to synchronise. Either way a failure restarts training up to `max_failures` times (-1: without
     limit), resuming from the last checkpoint. `log` runs on rank 0 for each metrics line. Joins or starts

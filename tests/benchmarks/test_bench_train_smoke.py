@@ -60,7 +60,7 @@ def test_open_clip_log_parser_reads_its_train_line(bench):
 
 def test_implied_cost_counts_texts_and_extra_forwards(bench):
     towers = bench.TowerFlops(image=3.0, text=1.0, embed_dim=4, patches=4, width=8)
-    cfg = bench.TrainConfig(batch_size=2)
+    cfg = bench.TrainConfig(data=bench.DataConfig(batch_size=2))
     assert bench.implied_cost("clip", cfg, towers) == 1.0
     assert bench.implied_cost("alip", cfg, towers) == pytest.approx(5 / 4)
     assert bench.implied_cost("negclip", cfg, towers) == pytest.approx(5 / 4)

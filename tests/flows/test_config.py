@@ -12,8 +12,8 @@ def test_default_config_loads_and_round_trips(tmp_path):
 
 
 def test_overrides_are_typed():
-    cfg = load_config(overrides=["train.epochs=2", "curate.t=77", "ingest.world.num_images=300"])
-    assert cfg.train.epochs == 2 and cfg.curate.t == 77 and cfg.ingest.world.num_images == 300
+    cfg = load_config(overrides=["train.schedule.epochs=2", "curate.t=77", "ingest.world.num_images=300"])
+    assert cfg.train.schedule.epochs == 2 and cfg.curate.t == 77 and cfg.ingest.world.num_images == 300
 
 
 def test_override_of_a_tuple_field():
@@ -23,10 +23,13 @@ def test_override_of_a_tuple_field():
 
 @pytest.mark.parametrize("override, words", [
     ("train.epoch=2", "unknown key train.epoch"),
+    ("train.schedule.epoch=2", "unknown key train.schedule.epoch"),
     ("trian.epochs=2", "unknown key trian"),
-    ("train.epochs=two", "train.epochs: expected int"),
-    ("train.epochs=true", "train.epochs: expected int"),
-    ("train.lr=[1]", "train.lr: expected float"),
+    ("train.schedule.epochs=two", "train.schedule.epochs: expected int"),
+    ("train.schedule.epochs=true", "train.schedule.epochs: expected int"),
+    ("train.optim.lr=[1]", "train.optim.lr: expected float"),
+    ("train.objectives={clip: x}", "train.objectives.clip: expected float"),
+    ("train.objectives=5", "train.objectives: expected a mapping or a list"),
     ("curate.seed=1.5", "curate.seed: expected int"),
 ])
 def test_bad_values_name_the_key(override, words):
@@ -54,10 +57,40 @@ def test_parse_override():
 def test_set_takes_comma_lists_and_single_items_for_list_fields():
     from flows.config import load_config
 
-    assert load_config(overrides=["train.objectives=alip,mlcd"]).train.objectives == ("alip", "mlcd")
-    assert load_config(overrides=["train.objectives=dcl"]).train.objectives == ("dcl",)
-    assert load_config(overrides=["train.objective_weights=1,0.5", "train.objectives=clip,mlcd"]
-                       ).train.objective_weights == (1.0, 0.5)
+    assert load_config(overrides=["train.objectives=alip,mlcd"]).train.objectives == {"alip": 1.0, "mlcd": 1.0}
+    assert load_config(overrides=["train.objectives=dcl"]).train.objectives == {"dcl": 1.0}
+    weighted = load_config(overrides=["train.objectives={clip: 1, mlcd: 0.5}"]).train.objectives
+    assert weighted == {"clip": 1.0, "mlcd": 0.5} and list(weighted) == ["clip", "mlcd"]
+    assert load_config(overrides=["train.objectives.mlcd=0.5"]).train.objectives == {"alip": 1.0, "mlcd": 0.5}
+
+
+def test_objectives_in_yaml_are_a_mapping_of_weights_or_a_list(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  objectives: [dreamlip, mlcd]\n")
+    assert load_config(path).train.objectives == {"dreamlip": 1.0, "mlcd": 1.0}
+    path.write_text("train:\n  objectives: {dreamlip: 1.0, mlcd: 0.25}\n")
+    assert load_config(path).train.objectives == {"dreamlip": 1.0, "mlcd": 0.25}
+
+
+def test_every_moved_key_is_an_error_naming_its_new_path(tmp_path):
+    from training.config import TrainConfig
+
+    assert TrainConfig.MOVED_KEYS["epochs"] == "schedule.epochs"
+    for old, new in TrainConfig.MOVED_KEYS.items():
+        expected = f"train.{old} moved to train.{new}"
+        with pytest.raises(ConfigError) as err:
+            load_config(overrides=[f"train.{old}=1"])
+        assert str(err.value) == expected
+        path = tmp_path / "old.yaml"
+        path.write_text(f"train:\n  {old}: 1\n")
+        with pytest.raises(ConfigError) as err:
+            load_config(path)
+        assert str(err.value) == expected
+    with pytest.raises(ConfigError, match=r"^train\.epochs moved to train\.schedule\.epochs$"):
+        load_config(overrides=["train.epochs=3"])
+    with pytest.raises(ConfigError, match=r"train\.objective_weights moved to train\.objectives, which maps each"):
+        load_config(overrides=["train.objectives=clip,mlcd", "train.objective_weights=1,0.5"])
+
 
 
 def test_mlcd_takes_its_classes_from_the_cluster_stage():
@@ -83,11 +116,11 @@ def _choice_fields(tp, path):
     for f in dataclasses.fields(tp):
         hint, where = hints[f.name], f"{path}.{f.name}" if path else f.name
         args = [a for a in typing.get_args(hint) if a is not type(None)] if typing.get_origin(hint) else []
-        inner = args[0] if typing.get_origin(hint) in (tuple, typing.Union) and args else None
+        inner = args[0] if typing.get_origin(hint) in (tuple, dict, typing.Union) and args else None
         if typing.get_origin(hint) is typing.Literal:
             yield where, typing.get_args(hint), False
-        elif inner is not None and typing.get_origin(inner) is typing.Literal:
-            yield where, typing.get_args(inner), True
+        elif inner is not None and typing.get_origin(inner) is typing.Literal:  # tuple items or mapping keys
+            yield where, typing.get_args(inner), typing.get_origin(hint)
         elif dataclasses.is_dataclass(hint):
             yield from _choice_fields(hint, where)
         elif inner is not None and dataclasses.is_dataclass(inner):
@@ -101,14 +134,16 @@ def test_every_choice_with_a_wrong_value_is_an_error_naming_the_key_and_the_choi
 
     choices = list(_choice_fields(RunConfig, ""))
     names = {path for path, _, _ in choices}
-    assert {"train.precision", "train.optimizer", "train.objectives", "rewrite.backend", "longcap.backend",
-            "cluster.gpu", "ingest.sources[0].format", "train.negclip.kinds", "train.dreamlip.grouping_norm"} <= names
-    for path, allowed, is_tuple in choices:
+    assert {"train.distribution.precision", "train.distribution.device", "train.optim.optimizer",
+            "train.objectives", "train.data.text_sampler", "rewrite.backend", "longcap.backend", "cluster.gpu",
+            "ingest.sources[0].format", "train.negclip.kinds", "train.dreamlip.grouping_norm"} <= names
+    for path, allowed, container in choices:
         data = to_dict(RunConfig())
         node, keys = data, re.findall(r"[a-z_]+|\[\d+\]", path)
         for key in keys[:-1]:
             node = node[int(key[1:-1])] if key.startswith("[") else node[key]
-        node[keys[-1]] = ["no-such-choice"] if is_tuple else "no-such-choice"
+        node[keys[-1]] = {"no-such-choice": 1.0} if container is dict else \
+            ["no-such-choice"] if container else "no-such-choice"
         with pytest.raises(ConfigError) as err:
             from_dict(RunConfig, data)
         message = str(err.value)
@@ -120,19 +155,18 @@ def test_choice_literals_match_their_registries():
 
     from curation.captions import BACKENDS, BackendName
     from curation.readers import FORMATS, SourceConfig
-    from training.config import ObjectiveName, TrainConfig
+    from training.config import DataConfig, ObjectiveName, OptimConfig
     from training.data import TEXT_SAMPLERS
     from training.objectives import LOSSES
     from training.objectives.negatives import NEGATIVE_KINDS, NegativeKind
     from training.objectives.protoclip import KMEANS_INITS, ProtoCLIPConfig
     from training.optim import OPTIMIZERS
 
-    hints = typing.get_type_hints(TrainConfig)
     assert set(typing.get_args(ObjectiveName)) == set(LOSSES)
     assert set(typing.get_args(BackendName)) == set(BACKENDS)
     assert set(typing.get_args(NegativeKind)) == set(NEGATIVE_KINDS)
-    assert set(typing.get_args(hints["text_sampler"])) == set(TEXT_SAMPLERS)
-    assert set(typing.get_args(hints["optimizer"])) == set(OPTIMIZERS)
+    assert set(typing.get_args(typing.get_type_hints(DataConfig)["text_sampler"])) == set(TEXT_SAMPLERS)
+    assert set(typing.get_args(typing.get_type_hints(OptimConfig)["optimizer"])) == set(OPTIMIZERS)
     assert set(typing.get_args(typing.get_type_hints(ProtoCLIPConfig)["kmeans_init"])) == set(KMEANS_INITS)
     assert set(typing.get_args(typing.get_type_hints(SourceConfig)["format"])) == {"synthetic", *FORMATS}
 
@@ -141,11 +175,11 @@ def test_presets_apply_before_set_and_unknown_ones_are_refused(capsys):
     from flows.cli import main
     from flows.presets import preset_overrides
 
-    smoke = load_config(overrides=[*preset_overrides("smoke"), "train.epochs=2"])
-    assert smoke.ingest.world.num_images == 360 and smoke.train.epochs == 2  # --set wins over the preset
+    smoke = load_config(overrides=[*preset_overrides("smoke"), "train.schedule.epochs=2"])
+    assert smoke.ingest.world.num_images == 360 and smoke.train.schedule.epochs == 2  # --set wins over the preset
     assert load_config(overrides=preset_overrides("default")) == load_config()
     with pytest.raises(ValueError, match="smoke"):
         preset_overrides("tiny")
-    assert main(["show-config", "--preset", "smoke", "--set", "train.batch_size=16"]) == 0
+    assert main(["show-config", "--preset", "smoke", "--set", "train.data.batch_size=16"]) == 0
     shown = capsys.readouterr().out
     assert "num_images: 360" in shown and "batch_size: 16" in shown

@@ -114,7 +114,7 @@ def test_cli_trains_the_objectives_combined_from_the_cached_stages(first_run, ca
     workdir, _ = first_run
     extra = ["train.objectives=" + objectives, "train.model=curaclip-vit-tiny",  # DreamLIP grouping: a ViT
              "train.protoclip.episode_size=64",
-             "train.protoclip.num_prototypes=4", "train.text_sampler=laclip"]
+             "train.protoclip.num_prototypes=4", "train.data.text_sampler=laclip"]
     args = ["run", "--workdir", str(workdir)] + sum([["--set", o] for o in TINY + extra], [])
     assert main(args) == 0
     report = json.loads((workdir / "report.json").read_text())

@@ -7,12 +7,15 @@ import json
 import os
 import subprocess
 import sys
+import typing
 from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
 import pytest
 from PIL import Image
+
+from training.config import TrainConfig
 
 COLOURS = {"red": (230, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 230), "yellow": (230, 230, 30)}
 
@@ -104,3 +107,25 @@ def one_torch_thread(monkeypatch):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def train_config(**flat) -> TrainConfig:
+    """A TrainConfig from flat keywords, as tests write them (`epochs=2, batch_size=8`): each key that moved into
+    a component goes there (TrainConfig.MOVED_KEYS), and a tuple of objectives means weight 1.0 each."""
+    hints, top, parts = typing.get_type_hints(TrainConfig), {}, {}
+    for key, value in flat.items():
+        component, _, name = TrainConfig.MOVED_KEYS.get(key, "").partition(".")
+        if component in hints and name == key:
+            parts.setdefault(component, {})[name] = value
+        elif key == "objectives" and not isinstance(value, dict):
+            top[key] = dict.fromkeys(value, 1.0)
+        else:
+            top[key] = value
+    return TrainConfig(**top, **{component: hints[component](**values) for component, values in parts.items()})
+
+
+def tiny_cfg(micro_model: str, **kw) -> TrainConfig:
+    """24 steps of 16 on the 64-row colour table (6 epochs), a metrics line every 4 steps, epoch checkpoints only."""
+    base = dict(model=micro_model, epochs=6, batch_size=16, lr=2e-3, warmup_steps=3, log_every=4,
+                checkpoint_every=0, context_length=16, workers=0)
+    return train_config(**{**base, **kw})

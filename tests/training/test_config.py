@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from training.config import TrainConfig
+from training.config import (
+    DataConfig,
+    DistConfig,
+    ObjectiveName,
+    OptimConfig,
+    ProgressConfig,
+    ScheduleConfig,
+    TrainConfig,
+)
 from training.objectives.alip import ALIPConfig
 from training.objectives.dreamlip import DreamLIPConfig
 from training.objectives.mlcd import MLCDConfig
@@ -16,8 +24,9 @@ from training.objectives.negclip import NegCLIPConfig
 from training.objectives.protoclip import ProtoCLIPConfig
 
 SCALARS = {int, float, str, bool, int | None, float | None, str | None,
-           tuple[str, ...], tuple[int, ...], tuple[float, ...]}
-CONFIGS = [TrainConfig, ALIPConfig, DreamLIPConfig, NegCLIPConfig, MLCDConfig, ProtoCLIPConfig]
+           tuple[str, ...], tuple[int, ...], tuple[float, ...], dict[ObjectiveName, float]}
+CONFIGS = [TrainConfig, OptimConfig, ScheduleConfig, DataConfig, DistConfig, ProgressConfig,
+           ALIPConfig, DreamLIPConfig, NegCLIPConfig, MLCDConfig, ProtoCLIPConfig]
 
 
 def field_docstrings(cls: type) -> dict[str, str]:
@@ -48,7 +57,24 @@ def test_fields_have_allowed_types_defaults_and_docstrings(cls):
 
 def test_defaults_keep_plain_clip_on_one_rank():
     cfg = TrainConfig()
-    assert cfg.objectives == ("clip",) and cfg.ranks == 1 and cfg.accum_freq == 1 and cfg.optimizer == "adamw"
-    assert cfg.gpus_per_rank == 0.0 and cfg.mlcd.num_centers is None and cfg.dreamlip.num_text == 6
+    assert cfg.objectives == {"clip": 1.0} and cfg.distribution.ranks == 1 and cfg.distribution.accum_freq == 1
+    assert cfg.optim.optimizer == "adamw" and cfg.distribution.gpus_per_rank == 0.0
+    assert cfg.mlcd.num_centers is None and cfg.dreamlip.num_text == 6
     assert isinstance(cfg.protoclip, ProtoCLIPConfig)
     assert dataclasses.replace(cfg, mlcd=MLCDConfig(num_centers=10)).mlcd.num_centers == 10
+
+
+def test_every_moved_key_names_a_field_of_its_component():
+    hints = typing.get_type_hints(TrainConfig)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for old, new in TrainConfig.MOVED_KEYS.items():
+        assert old not in fields, old
+        component, _, name = new.partition(".")
+        if old == "objective_weights":
+            assert new.startswith("objectives,"), new  # the weights are the objectives mapping's values
+            continue
+        assert name == old and name in {f.name for f in dataclasses.fields(hints[component])}, (old, new)
+    moved = {f.name for c in (OptimConfig, ScheduleConfig, DataConfig, DistConfig, ProgressConfig)
+             for f in dataclasses.fields(c)}
+    assert moved == set(TrainConfig.MOVED_KEYS) - {"objective_weights"}  # every component field was a flat key
+

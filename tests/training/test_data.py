@@ -172,13 +172,13 @@ def test_batch_fields_follow_the_objectives(tmp_path):
     (tmp_path / "metadata.json").write_text('["chevron", "left of"]')
     negclip = NegCLIPConfig(kinds=("attribute_swap",), noun_words=("Gizmo",),
                             metadata_file=str(tmp_path / "metadata.json"))
-    fields = batch_fields(TrainConfig(objectives=("dreamlip", "negclip", "mlcd"), negclip=negclip,
+    fields = batch_fields(TrainConfig(objectives={"dreamlip": 1.0, "negclip": 1.0, "mlcd": 1.0}, negclip=negclip,
                                       mlcd=MLCDConfig(num_centers=8, top_k=2)))
     assert fields.num_subcaptions == 6 and fields.negatives == ("attribute_swap",) and fields.num_labels == 2
     assert not fields.synthetic and {"gizmo", "chevron"} <= fields.vocabulary.nouns
     assert "left of" not in fields.vocabulary.nouns
-    assert batch_fields(TrainConfig(objectives=("alip",))) == BatchFields(synthetic=True)
-    no_metadata = batch_fields(TrainConfig(objectives=("negclip",), negclip=replace(negclip, use_metadata=False)))
+    assert batch_fields(TrainConfig(objectives={"alip": 1.0})) == BatchFields(synthetic=True)
+    no_metadata = batch_fields(TrainConfig(objectives={"negclip": 1.0}, negclip=replace(negclip, use_metadata=False)))
     assert "chevron" not in no_metadata.vocabulary.nouns
 
 

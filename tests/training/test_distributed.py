@@ -88,10 +88,12 @@ out = {"image_features": F.normalize(leaves["img"], dim=-1), "text_features": F.
        "negative_features": F.normalize(leaves["negs"], dim=-1), "patch_tokens": leaves["tokens"],
        "logit_scale": torch.tensor(5.0)}
 # alip, dreamlip and negclip each hold the raw caption's CLIP loss, so they cannot share one WeightedObjectives
-cfg = TrainConfig(objectives=("siglip", "dcl", "negclip", "mlcd"), dreamlip=DreamLIPConfig(num_text=K),
+cfg = TrainConfig(objectives=dict.fromkeys(("siglip", "dcl", "negclip", "mlcd"), 1.0),
+                  dreamlip=DreamLIPConfig(num_text=K),
                   mlcd=MLCDConfig(num_centers=9, negative_ratio=1.0, scale=4.0))
 objectives = WeightedObjectives(cfg, D)
-others = nn.ModuleDict({name: WeightedObjectives(replace(cfg, objectives=(name,)), D) for name in ("alip", "dreamlip")})
+others = nn.ModuleDict({name: WeightedObjectives(replace(cfg, objectives={name: 1.0}), D)
+                        for name in ("alip", "dreamlip")})
 visual = nn.Module()
 visual.proj = nn.Parameter(torch.randn(W, D, generator=torch.Generator().manual_seed(3)))
 visual.forward_intermediates = None
@@ -175,7 +177,7 @@ import json, os, sys
 import pyarrow as pa
 import torch, torch.distributed as dist
 import training.loop as loop
-from training.config import TrainConfig
+from training.config import DataConfig, OptimConfig, ProgressConfig, ScheduleConfig, TrainConfig
 from training.objectives.mlcd import MLCDConfig
 from training.objectives.protoclip import ProtoCLIPConfig
 rank, world, init, out_path, setup_path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
@@ -184,9 +186,10 @@ torch.set_num_threads(1)
 dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
 rows = [{**r, "image": bytes.fromhex(r["image"])} for r in json.loads(open(setup["rows"]).read())]
 table = pa.Table.from_pylist(rows)
-cfg = TrainConfig(model=setup["model"], epochs=3, batch_size=8, lr=2e-3, warmup_steps=2, log_every=1,
-                  checkpoint_every=3, context_length=16, workers=0,
-                  objectives=("dreamlip", "mlcd", "protoclip"),
+cfg = TrainConfig(model=setup["model"], objectives={"dreamlip": 1.0, "mlcd": 1.0, "protoclip": 1.0},
+                  optim=OptimConfig(lr=2e-3), schedule=ScheduleConfig(epochs=3, warmup_steps=2),
+                  data=DataConfig(batch_size=8, context_length=16, workers=0),
+                  progress=ProgressConfig(log_every=1, checkpoint_every=3),
                   mlcd=MLCDConfig(num_centers=5, negative_ratio=0.5),
                   protoclip=ProtoCLIPConfig(num_prototypes=4, episode_size=32, projection_dim=8,
                                             projection_hidden_dim=16))

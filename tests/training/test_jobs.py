@@ -8,7 +8,7 @@ from training.embedding import EmbedConfig
 from training.jobs import BootstrapJob, EmbedPart, PartEmbedder
 from training.models import create_model
 
-from .conftest import colour_rows
+from .conftest import colour_rows, train_config
 
 
 def test_embed_part_appends_image_embeddings(micro_model, tmp_path):
@@ -27,7 +27,7 @@ def test_embed_part_appends_image_embeddings(micro_model, tmp_path):
 def test_bootstrap_job_trains_and_keeps_only_the_final_weights(micro_model, tmp_path):
     pq.write_table(pa.Table.from_pylist(colour_rows(32)), tmp_path / "part-00000.parquet")
     cfg = EmbedConfig(model=micro_model, bootstrap_epochs=1)
-    train_cfg = TrainConfig(batch_size=16, workers=0, warmup_steps=1, seed=0)
+    train_cfg = train_config(batch_size=16, workers=0, warmup_steps=1, seed=0)
     job = BootstrapJob((str(tmp_path / "part-00000.parquet"),), cfg, train_cfg, str(tmp_path / "boot"))
     checkpoint = job.run()["checkpoint"]
     assert checkpoint == str(tmp_path / "boot" / "final.pt")
@@ -41,13 +41,19 @@ def test_bootstrap_job_trains_and_keeps_only_the_final_weights(micro_model, tmp_
 def test_bootstrap_config_ignores_objective_and_distribution_settings():
     import dataclasses
 
-    from training.config import TrainConfig
+    from training.config import DistConfig, ProgressConfig
     from training.embedding import EmbedConfig
     from training.jobs import bootstrap_config
+    from training.objectives.mlcd import MLCDConfig
 
     embed = EmbedConfig(bootstrap_epochs=2)
     base = TrainConfig()
-    varied = dataclasses.replace(base, objectives=("alip", "mlcd"), text_sampler="laclip", ranks=2, accum_freq=2)
+    varied = dataclasses.replace(base, objectives={"alip": 1.0, "mlcd": 0.5}, mlcd=MLCDConfig(num_centers=7),
+                                 data=dataclasses.replace(base.data, text_sampler="laclip"),
+                                 distribution=DistConfig(ranks=2, accum_freq=2), progress=ProgressConfig(log_every=1))
     assert bootstrap_config(embed, varied) == bootstrap_config(embed, base)
-    boot = bootstrap_config(embed, dataclasses.replace(base, lr=5e-4))
-    assert (boot.lr, boot.epochs, boot.model, boot.objectives) == (5e-4, 2, embed.model, ("clip",))
+    kept = train_config(lr=5e-4, warmup_steps=9, batch_size=64, seed=3)
+    boot = bootstrap_config(embed, kept)
+    assert (boot.optim, boot.data, boot.seed) == (kept.optim, kept.data, 3)
+    assert (boot.schedule.epochs, boot.schedule.warmup_steps, boot.model) == (2, 9, embed.model)
+    assert boot.objectives == {"clip": 1.0} and boot.distribution == DistConfig()

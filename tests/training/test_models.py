@@ -60,7 +60,7 @@ def test_checkpoint_loads_in_plain_open_clip(micro_model, tmp_path):
     with torch.no_grad():
         model.logit_scale.fill_(3.3)
     cfg = TrainConfig(model=micro_model)
-    state = training_state(model, WeightedObjectives(cfg, 32), make_optimizer(model, cfg), cfg, 1, 7, 0)
+    state = training_state(model, WeightedObjectives(cfg, 32), make_optimizer(model, cfg.optim), cfg, 1, 7, 0)
     path = save_atomic(state, tmp_path / "epoch_1.pt")
 
     open_clip.add_model_config(Path(micro_model))  # what a user of plain open_clip does with our config

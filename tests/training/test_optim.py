@@ -3,9 +3,11 @@ import math
 import pytest
 import torch
 
-from training.config import TrainConfig
+from training.config import OptimConfig
 from training.models import create_model
 from training.optim import MAX_LOGIT_SCALE, clamp_logit_scales, cosine_lr, make_optimizer, param_groups
+
+from .conftest import train_config
 
 
 def test_no_decay_on_biases_norms_embeddings_vectors_and_temperature(micro_model):
@@ -25,7 +27,7 @@ def test_no_decay_on_biases_norms_embeddings_vectors_and_temperature(micro_model
 
 def test_optimizer_uses_the_config(micro_model):
     model, _, _ = create_model(micro_model)
-    cfg = TrainConfig(lr=3e-4, weight_decay=0.05, beta2=0.95)
+    cfg = OptimConfig(lr=3e-4, weight_decay=0.05, beta2=0.95)
     opt = make_optimizer(model, cfg)
     assert isinstance(opt, torch.optim.AdamW)
     assert [g["weight_decay"] for g in opt.param_groups] == [0.0, 0.05]
@@ -56,7 +58,7 @@ def test_logit_scale_is_clamped_at_ln_100(micro_model):
 def test_unknown_optimizer_is_refused(micro_model):
     model, _, _ = create_model(micro_model)
     with pytest.raises(ValueError, match="unknown optimizer"):
-        make_optimizer(model, TrainConfig(optimizer="sgd"))
+        make_optimizer(model, OptimConfig(optimizer="sgd"))
 
 
 def test_lion_step_is_the_papers_update():
@@ -80,7 +82,7 @@ def test_lion_step_is_the_papers_update():
 
 def test_lion_keeps_the_no_decay_groups(micro_model):
     model, _, _ = create_model(micro_model)
-    opt = make_optimizer(model, TrainConfig(optimizer="lion", lr=2e-4, weight_decay=1.0, beta2=0.99))
+    opt = make_optimizer(model, OptimConfig(optimizer="lion", lr=2e-4, weight_decay=1.0, beta2=0.99))
     assert type(opt).__name__ == "Lion" and [g["weight_decay"] for g in opt.param_groups] == [0.0, 1.0]
     assert opt.param_groups[0]["betas"] == (0.9, 0.99) and opt.param_groups[1]["lr"] == 2e-4
 
@@ -91,23 +93,23 @@ def test_lion_takes_its_papers_defaults_when_lr_and_decay_are_unset(micro_model)
     from training.optim import ADAMW_DEFAULTS, optimizer_settings
 
     model, _, _ = create_model(micro_model)
-    opt = make_optimizer(model, TrainConfig(optimizer="lion"))
+    opt = make_optimizer(model, OptimConfig(optimizer="lion"))
     assert opt.param_groups[1]["betas"] == (0.9, 0.99)
     assert opt.param_groups[1]["lr"] == pytest.approx(ADAMW_DEFAULTS["lr"] / 5)
     assert opt.param_groups[1]["weight_decay"] == pytest.approx(ADAMW_DEFAULTS["weight_decay"] * 5)
-    adamw = optimizer_settings(TrainConfig())
-    lion = optimizer_settings(TrainConfig(optimizer="lion"))
+    adamw = optimizer_settings(OptimConfig())
+    lion = optimizer_settings(OptimConfig(optimizer="lion"))
     assert 3 <= adamw.lr / lion.lr <= 10 and 3 <= lion.weight_decay / adamw.weight_decay <= 10
     assert (adamw.beta1, adamw.beta2) == (0.9, 0.98)
     # a value the user sets is kept as set, whatever the optimiser
-    assert optimizer_settings(TrainConfig(optimizer="lion", lr=1e-5)).lr == 1e-5
-    assert optimizer_settings(TrainConfig(optimizer="lion", weight_decay=0.0)).weight_decay == 0.0
+    assert optimizer_settings(OptimConfig(optimizer="lion", lr=1e-5)).lr == 1e-5
+    assert optimizer_settings(OptimConfig(optimizer="lion", weight_decay=0.0)).weight_decay == 0.0
 
 
 def test_the_train_result_records_the_optimiser_settings_used(micro_model, colour_table, tmp_path):
     from training.loop import train
 
-    cfg = TrainConfig(model=micro_model, epochs=1, batch_size=16, warmup_steps=1, optimizer="lion", workers=0)
+    cfg = train_config(model=micro_model, epochs=1, batch_size=16, warmup_steps=1, optimizer="lion", workers=0)
     result = train(cfg, colour_table.slice(0, 32), str(tmp_path))
     assert result.optimizer == {"name": "lion", "lr": pytest.approx(2e-4), "weight_decay": pytest.approx(0.5),
                                 "beta1": 0.9, "beta2": 0.99, "eps": 1e-6}

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import typing
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -20,11 +21,12 @@ from training.config import TrainConfig
 from training.loop import train
 
 CHILD = r"""
-import json, sys
+import json, sys, typing
 import pyarrow.parquet as pq
 from training.config import TrainConfig
 from training.loop import train
-cfg = TrainConfig(**json.loads(sys.argv[1]))  # the test's overrides of the defaults
+hints = typing.get_type_hints(TrainConfig)  # the test's overrides of the defaults, a component per mapping
+cfg = TrainConfig(**{k: hints[k](**v) if isinstance(v, dict) else v for k, v in json.loads(sys.argv[1]).items()})
 train(cfg, pq.read_table(sys.argv[2]), sys.argv[3])
 """
 
@@ -34,8 +36,9 @@ KILL_AFTER_STEP = 8
 def overrides(micro_model: str) -> dict:
     """96 steps of 8 (64 rows, 12 epochs), a checkpoint every 4 steps and every step logged: the child has
     ~85 steps left when it is killed, seconds of work, so the kill always lands mid-run."""
-    return dict(model=micro_model, epochs=12, batch_size=8, lr=2e-3, warmup_steps=4, log_every=1,
-                checkpoint_every=4, context_length=16, workers=0, device="cpu")
+    return {"model": micro_model, "optim": {"lr": 2e-3}, "schedule": {"epochs": 12, "warmup_steps": 4},
+            "data": {"batch_size": 8, "context_length": 16, "workers": 0}, "distribution": {"device": "cpu"},
+            "progress": {"log_every": 1, "checkpoint_every": 4}}
 
 
 def checkpoint_step(out: Path) -> int:
@@ -66,7 +69,8 @@ def kill_past_checkpoint(proc: subprocess.Popen, out: Path, step: int, timeout: 
 
 
 def test_a_sigkilled_run_resumes_from_its_last_checkpoint_on_the_same_curve(micro_model, colour_table, tmp_path):
-    cfg = TrainConfig(**overrides(micro_model))
+    hints = typing.get_type_hints(TrainConfig)
+    cfg = TrainConfig(**{k: hints[k](**v) if isinstance(v, dict) else v for k, v in overrides(micro_model).items()})
     pq.write_table(colour_table, tmp_path / "table.parquet")
     killed = tmp_path / "killed"
     args = [json.dumps(overrides(micro_model)), str(tmp_path / "table.parquet"), str(killed)]

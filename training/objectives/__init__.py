@@ -7,7 +7,7 @@ term over the configured objectives, with the plain CLIP loss on the raw caption
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import torch
@@ -28,8 +28,7 @@ from training.objectives.siglip import SigLIPObjective, siglip_loss
 class ObjectiveSettings(Protocol):
     """What the registry reads of a run's training config (training.config.TrainConfig has it all)."""
 
-    objectives: tuple[str, ...]
-    objective_weights: tuple[float, ...]
+    objectives: Mapping[str, float]
     seed: int
     alip: object
     dreamlip: object
@@ -68,10 +67,7 @@ RAW_CAPTION_CLIP = ("clip", "negclip", "alip", "dreamlip")
 
 
 def objective_weights(cfg: ObjectiveSettings) -> dict[str, float]:
-    """Each configured objective's weight (1.0 when `objective_weights` is empty)."""
-    weights = cfg.objective_weights or (1.0,) * len(cfg.objectives)
-    if len(weights) != len(cfg.objectives):
-        raise ValueError(f"{len(cfg.objectives)} objectives but {len(weights)} objective_weights")
+    """Each configured objective's weight, in the configured order, checked against the registry."""
     unknown = [name for name in cfg.objectives if name not in LOSSES]
     if unknown or not cfg.objectives:
         raise ValueError(f"unknown or no objectives {unknown or '()'}; choose from {sorted(LOSSES)}")
@@ -80,7 +76,7 @@ def objective_weights(cfg: ObjectiveSettings) -> dict[str, float]:
         raise ValueError(f"objectives {' and '.join(both)} each contain the CLIP loss on the raw caption, so "
                          f"together they count it {len(both)} times; keep one of them (negclip, alip and "
                          "dreamlip each replace 'clip')")
-    return dict(zip(cfg.objectives, map(float, weights), strict=True))
+    return {name: float(weight) for name, weight in cfg.objectives.items()}
 
 
 class WeightedObjectives(nn.Module):

@@ -24,7 +24,7 @@ from PIL import Image
 
 from tasks.executors.ray_train import MARKER, Workers, plan_workers, restore_reported, train_distributed
 from training.checkpoints import checkpoint_step, latest_checkpoint, load_checkpoint, write_checkpoint
-from training.config import TrainConfig
+from training.config import DataConfig, DistConfig, OptimConfig, ProgressConfig, ScheduleConfig, TrainConfig
 from training.jobs import omp_threads
 
 MICRO_CONFIG = {
@@ -78,8 +78,15 @@ def cfg(tmp_path_factory) -> TrainConfig:
     differs between one process drawing 8 crops and two drawing 4 each."""
     path = tmp_path_factory.mktemp("configs") / "curaclip-ray-micro.json"
     path.write_text(json.dumps(MICRO_CONFIG))
-    return TrainConfig(model=str(path), epochs=2, batch_size=GLOBAL_BATCH, lr=2e-3, warmup_steps=2, log_every=1,
-                       checkpoint_every=0, context_length=16, workers=0, crop_scale_min=1.0, device="cpu")
+    return TrainConfig(model=str(path), optim=OptimConfig(lr=2e-3), schedule=ScheduleConfig(epochs=2, warmup_steps=2),
+                       data=DataConfig(batch_size=GLOBAL_BATCH, context_length=16, workers=0, crop_scale_min=1.0),
+                       distribution=DistConfig(device="cpu"), progress=ProgressConfig(log_every=1, checkpoint_every=0))
+
+
+def halves(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` on two ranks of half the batch each: the same global batch."""
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_size=GLOBAL_BATCH // 2),
+                               distribution=dataclasses.replace(cfg.distribution, ranks=2))
 
 
 def metrics(out_dir: Path) -> list[dict]:
@@ -89,7 +96,7 @@ def metrics(out_dir: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def two_workers(cfg, table, tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("two")
-    half = dataclasses.replace(cfg, batch_size=GLOBAL_BATCH // 2, ranks=2)
+    half = halves(cfg)
     return train_distributed(half, table, str(out), max_failures=0, cpus_per_rank=1, log=None), out
 
 
@@ -147,7 +154,7 @@ def test_a_failed_single_rank_task_is_retried_and_resumes(cfg, table, tmp_path):
 @pytest.mark.slow
 def test_ray_train_restarts_a_failed_worker_group_from_the_reported_checkpoint(cfg, table, two_workers, tmp_path):
     flag = tmp_path / "failed_once"
-    half = dataclasses.replace(cfg, batch_size=GLOBAL_BATCH // 2, ranks=2)
+    half = halves(cfg)
     summary = train_distributed(half, table, str(tmp_path), max_failures=1, cpus_per_rank=1,
                                 log=fail_once(flag, after_step=4))
     assert summary["ranks"] == 2
@@ -180,11 +187,14 @@ def test_training_threads_are_set_then_restored(monkeypatch):
 
 
 def test_ranks_and_their_resources_come_from_the_config():
-    cfg = TrainConfig(workers=3, ranks=2)
+    def ranks(count: int, gpus: float = 0.0) -> TrainConfig:
+        return TrainConfig(data=DataConfig(workers=3), distribution=DistConfig(ranks=count, gpus_per_rank=gpus))
+
+    cfg = ranks(2)
     assert plan_workers(cfg, 1.5) == Workers(2, 1.5, 0.0)
     assert plan_workers(cfg) == Workers(2, 1.0, 0.0)  # the 2 cluster CPUs shared by 2 ranks
-    assert plan_workers(dataclasses.replace(cfg, ranks=1)) == Workers(1, 2.0, 0.0)
+    assert plan_workers(ranks(1)) == Workers(1, 2.0, 0.0)
     # A GPU rank: its 3 dataloader processes plus the training process.
-    assert plan_workers(dataclasses.replace(cfg, ranks=4, gpus_per_rank=1.0)) == Workers(4, 4.0, 1.0)
+    assert plan_workers(ranks(4, gpus=1.0)) == Workers(4, 4.0, 1.0)
     with pytest.raises(ValueError, match="at least one rank"):
-        plan_workers(dataclasses.replace(cfg, ranks=0))
+        plan_workers(ranks(0))

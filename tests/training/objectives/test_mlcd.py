@@ -103,7 +103,7 @@ def test_mlcd_samples_negatives_per_step_and_checkpoints_the_step():
 
 def test_mlcd_needs_the_number_of_centers():
     with pytest.raises(ValueError, match="mlcd.num_centers"):
-        WeightedObjectives(TrainConfig(objectives=("mlcd",)), 8)
+        WeightedObjectives(TrainConfig(objectives={"mlcd": 1.0}), 8)
 
 
 def test_classifier_rows_do_not_depend_on_the_number_of_ranks():
