@@ -183,3 +183,31 @@ def test_presets_apply_before_set_and_unknown_ones_are_refused(capsys):
     assert main(["show-config", "--preset", "smoke", "--set", "train.data.batch_size=16"]) == 0
     shown = capsys.readouterr().out
     assert "num_images: 360" in shown and "batch_size: 16" in shown
+
+
+def _leaves(node: dict, path: str = ""):
+    for key, value in node.items():
+        dotted = f"{path}.{key}" if path else key
+        if isinstance(value, dict) and value and key != "objectives":
+            yield from _leaves(value, dotted)
+        else:
+            yield dotted
+
+
+def _at(cfg, dotted: str):
+    for key in dotted.split("."):
+        cfg = cfg[key] if isinstance(cfg, dict) else getattr(cfg, key)
+    return cfg
+
+
+def test_the_default_yaml_holds_only_overrides_of_the_library_defaults():
+    """One source of defaults: a key in flows/default.yaml that restates a library default would silently keep
+    the old value when the library's default changes."""
+    import yaml
+
+    from flows.config import RunConfig, default_config_text
+
+    written = yaml.safe_load(default_config_text())
+    loaded, library = load_config(), RunConfig()
+    restated = [key for key in _leaves(written) if _at(loaded, key) == _at(library, key)]
+    assert restated == []
