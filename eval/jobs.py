@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from curation import synthetic
-from curation.synthetic import WorldConfig
+from curation.world import evaluation
+from curation.world.pool import WorldConfig
+from curation.world.vocabulary import SHAPES
 from eval.suite import EvalConfig, run_suite
 from training.embedding import encode_images, encode_texts
 from training.models import create_model
@@ -16,9 +17,9 @@ from training.models import create_model
 def synthetic_eval_sets(world: WorldConfig, cfg: EvalConfig) -> dict:
     """Balanced evaluation sets of the synthetic world, from a seed other than the pool's."""
     return {
-        "classification": synthetic.classification_set(world, cfg.per_class),
-        "retrieval": synthetic.retrieval_set(world, cfg.retrieval_pairs),
-        "compositional": synthetic.compositional_set(world, cfg.compositional_pairs),
+        "classification": evaluation.classification_set(world, cfg.per_class),
+        "retrieval": evaluation.retrieval_set(world, cfg.retrieval_pairs),
+        "compositional": evaluation.compositional_set(world, cfg.compositional_pairs),
     }
 
 
@@ -28,7 +29,7 @@ def eval_job(world: WorldConfig, cfg: EvalConfig, model_name: str, checkpoint: s
         lambda images: encode_images(model, preprocess, images, cfg.batch_size),
         lambda texts: encode_texts(model, tokenizer, texts, cfg.batch_size),
         synthetic_eval_sets(world, cfg),
-        synthetic.SHAPES,
+        SHAPES,
         cfg,
     )
     (Path(out_dir) / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True))
