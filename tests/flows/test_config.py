@@ -149,3 +149,15 @@ def test_presets_apply_before_set_and_unknown_ones_are_refused(capsys):
     assert main(["show-config", "--preset", "smoke", "--set", "train.batch_size=16"]) == 0
     shown = capsys.readouterr().out
     assert "num_images: 360" in shown and "batch_size: 16" in shown
+
+
+def test_eval_datasets_take_a_name_or_a_list_and_refuse_the_world_for_real_data():
+    assert load_config().eval.datasets == "auto"
+    assert load_config(overrides=["eval.datasets=synthetic"]).eval.datasets == "synthetic"
+    assert load_config(overrides=["eval.datasets=[synthetic]"]).eval.datasets == ("synthetic",)
+    real = "ingest.sources=[{format: parquet, path: /data/pool.parquet}]"
+    assert load_config(overrides=[real]).eval.datasets == "auto"  # auto: the eval stage will be skipped
+    with pytest.raises(ConfigError, match="never scored on the synthetic world"):
+        load_config(overrides=[real, "eval.datasets=synthetic"])
+    with pytest.raises(ConfigError, match="unknown dataset 'imagenet'"):
+        load_config(overrides=["eval.datasets=imagenet"])
