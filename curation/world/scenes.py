@@ -23,6 +23,7 @@ SIZE_SCALE: dict[int, tuple[float, float, float]] = {1: (0.44, 0.58, 0.74), 2: (
 SIZE_PROBS: dict[int, tuple[float, float, float]] = {1: (0.15, 0.45, 0.40), 2: (0.45, 0.35, 0.20)}
 """Size distribution alone (mostly medium/large, so the silhouette is clear) and with others."""
 
+
 @lru_cache(maxsize=64)
 def zipf_probs(n: int, a: float, seed: int) -> tuple[float, ...]:
     """Zipf weights k^-a over n items, assigned to ranks by a seeded permutation."""

@@ -40,11 +40,10 @@ def _heart() -> np.ndarray:
     return np.stack([x, y + 2.5], axis=1) / 16.5
 
 
-
 def turn(points: np.ndarray, degrees: float) -> np.ndarray:
+    """(n, 2) points rotated by `degrees` (clockwise on screen, y down); rendering turns masks with it."""
     c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
     return points @ np.array([[c, s], [-s, c]])
-
 
 
 def _shape_table() -> dict[str, list[Primitive]]:
@@ -89,7 +88,6 @@ def _shape_table() -> dict[str, list[Primitive]]:
         "tree": [("fill", _poly((0, -1), (0.8, 0.45), (-0.8, 0.45)), 0),
                  ("fill", _rect(-0.18, 0.4, 0.18, 1), 0)],
     }
-
 
 
 SHAPE_PRIMITIVES: dict[str, list[Primitive]] = _shape_table()

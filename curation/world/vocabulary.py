@@ -15,6 +15,7 @@ COLOUR_RGB: dict[str, tuple[int, int, int]] = {
 }
 """Nominal RGB of each object colour (rendered with a small per-object jitter)."""
 COLOURS: tuple[str, ...] = tuple(COLOUR_RGB)
+
 BACKGROUND_PHRASES: dict[str, str] = {
     "white": "a white background",
     "gray": "a gray background",
@@ -29,6 +30,7 @@ BACKGROUND_PHRASES: dict[str, str] = {
 }
 """How a caption names each background of the world."""
 BACKGROUNDS: tuple[str, ...] = tuple(BACKGROUND_PHRASES)
+
 SIZES: tuple[str, ...] = ("small", "medium", "large")
 TEXTURES: tuple[str, ...] = ("solid", "striped", "dotted", "outlined")
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
@@ -39,7 +41,6 @@ BACKGROUND_MEAN: dict[str, tuple[int, int, int]] = {
     "grass": (70, 140, 55), "sand": (215, 190, 140), "water": (50, 110, 190),
 }
 """Nominal mean colour of each background, to keep objects visible against it."""
-
 
 DISTRACTOR_ENTRIES: tuple[str, ...] = (
     "giraffe", "violin", "hexagon", "teal", "magenta", "tuxedo", "volcano", "submarine", "octopus",
