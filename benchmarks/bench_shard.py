@@ -49,7 +49,7 @@ import ray  # noqa: E402
 
 from curation.partitions import part_name  # noqa: E402
 from curation.sharding import ShardConfig  # noqa: E402
-from curation.synthetic import WorldConfig, generate_pool  # noqa: E402
+from curation.world.pool import WorldConfig, generate_pool  # noqa: E402
 from tasks.artifacts import ArtifactRef, ArtifactStore  # noqa: E402
 from tasks.common import RunContext  # noqa: E402
 from tasks.executors.ray_tasks import ensure_ray  # noqa: E402

@@ -1,6 +1,6 @@
 """Training-throughput benchmark: our trainer against open_clip's own, and each objective's cost over CLIP.
 
-Builds, offline and deterministically, a shard set of the synthetic world (``curation.synthetic`` pool with
+Builds, offline and deterministically, a shard set of the synthetic world (``curation.world.pool`` with
 the caption fields the later stages add: rewrites, a seven-sentence ``long_caption``, ``synthetic_caption``,
 MLCD ``cluster_labels``) written by ``curation.sharding`` exactly as the shard stage writes it, then trains on
 those same tars, with the same model config, batch size, threads, one dataloader worker and a fixed number of
@@ -64,7 +64,7 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from curation.sharding import ShardConfig, write_shards  # noqa: E402
-from curation.synthetic import WorldConfig, generate_pool  # noqa: E402
+from curation.world.pool import WorldConfig, generate_pool  # noqa: E402
 from training.config import (  # noqa: E402
     DataConfig,
     DistConfig,

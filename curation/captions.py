@@ -13,16 +13,16 @@ The simulated backend sees only what the model it stands in for would see. As La
 text-only LLM: it reads the caption alone and may reorder, paraphrase, drop or (at its error rate) distort
 what the caption says, never correct it, so a wrong alt-text stays wrong. As the `longcap` captioner it
 stands in for a vision-language model, so it reads the scene's ground truth (with its error rate), and
-writes in phrasings of its own (:mod:`curation.captioner`) that share nothing with the evaluation's texts.
+writes in phrasings of its own that share nothing with the evaluation's texts. The two halves live apart: the
+rewriter in :mod:`curation.rewriter` (text only, no import of the world), the captioner in
+:mod:`curation.world.captioner` (the world's truth).
 Without a scene (real data) the simulated captioner can only paraphrase the alt-text, and says so. Its
 randomness comes from (seed, uid) alone, so its output does not depend on batching or partitioning.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -30,9 +30,8 @@ from typing import Literal, Protocol
 import numpy as np
 import pyarrow as pa
 
-from curation import captioner
-from curation.alttext import articles
-from curation.synthetic import COLOURS, SHAPES
+from curation import rewriter
+from curation.world import captioner
 
 
 class CaptionBackend(Protocol):
@@ -99,131 +98,6 @@ def sample_rng(seed: int, uid: str, stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, digest, stream])
 
 
-INVERSE_RELATION = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
-
-PARAPHRASE_FRAMES: tuple[str, ...] = (
-    "{t}", "a picture of {t}", "an image showing {t}", "this image shows {t}", "{t}, as seen in the image",
-    "a photo with {t}",
-)
-"""Frames of a rewrite; each of the k rewrites of a caption uses a different one where k allows."""
-
-SYNONYMS: dict[str, tuple[str, ...]] = {
-    "photo": ("picture", "image", "snapshot"), "picture": ("photo", "image"), "image": ("picture", "photo"),
-    "small": ("little", "tiny"), "large": ("big", "huge"), "big": ("large",), "little": ("small",),
-    "drawing": ("sketch", "illustration"), "shows": ("depicts", "displays"), "with": ("featuring",),
-    "beautiful": ("lovely", "pretty"), "free": ("complimentary",), "buy": ("purchase",),
-}
-"""Word substitutions of the lexical paraphraser."""
-
-ENGLISH_COLOURS: tuple[str, ...] = (
-    "red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white", "gray", "grey",
-    "cyan", "magenta", "violet", "beige", "gold", "silver", "teal", "navy",
-)
-"""Colour words an LLM knows from English (not the synthetic world's list): what a distortion swaps."""
-
-SIZE_SWAPS: dict[str, str] = {"small": "large", "large": "small", "little": "big", "big": "little",
-                              "tiny": "huge", "huge": "tiny"}
-"""Size words a distortion flips when the caption names no colour."""
-
-RELATION_PATTERN = re.compile(r"^(?P<a>(?:an? )?[a-z ]+?) (?P<rel>left of|right of|above|below) "
-                              r"(?P<b>an? [a-z ]+?)(?P<rest> on .+)?$")
-"""A caption of one relation between two plain noun phrases ('a red star left of a ring on grass')."""
-
-TRAILING_SETTING = re.compile(r" on [a-z ]+$")
-"""A trailing 'on ...' phrase (the setting), which a rewrite may drop."""
-
-
-def corrupt(scene: dict, rng: np.random.Generator, index: int | None = None,
-            avoid: frozenset[str] = frozenset()) -> dict:
-    """A copy of a scene with one wrong attribute of one object (a hallucination): its colour becomes
-    one absent from the scene (and from `avoid`), or its shape when the colour is unknown."""
-    out = copy.deepcopy(scene)
-    if not out["objects"]:
-        return out
-    obj = out["objects"][int(rng.integers(len(out["objects"]))) if index is None else index]
-    attr, vocab = ("colour", COLOURS) if obj.get("colour") is not None else ("shape", SHAPES)
-    present = {o.get(attr) for o in out["objects"]} | {out.get("background")} | avoid
-    choices = [v for v in vocab if v not in present]
-    obj[attr] = choices[int(rng.integers(len(choices)))]
-    return out
-
-
-FRAME_PREFIX = re.compile(r"^(an?|the)\s+(photo|picture|image|drawing|snapshot)\s+(of|showing|with)\s+", re.I)
-
-
-def _swap_words(body: str, rng: np.random.Generator) -> str:
-    def swap(match: re.Match) -> str:
-        word = match.group(0)
-        options = SYNONYMS.get(word.lower())
-        return options[int(rng.integers(len(options)))] if options and rng.random() < 0.7 else word
-
-    return re.sub(r"[A-Za-z]+", swap, body)
-
-
-def _body(text: str) -> str:
-    """The caption without its frame ('a photo of ...') and final full stop, lower-cased at the start."""
-    body = FRAME_PREFIX.sub("", text.strip().rstrip("."))
-    if body[:1].isupper() and body[1:2].islower():  # 'Buy ...' -> 'buy ...', but 'IMG_2034' stays
-        body = body[0].lower() + body[1:]
-    return body
-
-
-def paraphrase(text: str, rng: np.random.Generator, frame: int) -> str:
-    """Lexical paraphrase: synonyms for known words, re-framed by one of PARAPHRASE_FRAMES."""
-    body = _swap_words(_body(text), rng)
-    return articles(PARAPHRASE_FRAMES[frame % len(PARAPHRASE_FRAMES)].format(t=body))
-
-
-def reorder_relation(body: str) -> str | None:
-    """'a red star left of a ring on grass' -> 'a ring right of a red star on grass'; None if no such form."""
-    match = RELATION_PATTERN.match(body)
-    if match is None or any(f" {w} " in f" {match['a']} {match['b']} " for w in ("and", "is", "are", "the")):
-        return None  # only two plain noun phrases: 'the star is left of ...' is left as it is
-    subject = match["a"] if match["a"].startswith(("a ", "an ")) else "a " + match["a"]
-    return f"{match['b']} {INVERSE_RELATION[match['rel']]} {subject}{match['rest'] or ''}"
-
-
-def distort(body: str, rng: np.random.Generator) -> str:
-    """One wrong word, as an LLM's hallucination: a colour word becomes another colour the caption does not
-    name, or (no colour named) a size word flips. Unchanged when the caption names neither."""
-    words = body.split(" ")
-    colours = [k for k, w in enumerate(words) if w.lower() in ENGLISH_COLOURS]
-    if colours:
-        named = {w.lower() for w in words}
-        k = colours[int(rng.integers(len(colours)))]
-        choices = [c for c in ENGLISH_COLOURS if c not in named and c != "grey"]
-        words[k] = choices[int(rng.integers(len(choices)))]
-        return " ".join(words)
-    sizes = [k for k, w in enumerate(words) if w.lower() in SIZE_SWAPS]
-    if sizes:
-        k = sizes[int(rng.integers(len(sizes)))]
-        words[k] = SIZE_SWAPS[words[k].lower()]
-    return " ".join(words)
-
-
-def rewrite_caption(text: str, rng: np.random.Generator, frame: int, error_rate: float) -> str:
-    """One text-only rewrite (LaCLIP's LLM stand-in): the caption's own content, maybe reordered (a relation
-    stated from its other side), maybe without its trailing setting, with synonyms, in another frame; with
-    probability `error_rate` one word distorted. It reads the caption alone, so it never corrects it."""
-    body = _body(text)
-    if rng.random() < 0.5:
-        body = reorder_relation(body) or body
-    trimmed = TRAILING_SETTING.sub("", body)
-    if rng.random() < 0.25 and trimmed != body and trimmed.strip():
-        body = trimmed
-    if rng.random() < error_rate:
-        body = distort(body, rng)
-    body = _swap_words(body, rng)
-    return articles(PARAPHRASE_FRAMES[frame % len(PARAPHRASE_FRAMES)].format(t=body))
-
-
-def _long_paraphrase(text: str, rng: np.random.Generator) -> str:
-    """Three sentences built from the text alone (no image understanding without truth)."""
-    first, second = paraphrase(text, rng, 3), paraphrase(text, rng, int(rng.integers(1, 3)))
-    original = text.strip().rstrip(".")
-    return f"{first[0].upper() + first[1:]}. In short, {second}. The original caption reads: {original}."
-
-
 @dataclass(frozen=True)
 class SimulatedBackend:
     """The embedded caption backend. As a rewriter it reads the caption alone (a text-only LLM); as a
@@ -245,8 +119,8 @@ class SimulatedBackend:
         out = []
         for uid, text in zip(uids, texts, strict=True):
             rng = sample_rng(seed, uid, 0)
-            frames = rng.permutation(len(PARAPHRASE_FRAMES))
-            out.append([rewrite_caption(text, rng, int(frames[j % len(frames)]), self.error_rate)
+            frames = rng.permutation(len(rewriter.PARAPHRASE_FRAMES))
+            out.append([rewriter.rewrite_caption(text, rng, int(frames[j % len(frames)]), self.error_rate)
                         if text.strip() else text for j in range(k)])
         return out
 
@@ -265,12 +139,9 @@ class SimulatedBackend:
         if truth is None:
             if not text.strip():
                 return text
-            frame = int(rng.integers(len(PARAPHRASE_FRAMES)))
-            return _long_paraphrase(text, rng) if style == "long" else paraphrase(text, rng, frame)
-        # short captions describe objects[0], so that is where a short caption's error must land
-        wrong = rng.random() < self.error_rate
-        scene = corrupt(truth, rng, 0 if style == "short" else None) if wrong else truth
-        return captioner.short_caption(scene, rng) if style == "short" else captioner.long_caption(scene, rng)
+            frame = int(rng.integers(len(rewriter.PARAPHRASE_FRAMES)))
+            return rewriter.long_paraphrase(text, rng) if style == "long" else rewriter.paraphrase(text, rng, frame)
+        return captioner.caption_scene(truth, rng, style, self.error_rate)
 
 
 BACKENDS: dict[str, Callable[..., CaptionBackend]] = {"simulated": SimulatedBackend}

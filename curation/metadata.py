@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import fsspec
 
 from curation.matching import spacing
-from curation.synthetic import metadata_entries
+from curation.world.vocabulary import metadata_entries
 
 MAX_ENTRIES = 500_000
 """MetaCLIP's metadata size."""

@@ -1,7 +1,7 @@
 """Raw pool sources for the ingest stage.
 
 A pool is one or more source blocks (:class:`curation.readers.SourceConfig`): the embedded synthetic
-world (``curation.synthetic``), img2dataset/WebDataset tar shards, Parquet with image bytes or paths,
+world (``curation.world``), img2dataset/WebDataset tar shards, Parquet with image bytes or paths,
 folders of image + txt pairs, and CSV/TSV of caption + path (``curation.readers``). The partitions
 of every block are planned together; each partition turns into the sample table of the data contract
 (``uid, text, image, image_sha256, width, height``), the quarantine table (``uid, stage, reason,
@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from curation import readers, synthetic
+from curation import readers
 from curation.readers import SourceConfig
 from curation.schema import DROPPED_SCHEMA
-from curation.synthetic import WorldConfig
 from curation.validation import REASONS, Limits, validate_rows
+from curation.world.pool import WorldConfig, generate_pool
 
 __all__ = ["REASONS", "SOURCES", "IngestConfig", "PartitionSpec", "SourceConfig",
            "plan_partitions", "read_partition", "read_synthetic", "synthetic_partitions"]
@@ -77,7 +77,7 @@ def synthetic_partitions(cfg: IngestConfig) -> list[tuple[int, int]]:
 
 def read_synthetic(cfg: IngestConfig, span: tuple[int, int]) -> Tables:
     """Samples, truth and (empty) quarantine of the synthetic pool's images ``span[0]..span[1]-1``."""
-    samples, truth = synthetic.generate_pool(cfg.world, span[0], span[1])
+    samples, truth = generate_pool(cfg.world, span[0], span[1])
     return samples, truth, DROPPED_SCHEMA.empty_table()
 
 

@@ -52,6 +52,24 @@ def _ranks(sims: np.ndarray, correct: np.ndarray) -> np.ndarray:
     return np.sum((sims >= best) & ~correct, axis=1)  # (N,), 0 = a correct match retrieved first
 
 
+def recall_at_k(image_emb: np.ndarray, text_emb: np.ndarray, correct: np.ndarray,
+                ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Recall@k both ways over an (N images, T texts) `correct` matrix: {"i2t_r1", "t2i_r1", "i2t_r5", ...}.
+
+    An image is a hit at k when any of its correct texts ranks in its top k, and a text when any of its images does.
+    """
+    correct = np.asarray(correct, dtype=bool)
+    if correct.shape != (len(image_emb), len(text_emb)):
+        raise ValueError(f"correct must be (images, texts) = ({len(image_emb)}, {len(text_emb)}), got {correct.shape}")
+    sims = normalize(image_emb) @ normalize(text_emb).T  # (N, T), row i = image i
+    i2t, t2i = _ranks(sims, correct), _ranks(sims.T, correct.T)
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"i2t_r{k}"] = float(np.mean(i2t < k))
+        out[f"t2i_r{k}"] = float(np.mean(t2i < k))
+    return out
+
+
 def retrieval_recall(
     image_emb: np.ndarray,
     text_emb: np.ndarray,
@@ -66,14 +84,7 @@ def retrieval_recall(
     if len(image_emb) != len(text_emb):
         raise ValueError(f"retrieval pairs must align: {len(image_emb)} images, {len(text_emb)} texts")
     groups = np.arange(len(image_emb)) if groups is None else np.asarray(groups)
-    correct = groups[:, None] == groups[None, :]  # (N, N), symmetric
-    sims = normalize(image_emb) @ normalize(text_emb).T  # (N, N), row i = image i
-    i2t, t2i = _ranks(sims, correct), _ranks(sims.T, correct)
-    out: dict[str, float] = {}
-    for k in ks:
-        out[f"i2t_r{k}"] = float(np.mean(i2t < k))
-        out[f"t2i_r{k}"] = float(np.mean(t2i < k))
-    return out
+    return recall_at_k(image_emb, text_emb, groups[:, None] == groups[None, :], ks)  # (N, N), symmetric
 
 
 def compositional_accuracy(image_emb: np.ndarray, pos_emb: np.ndarray, neg_emb: np.ndarray) -> float:
@@ -81,10 +92,20 @@ def compositional_accuracy(image_emb: np.ndarray, pos_emb: np.ndarray, neg_emb: 
 
     A tie counts as a failure: a bag-of-words encoder that cannot tell the two apart scores 0.
     """
+    return choice_accuracy(image_emb, [pos_emb, neg_emb], np.zeros(len(image_emb), dtype=np.int64))
+
+
+def choice_accuracy(image_emb: np.ndarray, choice_embs: Sequence[np.ndarray], answers: np.ndarray) -> float:
+    """Fraction of images more similar to their true caption (choice `answers[i]`) than to every other choice.
+
+    choice_embs[j] is (N, D), the j-th choice of every image. Ties count as failures, as in ARO's two-way case.
+    """
     image_emb = normalize(image_emb)
-    pos = np.sum(image_emb * normalize(pos_emb), axis=1)  # (N,)
-    neg = np.sum(image_emb * normalize(neg_emb), axis=1)  # (N,)
-    return float(np.mean(pos > neg))
+    scores = np.stack([np.sum(image_emb * normalize(e), axis=1) for e in choice_embs])  # (K, N)
+    rows = np.arange(scores.shape[1])
+    right = scores[answers, rows]  # (N,)
+    others = np.where(np.arange(len(scores))[:, None] == answers[None, :], -np.inf, scores).max(axis=0)  # (N,)
+    return float(np.mean(right > others))
 
 
 def knn_top1(
@@ -172,10 +193,14 @@ def linear_probe_top1(
     test_labels: np.ndarray,
     seed: int,
     weight_decays: Sequence[float] = (1e-4, 1e-3, 1e-2),
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> float:
-    """Logistic-regression probe: penalty picked on a seeded held-out split, refit on all training rows."""
+    """Logistic-regression probe: penalty picked on `validation` (embeddings, labels) or, without one, on a
+    seeded held-out quarter of the training rows; then refit on all training (and validation) rows."""
     with _one_torch_thread():
-        return _linear_probe(train_emb, train_labels, test_emb, test_labels, seed, weight_decays)
+        if validation is None:
+            return _linear_probe(train_emb, train_labels, test_emb, test_labels, seed, weight_decays)
+        return _linear_probe_validated(train_emb, train_labels, validation, test_emb, test_labels, weight_decays)
 
 
 def _linear_probe(
@@ -187,6 +212,26 @@ def _linear_probe(
     y = torch.from_numpy(y_idx.astype(np.int64))
     wd = weight_decays[0] if len(weight_decays) == 1 else _select_weight_decay(
         x, y, len(classes), weight_decays, seed)
-    model = _fit_logreg(x, y, len(classes), wd)
+    return _refit_and_score(x, y, classes, wd, test_emb, test_labels)
+
+
+def _linear_probe_validated(
+    train_emb: np.ndarray, train_labels: np.ndarray, validation: tuple[np.ndarray, np.ndarray],
+    test_emb: np.ndarray, test_labels: np.ndarray, weight_decays: Sequence[float],
+) -> float:
+    val_emb, val_labels = validation
+    emb = np.concatenate([train_emb, val_emb])
+    classes, y_idx = np.unique(np.concatenate([np.asarray(train_labels), np.asarray(val_labels)]), return_inverse=True)
+    x = torch.from_numpy(normalize(emb).astype(np.float64))
+    y = torch.from_numpy(y_idx.astype(np.int64))
+    fit, val = slice(0, len(train_emb)), slice(len(train_emb), len(emb))
+    scores = [_probe_accuracy(_fit_logreg(x[fit], y[fit], len(classes), wd), x[val], y[val]) for wd in weight_decays]
+    wd = weight_decays[int(np.argmax(scores))]  # ties go to the first (smallest) penalty listed
+    return _refit_and_score(x, y, classes, wd, test_emb, test_labels)
+
+
+def _refit_and_score(x: torch.Tensor, y: torch.Tensor, classes: np.ndarray, weight_decay: float,
+                     test_emb: np.ndarray, test_labels: np.ndarray) -> float:
+    model = _fit_logreg(x, y, len(classes), weight_decay)
     predicted = classes[_predict(model, torch.from_numpy(normalize(test_emb).astype(np.float64))).numpy()]
     return float(np.mean(predicted == np.asarray(test_labels)))

@@ -51,6 +51,8 @@ def _run(args: argparse.Namespace) -> int:
     print(f"\nrun {report['run_id']} finished in {report['seconds']:.1f} s; report: {args.workdir}/report.md")
     for stage, s in report["stages"].items():
         print(f"  {stage:<8} {s['status']:<9} {s['seconds']:8.1f} s  rows {s['rows_in']} -> {s['rows_out']}")
+    if report.get("eval_skipped"):
+        print(f"  eval: skipped, {report['eval_skipped']}")
     if report.get("eval"):
         e = report["eval"]
         print(f"  eval: zero-shot top-1 {e['zeroshot_top1']:.3f} over {e['num_classes']} classes, "

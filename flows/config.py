@@ -25,6 +25,7 @@ from curation.clustering import ClusterConfig
 from curation.filters import FilterConfig
 from curation.sharding import ShardConfig
 from curation.sources import IngestConfig
+from eval.providers import resolve_sources
 from eval.suite import EvalConfig
 from tasks.artifacts import config_hash, to_dict  # noqa: F401  (re-exported for the CLI)
 from tasks.executors.base import ExecutorKind, StageResources
@@ -221,7 +222,12 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
 
 
 def resolve(cfg: RunConfig) -> RunConfig:
-    """Fill the settings one stage takes from another: MLCD's classifier has one row per cluster center."""
+    """Fill the settings one stage takes from another (MLCD's classifier has one row per cluster center), and
+    check the eval datasets against the pool (a real-data run is never scored on the synthetic world)."""
+    try:
+        resolve_sources(cfg.eval.datasets, [s.format for s in cfg.ingest.sources], cfg.ingest.world)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     mlcd = cfg.train.mlcd
     if "mlcd" in cfg.train.objectives:
         if mlcd.num_centers is None:

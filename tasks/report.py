@@ -121,6 +121,8 @@ def _markdown(report: Mapping[str, Any], manifests: Mapping[str, dict]) -> str:
                   for stage, b in report["simulated"].items()]
     if "embed" in manifests:
         lines += ["", f"**embed** model: {manifests['embed'].get('model')}"]
+    if report.get("eval_skipped"):
+        lines += ["", "## Evaluation", "", f"Skipped: {report['eval_skipped']}."]
     if report.get("eval"):
         lines += ["", "## Evaluation", "", "| metric | value |", "|---|---:|"]
         lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
@@ -164,6 +166,7 @@ def write_report(workdir: str | Path, run_id: str, config_hash: str, refs: Mappi
         "seconds": round(seconds, 3),
         "stages": {stage: stage_summary(ref) for stage, ref in refs.items()},
         "eval": dict(evaluation),
+        "eval_skipped": manifests.get("eval", {}).get("skipped"),
         "simulated": simulated_stages(manifests),
     }
     report["plots"] = _plots(workdir, refs, evaluation)

@@ -34,6 +34,7 @@ from curation.sharding import ShardConfig, write_sizes
 from curation.sources import IngestConfig, plan_partitions
 from curation.statistics import distribution_stats, top_entries
 from eval.jobs import EvalJob
+from eval.providers import eval_key_config, resolve_sources
 from eval.suite import EvalConfig
 from tasks import layout as L
 from tasks.artifacts import ArtifactRef
@@ -248,9 +249,18 @@ def train(ctx: RunContext, cfg: TrainConfig, upstream: ArtifactRef, curate_ref: 
 @task(name="eval", cache_policy=NO_CACHE)
 def evaluate(ctx: RunContext, cfg: EvalConfig, ingest_cfg: IngestConfig, train_cfg: TrainConfig,
              upstream: ArtifactRef) -> ArtifactRef:
-    def compute(run: StageRun, manifest: dict[str, Any]) -> None:
-        checkpoint = str(Path(upstream.path) / ctx.store.manifest("train", upstream.key)["train"]["checkpoint"])
-        manifest["eval"] = run.job("suite", EvalJob(ingest_cfg.world, cfg, train_cfg.model, checkpoint, str(run.tmp)))
-        manifest["counts"] = {"rows_in": 0, "rows_out": 0, "filtered": 0, "quarantined": 0}
+    """Scores the checkpoint on the datasets `eval.datasets` resolves to; with none (a real-data pool under
+    `auto`) the stage records why it was skipped and scores nothing."""
+    sources, skipped = resolve_sources(cfg.datasets, [s.format for s in ingest_cfg.sources], ingest_cfg.world)
 
-    return run_stage(ctx, "eval", CODE_VERSIONS["eval"], (cfg, ingest_cfg.world), [upstream], compute)
+    def compute(run: StageRun, manifest: dict[str, Any]) -> None:
+        manifest["counts"] = {"rows_in": 0, "rows_out": 0, "filtered": 0, "quarantined": 0}
+        manifest["datasets"] = [source.provider for source in sources]
+        if skipped:
+            manifest["skipped"] = skipped
+            return
+        checkpoint = str(Path(upstream.path) / ctx.store.manifest("train", upstream.key)["train"]["checkpoint"])
+        job = EvalJob(tuple(sources), cfg, train_cfg.model, checkpoint, str(run.tmp / L.EVAL_RESULTS))
+        manifest["eval"] = run.job("suite", job)
+
+    return run_stage(ctx, "eval", CODE_VERSIONS["eval"], eval_key_config(cfg, sources), [upstream], compute)

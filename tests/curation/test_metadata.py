@@ -175,7 +175,7 @@ def test_builder_reads_no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_choose_metadata_takes_the_file_the_world_or_the_builder(tmp_path) -> None:
     from curation.metadata import MetadataBuilderConfig, choose_metadata
-    from curation.synthetic import metadata_entries
+    from curation.world.vocabulary import metadata_entries
 
     def never() -> tuple[Counter, Counter]:
         raise AssertionError("the pool is counted only for the builder")

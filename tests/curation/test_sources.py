@@ -11,8 +11,8 @@ import pytest
 from curation import readers
 from curation.readers import SourceConfig, expand_braces, list_files
 from curation.sources import IngestConfig, PartitionSpec, plan_partitions, read_partition
-from curation.synthetic import WorldConfig
 from curation.validation import content_uid
+from curation.world.pool import WorldConfig
 
 _spec = importlib.util.spec_from_file_location("ingest_corpus", Path(__file__).with_name("ingest_corpus.py"))
 C = importlib.util.module_from_spec(_spec)

@@ -6,11 +6,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eval.metrics import (
+    choice_accuracy,
     class_embeddings,
     compositional_accuracy,
     knn_top1,
     linear_probe_top1,
     normalize,
+    recall_at_k,
     retrieval_recall,
     zeroshot_top1,
 )
@@ -135,3 +137,53 @@ def test_retrieval_recall_is_monotone_in_k_and_bounded(n, d, seed, dup):
         values = [r[f"{direction}_r{k}"] for k in (1, 2, 5)]
         assert all(0.0 <= v <= 1.0 for v in values) and values == sorted(values)
         assert r[f"{direction}_r{n}"] == 1.0  # with k = N every correct item is inside the top k
+
+
+def test_recall_at_k_with_several_texts_per_image():
+    images = np.eye(3, dtype=np.float32)
+    texts = np.array([[1, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [0, 0, 1], [0, 0.2, 1]], dtype=np.float32)
+    correct = np.array([[1, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 0, 1, 1]], dtype=bool)  # (3 images, 5 texts)
+    assert recall_at_k(images, texts, correct, ks=(1,)) == {"i2t_r1": 1.0, "t2i_r1": 1.0}
+    with pytest.raises(ValueError, match="correct"):
+        recall_at_k(images, texts, correct[:, :4])
+
+
+@given(n=st.integers(2, 12), seed=st.integers(0, 10_000))
+@settings(max_examples=25, deadline=None)
+def test_recall_at_k_on_aligned_pairs_is_retrieval_recall(n, seed):
+    """Parity: the general matrix form and the aligned-pairs form give the same figures."""
+    rng = np.random.default_rng(seed)
+    images, texts = rng.standard_normal((n, 4)), rng.standard_normal((n, 4))
+    groups = rng.integers(0, max(1, n // 2), n)
+    assert recall_at_k(images, texts, groups[:, None] == groups[None, :], (1, 3)) == \
+        retrieval_recall(images, texts, (1, 3), groups=groups)
+
+
+@given(n=st.integers(1, 20), seed=st.integers(0, 10_000))
+@settings(max_examples=25, deadline=None)
+def test_choice_accuracy_of_two_choices_is_the_two_way_accuracy(n, seed):
+    rng = np.random.default_rng(seed)
+    images, pos, neg = (rng.standard_normal((n, 5)).astype(np.float32) for _ in range(3))
+    unit = normalize(images)
+    plain = float(np.mean(np.sum(unit * normalize(pos), 1) > np.sum(unit * normalize(neg), 1)))
+    assert choice_accuracy(images, [pos, neg], np.zeros(n, dtype=np.int64)) == plain
+    assert compositional_accuracy(images, pos, neg) == plain
+    # the true caption may sit at any index: swapping the columns and the answers changes nothing
+    assert choice_accuracy(images, [neg, pos], np.ones(n, dtype=np.int64)) == plain
+
+
+def test_choice_accuracy_needs_the_true_caption_to_beat_every_other():
+    images = np.eye(2, dtype=np.float32)
+    choices = [np.eye(2), np.eye(2)[::-1], np.eye(2)]  # choice 2 ties choice 0 for both images
+    assert choice_accuracy(images, choices, np.array([0, 0])) == 0.0
+    assert choice_accuracy(images, choices[:2], np.array([0, 1])) == 0.5
+
+
+def test_linear_probe_with_a_validation_split():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 20)
+    x = _blobs(rng, labels)
+    train, val, test = np.arange(60) % 3 == 0, np.arange(60) % 3 == 1, np.arange(60) % 3 == 2
+    acc = linear_probe_top1(x[train], labels[train], x[test], labels[test], seed=0,
+                            validation=(x[val], labels[val]))
+    assert acc == 1.0

@@ -3,10 +3,10 @@
 import hashlib
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
-from eval.suite import EvalConfig, encode_batched, run_suite, stratified_split, take_per_class
+from eval.datasets import ClassificationSet, CompositionalSet, RetrievalSet, stratified_splits
+from eval.suite import EvalConfig, encode_batched, run_suite
 
 DIM = 64
 CLASSES = ["circle", "square", "star", "heart", "cross"]
@@ -33,25 +33,26 @@ def hash_image(images):
     return np.stack([_word_vector(b.hex()) for b in images])
 
 
-def _sets(per_class: int = 6) -> dict[str, pa.Table]:
-    labels = [c for c in range(len(CLASSES)) for _ in range(per_class)]
+def _sets(per_class: int = 6, classnames=CLASSES) -> dict:
+    labels = np.array([c for c in range(len(CLASSES)) for _ in range(per_class)])
     scenes = [f"{COLORS[i % 3]} {CLASSES[c]}" for i, c in enumerate(labels)]
-    classification = pa.table({
-        "image": pa.array([s.encode() for s in scenes], pa.binary()),
-        "label": labels, "classname": [CLASSES[c] for c in labels],
-    })
+    classification = ClassificationSet(
+        images=[s.encode() for s in scenes], labels=labels, classnames=tuple(classnames),
+        templates=EvalConfig().templates, splits=stratified_splits(labels, 0.5, seed=0))
     pairs = [f"{COLORS[i % 3]} {CLASSES[i % 5]} left of {CLASSES[(i + 1) % 5]}" for i in range(15)]
-    retrieval = pa.table({"image": pa.array([p.encode() for p in pairs], pa.binary()), "caption": pairs})
+    retrieval = RetrievalSet(images=[p.encode() for p in pairs], captions=tuple((p,) for p in pairs))
     pos = [f"{CLASSES[i % 5]} left of {CLASSES[(i + 2) % 5]}" for i in range(10)]
     neg = [f"{CLASSES[(i + 2) % 5]} left of {CLASSES[i % 5]}" for i in range(10)]
     attr_pos = [f"red {CLASSES[i % 5]} and blue {CLASSES[(i + 1) % 5]}" for i in range(10)]
     attr_neg = [f"blue {CLASSES[i % 5]} and green {CLASSES[(i + 1) % 5]}" for i in range(10)]
-    compositional = pa.table({
-        "image": pa.array([p.encode() for p in pos + attr_pos], pa.binary()),
-        "positive": pos + attr_pos, "negative": neg + attr_neg,
-        "kind": ["relation"] * 10 + ["attribute"] * 10,
-    })
+    compositional = CompositionalSet(
+        images=[p.encode() for p in pos + attr_pos], choices=tuple(zip(pos + attr_pos, neg + attr_neg)),
+        answers=np.zeros(20, dtype=np.int64), kinds=("relation",) * 10 + ("attribute",) * 10)
     return {"classification": classification, "retrieval": retrieval, "compositional": compositional}
+
+
+def _all(sets: dict) -> list:
+    return list(sets.values())
 
 
 CFG = EvalConfig(per_class=6, retrieval_pairs=15, compositional_pairs=20, batch_size=4)
@@ -60,7 +61,7 @@ RATES = ["zeroshot_top1", "knn_top1", "linear_probe_top1", "compositional_acc"] 
 
 
 def test_run_suite_returns_every_key_in_range():
-    out = run_suite(bag_of_words_image, bag_of_words_text, _sets(), CLASSES, CFG)
+    out = run_suite(bag_of_words_image, bag_of_words_text, _all(_sets()), CFG)
     assert set(RATES) <= set(out)
     assert all(0.0 <= out[key] <= 1.0 for key in RATES)
     assert out["num_classes"] == 5 and out["chance"] == pytest.approx(0.2)
@@ -69,7 +70,7 @@ def test_run_suite_returns_every_key_in_range():
 
 
 def test_bag_of_words_model_reads_classes_but_not_order():
-    out = run_suite(bag_of_words_image, bag_of_words_text, _sets(), CLASSES, CFG)
+    out = run_suite(bag_of_words_image, bag_of_words_text, _all(_sets()), CFG)
     assert out["zeroshot_top1"] == 1.0
     # Colour words weigh as much as class words here, so neighbours of another class can win.
     assert out["knn_top1"] > 3 * out["chance"] and out["linear_probe_top1"] > 3 * out["chance"]
@@ -82,7 +83,7 @@ def test_bag_of_words_model_reads_classes_but_not_order():
 
 
 def test_uninformed_image_encoder_scores_low():
-    out = run_suite(hash_image, bag_of_words_text, _sets(), CLASSES, CFG)
+    out = run_suite(hash_image, bag_of_words_text, _all(_sets()), CFG)
     assert out["zeroshot_top1"] < 0.5 and out["retrieval_i2t_r1"] < 0.5
     assert "compositional_acc" in out
 
@@ -90,15 +91,39 @@ def test_uninformed_image_encoder_scores_low():
 def test_compositional_set_is_optional():
     sets = _sets()
     del sets["compositional"]
-    out = run_suite(bag_of_words_image, bag_of_words_text, sets, CLASSES, CFG)
+    out = run_suite(bag_of_words_image, bag_of_words_text, _all(sets), CFG)
     assert "compositional_acc" not in out and "zeroshot_top1" in out
 
 
-def test_suite_caps_per_class_and_pairs():
-    cfg = EvalConfig(per_class=2, retrieval_pairs=7, compositional_pairs=5, batch_size=3)
-    out = run_suite(bag_of_words_image, bag_of_words_text, _sets(), CLASSES, cfg)
-    assert out["num_zeroshot_images"] == 10 and out["num_retrieval_pairs"] == 7
-    assert out["num_compositional_pairs"] == 5
+def test_each_kind_of_set_is_scored_alone():
+    sets = _sets()
+    out = run_suite(bag_of_words_image, bag_of_words_text, [sets["retrieval"]], CFG)
+    assert out["num_retrieval_pairs"] == 15 and "zeroshot_top1" not in out
+    out = run_suite(bag_of_words_image, bag_of_words_text, [sets["compositional"]], CFG)
+    assert out["num_compositional_pairs"] == 20 and "retrieval_i2t_r1" not in out
+    with pytest.raises(ValueError, match="one dataset per kind"):
+        run_suite(bag_of_words_image, bag_of_words_text, [sets["retrieval"], sets["retrieval"]], CFG)
+
+
+def test_several_captions_per_image_each_count_as_hits():
+    """Two captions per image: an image is a hit when either ranks first, and each caption finds its image."""
+    pairs = [f"{COLORS[i % 3]} {CLASSES[i % 5]}" for i in range(5)]
+    captions = tuple((p, f"a drawing of {p}") for p in pairs)
+    out = run_suite(bag_of_words_image, bag_of_words_text,
+                    [RetrievalSet(images=[p.encode() for p in pairs], captions=captions)], CFG)
+    assert out["retrieval_i2t_r1"] == 1.0 and out["retrieval_t2i_r1"] == 1.0
+    assert out["num_retrieval_pairs"] == 5
+
+
+def test_the_probe_uses_a_given_validation_split():
+    sets = _sets()
+    cls = sets["classification"]
+    train, test = cls.splits["train"], cls.splits["test"]
+    with_val = ClassificationSet(images=cls.images, labels=cls.labels, classnames=cls.classnames,
+                                 templates=cls.templates, splits={"train": train[::2], "validation": train[1::2],
+                                                                  "test": test})
+    out = run_suite(bag_of_words_image, bag_of_words_text, [with_val], CFG)
+    assert 0.0 <= out["linear_probe_top1"] <= 1.0 and out["num_zeroshot_images"] == 30
 
 
 def test_encode_batched_normalises_and_keeps_order():
@@ -114,18 +139,32 @@ def test_encode_batched_normalises_and_keeps_order():
     np.testing.assert_allclose(out[3], np.array([3.0, 1.0]) / np.sqrt(10), rtol=1e-6)
 
 
-def test_take_per_class_and_stratified_split():
-    labels = np.array([0, 1, 0, 0, 1, 2, 0])
-    np.testing.assert_array_equal(take_per_class(labels, 2), [0, 1, 2, 4, 5])
+def test_stratified_splits():
     labels = np.repeat(np.arange(3), 4)
-    train, test = stratified_split(labels, 0.5, seed=0)
+    splits = stratified_splits(labels, 0.5, seed=0)
+    train, test = splits["train"], splits["test"]
     assert len(np.intersect1d(train, test)) == 0 and len(train) + len(test) == 12
     assert all(np.sum(labels[train] == c) == 2 for c in range(3))
-    again = stratified_split(labels, 0.5, seed=0)
-    np.testing.assert_array_equal(train, again[0])
+    np.testing.assert_array_equal(train, stratified_splits(labels, 0.5, seed=0)["train"])
 
 
-def test_labels_must_index_classnames():
-    sets = _sets()
+def test_datasets_check_their_shape():
     with pytest.raises(ValueError, match="classnames"):
-        run_suite(bag_of_words_image, bag_of_words_text, sets, CLASSES[:3], CFG)
+        _sets(classnames=CLASSES[:3])
+    with pytest.raises(ValueError, match="at least one caption"):
+        RetrievalSet(images=[b"a", b"b"], captions=(("x",), ()))
+    with pytest.raises(ValueError, match="caption choices"):
+        CompositionalSet(images=[b"a"], choices=(("only one",),), answers=np.zeros(1, dtype=np.int64))
+    with pytest.raises(ValueError, match="test split"):
+        ClassificationSet(images=[b"a"], labels=np.array([0]), classnames=("x",), templates=("{}",),
+                          splits={"train": np.array([0]), "test": np.array([], dtype=np.int64)})
+
+
+def test_the_suite_never_imports_the_world():
+    """Eval receives datasets: the suite, the metrics and the protocol load nothing of curation.world."""
+    import subprocess
+    import sys
+
+    code = ("import sys, eval.suite, eval.metrics, eval.datasets; "
+            "sys.exit(any(m == 'curation.world' or m.startswith('curation.world.') for m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], cwd=".").returncode == 0

@@ -211,3 +211,15 @@ def test_the_default_yaml_holds_only_overrides_of_the_library_defaults():
     loaded, library = load_config(), RunConfig()
     restated = [key for key in _leaves(written) if _at(loaded, key) == _at(library, key)]
     assert restated == []
+
+
+def test_eval_datasets_take_a_name_or_a_list_and_refuse_the_world_for_real_data():
+    assert load_config().eval.datasets == "auto"
+    assert load_config(overrides=["eval.datasets=synthetic"]).eval.datasets == "synthetic"
+    assert load_config(overrides=["eval.datasets=[synthetic]"]).eval.datasets == ("synthetic",)
+    real = "ingest.sources=[{format: parquet, path: /data/pool.parquet}]"
+    assert load_config(overrides=[real]).eval.datasets == "auto"  # auto: the eval stage will be skipped
+    with pytest.raises(ConfigError, match="never scored on the synthetic world"):
+        load_config(overrides=[real, "eval.datasets=synthetic"])
+    with pytest.raises(ConfigError, match="unknown dataset 'imagenet'"):
+        load_config(overrides=["eval.datasets=imagenet"])

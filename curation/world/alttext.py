@@ -1,9 +1,9 @@
 """Text side of the synthetic world: faithful descriptions of a scene and web-like alt-texts.
 
-A scene is a truth row of :mod:`curation.synthetic` as a dict (``truth.to_pylist()[i]``):
+A scene is a truth row of :mod:`curation.world.scenes` as a dict (``truth.to_pylist()[i]``):
 ``background``, ``objects`` (shape, colour, size, texture, x, y) and ``relations``
-(subject, relation, object). Nothing here renders or knows the vocabulary lists, so the caption
-backends can reuse :func:`describe` on any truth row.
+(subject, relation, object). Nothing here renders or draws scenes, so :func:`describe` works on any
+truth row (the eval sets' retrieval captions use it).
 
 The alt-text mixture imitates what CLIP-scale web crawls hold (cf. the noise taxonomy of
 DataComp and MetaCLIP): partial but true captions, verbose ones, shopping boilerplate around a
@@ -15,23 +15,10 @@ Fixed template words avoid containing any vocabulary word as a substring ("cover
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
-BACKGROUND_PHRASES: dict[str, str] = {
-    "white": "a white background",
-    "gray": "a gray background",
-    "black": "a black background",
-    "stripes": "a background of stripes",
-    "checkerboard": "a checkerboard",
-    "gradient": "a smooth gradient",
-    "dots": "a background of dots",
-    "grass": "grass",
-    "sand": "sand",
-    "water": "water",
-}
-"""How a caption names each background of the world."""
+from curation.grammar import articles
+from curation.world.vocabulary import BACKGROUND_PHRASES
 
 TEXTURE_PHRASES: dict[str, str] = {
     "solid": "filled solid",
@@ -157,11 +144,6 @@ def _long(truth: dict, rng: np.random.Generator) -> str:
 
 DESCRIBE_STYLES = {"short": _short, "full": _full, "long": _long}
 """Caption styles of :func:`describe`: one object, one full sentence, several sentences."""
-
-
-def articles(text: str) -> str:
-    """'a orange star' -> 'an orange star' (templates write 'a' everywhere)."""
-    return re.sub(r"\b([Aa]) (?=[aeiouAEIOU])", r"\1n ", text)
 
 
 def describe(truth: dict, rng: np.random.Generator, style: str) -> str:

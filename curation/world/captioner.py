@@ -1,23 +1,27 @@
-"""Phrasings of the simulated vision-language captioner (the `longcap` stage's `simulated` backend).
+"""The simulated vision-language captioner (the `longcap` stage's `simulated` backend, where a scene exists).
 
-The simulated captioner stands in for a multimodal model looking at the image, so it may read the scene's
-ground truth (with an error rate applied by the backend). What it must not do is write in the evaluation's
+The simulated captioner stands in for a multimodal model looking at the image, so it writes from the scene's
+ground truth, with an error rate: a wrong caption describes the scene with one attribute changed (a
+hallucination). What it must not do is write in the evaluation's
 words: if its captions reused the zero-shot prompt forms ("a photo of a {}.", "a drawing of a {}.") or the
 retrieval and compositional captions ("a red star left of a blue ring on grass"), a model trained on them
 would score by template matching, not by what it learned (issue 8). So every frame here is its own: objects
 are "set against" a backdrop rather than "on a background", relations are sentences ("The red star lies to
-the left of the blue ring."), and the backdrop has names of its own. `tests/curation/test_captioner.py`
+the left of the blue ring."), and the backdrop has names of its own. `tests/curation/world/test_captioner.py`
 checks that no word 4-gram of these captions (vocabulary words masked) occurs in any eval text.
 
-A scene is a truth row of :mod:`curation.synthetic` as a dict: ``background``, ``objects`` (shape, colour,
+A scene is a truth row of :mod:`curation.world.scenes` as a dict: ``background``, ``objects`` (shape, colour,
 size, texture, x, y) and ``relations`` (subject, relation, object).
 """
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
-from curation.alttext import articles
+from curation.grammar import articles
+from curation.world.vocabulary import COLOURS, SHAPES
 
 BACKDROPS: dict[str, str] = {
     "white": "plain white", "gray": "flat gray", "black": "deep black", "stripes": "a striped pattern",
@@ -92,3 +96,30 @@ def long_caption(scene: dict, rng: np.random.Generator) -> str:
     if len(sentences) < 3:
         sentences.append("Nothing else appears in the picture.")
     return " ".join(sentences)
+
+
+def corrupt(scene: dict, rng: np.random.Generator, index: int | None = None,
+            avoid: frozenset[str] = frozenset()) -> dict:
+    """A copy of a scene with one wrong attribute of one object (a hallucination): its colour becomes
+    one absent from the scene (and from `avoid`), or its shape when the colour is unknown."""
+    out = copy.deepcopy(scene)
+    if not out["objects"]:
+        return out
+    obj = out["objects"][int(rng.integers(len(out["objects"]))) if index is None else index]
+    attr, vocab = ("colour", COLOURS) if obj.get("colour") is not None else ("shape", SHAPES)
+    present = {o.get(attr) for o in out["objects"]} | {out.get("background")} | avoid
+    choices = [v for v in vocab if v not in present]
+    obj[attr] = choices[int(rng.integers(len(choices)))]
+    return out
+
+
+CAPTION_STYLES = {"short": short_caption, "long": long_caption}
+"""What the captioner writes: ALIP's short synthetic caption, DreamLIP's long one."""
+
+
+def caption_scene(scene: dict, rng: np.random.Generator, style: str, error_rate: float) -> str:
+    """A caption of a scene in one of CAPTION_STYLES; with probability `error_rate` one attribute is wrong."""
+    # short captions describe objects[0], so that is where a short caption's error must land
+    wrong = rng.random() < error_rate
+    seen = corrupt(scene, rng, 0 if style == "short" else None) if wrong else scene
+    return CAPTION_STYLES[style](seen, rng)

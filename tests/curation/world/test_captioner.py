@@ -2,17 +2,21 @@
 generates (zero-shot prompts, retrieval captions, compositional choices), so eval scores measure learning, not
 template matching (issue 8)."""
 
+import copy
 import re
 
 import numpy as np
 
-from curation import captioner, synthetic
 from curation.captions import SimulatedBackend
-from curation.synthetic import WorldConfig
+from curation.world import captioner
+from curation.world.evaluation import compositional_set, retrieval_set
+from curation.world.pool import WorldConfig
+from curation.world.scenes import sample_scene
+from curation.world.vocabulary import BACKGROUNDS, COLOURS, SHAPES, SIZES, TEXTURES
 from eval.suite import EvalConfig
 
 RELATION = re.compile(r"\b(left of|right of|above|below)\b")
-VOCABULARY = {*synthetic.SHAPES, *synthetic.COLOURS, *synthetic.SIZES, *synthetic.TEXTURES, *synthetic.BACKGROUNDS}
+VOCABULARY = {*SHAPES, *COLOURS, *SIZES, *TEXTURES, *BACKGROUNDS}
 
 
 def skeleton(text: str) -> list[str]:
@@ -32,16 +36,16 @@ def grams(words: list[str], n: int = 4) -> set[tuple[str, ...]]:
 
 def eval_texts() -> list[str]:
     world, cfg = WorldConfig(), EvalConfig()
-    prompts = [t.format(c) for t in cfg.templates for c in synthetic.SHAPES]
-    retrieval = synthetic.retrieval_set(world, 150).column("caption").to_pylist()
-    pairs = synthetic.compositional_set(world, 150)
+    prompts = [t.format(c) for t in cfg.templates for c in SHAPES]
+    retrieval = retrieval_set(world, 150).column("caption").to_pylist()
+    pairs = compositional_set(world, 150)
     return prompts + retrieval + pairs.column("positive").to_pylist() + pairs.column("negative").to_pylist()
 
 
 def captioner_texts(n: int = 400) -> list[str]:
     rng = np.random.default_rng(0)
-    shape_p, colour_p = (1 / len(synthetic.SHAPES),) * len(synthetic.SHAPES), (1 / 12,) * 12
-    scenes = [synthetic.sample_scene(rng, shape_p, colour_p, (0.4, 0.4, 0.2), (0.55, 0.15, 0.15, 0.15))
+    shape_p, colour_p = (1 / len(SHAPES),) * len(SHAPES), (1 / 12,) * 12
+    scenes = [sample_scene(rng, shape_p, colour_p, (0.4, 0.4, 0.2), (0.55, 0.15, 0.15, 0.15))
               for _ in range(n)]
     backend, uids = SimulatedBackend(error_rate=0.05), [f"u{i}" for i in range(n)]
     long = backend.long_captions(uids, [b""] * n, [""] * n, scenes, seed=0)
@@ -77,4 +81,25 @@ def test_captioner_frames_name_no_shape_or_colour():
                 "Another is", "It is", "close to the centre", "in the upper left part", "figures"]
     for literal in literals:
         words = set(re.findall(r"[a-z]+", re.sub(r"\{[a-zA-Z]+\}", " ", literal).lower()))
-        assert not words & {*synthetic.SHAPES, *synthetic.COLOURS}, literal
+        assert not words & {*SHAPES, *COLOURS}, literal
+
+
+def _scenes(n: int) -> list[dict]:
+    rng = np.random.default_rng(0)
+    shape_p, colour_p = (1 / len(SHAPES),) * len(SHAPES), (1 / len(COLOURS),) * len(COLOURS)
+    return [sample_scene(rng, shape_p, colour_p, (0.4, 0.4, 0.2), (0.55, 0.15, 0.15, 0.15)) for _ in range(n)]
+
+
+def test_corrupt_changes_one_attribute_to_an_absent_value():
+    rng = np.random.default_rng(0)
+    for scene in _scenes(100):
+        bad = captioner.corrupt(scene, rng)
+        diffs = [(a, o[a], b[a]) for o, b in zip(scene["objects"], bad["objects"]) for a in o if o[a] != b[a]]
+        assert len(diffs) == 1 and diffs[0][0] == "colour"
+        assert diffs[0][2] not in {o["colour"] for o in scene["objects"]} | {scene["background"]}
+    before = copy.deepcopy(scene)
+    captioner.corrupt(scene, rng)
+    assert scene == before  # the input is left alone
+    shape_only = {"objects": [{"shape": "star", "colour": None}], "relations": [], "background": None}
+    assert captioner.corrupt(shape_only, rng, avoid=frozenset({"ring"}))["objects"][0]["shape"] not in {"star", "ring"}
+

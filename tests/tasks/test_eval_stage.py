@@ -1,0 +1,52 @@
+"""The eval stage on a real-data pool: with `eval.datasets: auto` it is skipped, says why in its manifest and
+in the run report, and scores nothing (a real-data run is never scored on the synthetic world). Ray starts
+locally (one CPU), about 10 s."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from flows.config import RunConfig, from_dict
+from tasks.artifacts import ArtifactRef
+from tasks.common import RunContext
+from tasks.report import write_report
+from tasks.stages import evaluate, ingest
+
+_spec = importlib.util.spec_from_file_location(
+    "ingest_corpus", Path(__file__).parents[1] / "curation" / "ingest_corpus.py")
+C = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(C)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _ray_shutdown():
+    yield
+    import ray
+
+    ray.shutdown()
+
+
+def test_eval_of_a_parquet_pool_is_skipped_with_its_reason(tmp_path):
+    images = C.good_images()
+    captions = [f"a photo number {i}" for i in range(len(images))]
+    C.write_parquet(tmp_path / "raw" / "pool.parquet",
+                    {"key": list(images), "image": list(images.values()), "caption": captions})
+    cfg = from_dict(RunConfig, {"ingest": {"sources": [
+        {"format": "parquet", "path": str(tmp_path / "raw"), "text_column": "caption"}]}})
+    ctx = RunContext(workdir=str(tmp_path / "work"), run_id="t", ray_num_cpus=1)
+    ingest_ref = ingest.fn(ctx, cfg.ingest)
+    assert ingest_ref.counts["rows_out"] == len(images)
+    # the skipped stage never opens the checkpoint: the train artifact need not exist
+    train_ref = ArtifactRef(stage="train", key="0123456789abcdef", path=str(tmp_path / "no-train"))
+    ref = evaluate.fn(ctx, cfg.eval, cfg.ingest, cfg.train, train_ref)
+    manifest = json.loads((Path(ref.path) / "manifest.json").read_text())
+    assert "not the synthetic world" in manifest["skipped"] and "parquet" in manifest["skipped"]
+    assert manifest["datasets"] == [] and "eval" not in manifest
+    assert not (Path(ref.path) / "results.json").exists()
+
+    report = write_report(tmp_path / "work", "t", "h", {"ingest": ingest_ref, "eval": ref}, 1.0)
+    assert report["eval"] == {} and report["eval_skipped"] == manifest["skipped"]
+    assert f"Skipped: {manifest['skipped']}." in (tmp_path / "work" / "report.md").read_text()
+    assert evaluate.fn(ctx, cfg.eval, cfg.ingest, cfg.train, train_ref).status == "cached"
