@@ -50,10 +50,10 @@ import ray  # noqa: E402
 from curation.partitions import part_name  # noqa: E402
 from curation.sharding import ShardConfig  # noqa: E402
 from curation.world.pool import WorldConfig, generate_pool  # noqa: E402
-from tasks.artifacts import ArtifactRef, ArtifactStore  # noqa: E402
-from tasks.common import RunContext  # noqa: E402
 from tasks.executors.ray_tasks import ensure_ray  # noqa: E402
-from tasks.stages import shard  # noqa: E402
+from tasks.stages.common import RunContext  # noqa: E402
+from tasks.stages.shard import shard  # noqa: E402
+from tasks.store.artifacts import ArtifactRef, ArtifactStore  # noqa: E402
 
 GOAL_ONE_WORKER = 0.8
 """issue 3: the stage on one Ray worker at least 0.8x plain tarfile in one process."""

@@ -61,7 +61,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from tasks.catalog import format_table, query, stage_table
+    from tasks.store.catalog import format_table, query, stage_table
 
     columns, rows = query(args.workdir, args.sql) if args.sql else stage_table(args.workdir)
     print(format_table(columns, rows))
@@ -78,8 +78,8 @@ def _show_config(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {"run": _run, "stats": _stats, "show-config": _show_config}
-    from tasks.catalog import QueryError
-    from tasks.common import MissingArtifactError
+    from tasks.stages.common import MissingArtifactError
+    from tasks.store.catalog import QueryError
 
     try:
         return commands[args.command](args)

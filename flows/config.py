@@ -27,8 +27,8 @@ from curation.sharding import ShardConfig
 from curation.sources import IngestConfig
 from eval.providers import resolve_sources
 from eval.suite import EvalConfig
-from tasks.artifacts import config_hash, to_dict  # noqa: F401  (re-exported for the CLI)
 from tasks.executors.base import ExecutorKind, StageResources
+from tasks.store.artifacts import config_hash, to_dict  # noqa: F401  (re-exported for the CLI)
 from training.config import TrainConfig
 from training.embedding import EmbedConfig
 

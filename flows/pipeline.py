@@ -2,7 +2,7 @@
 
 Without ``PREFECT_API_URL`` the flow runs in Prefect's ephemeral local mode; with it, it reports to
 that server (deployments and schedules: ``infra/prefect.yaml``). The flow holds no data: tasks pass
-:class:`~tasks.artifacts.ArtifactRef` references only.
+:class:`~tasks.store.artifacts.ArtifactRef` references only.
 """
 
 from __future__ import annotations
@@ -17,26 +17,28 @@ from prefect import flow
 
 from flows.config import RunConfig, config_hash
 from flows.plan import plan_run
-from tasks import stages as T
-from tasks.artifacts import ArtifactRef
-from tasks.catalog import build_catalog
-from tasks.common import RunContext
-from tasks.report import write_report
+from tasks.stages import captions, cluster, curate, embed, ingest, shard, train
+from tasks.stages import eval as eval_stage
+from tasks.stages import filter as filter_stage
+from tasks.stages.common import RunContext
+from tasks.store.artifacts import ArtifactRef
+from tasks.store.catalog import build_catalog
+from tasks.store.report import write_report
 
 Refs = dict[str, ArtifactRef]
 
 STEPS: dict[str, Callable[[RunContext, RunConfig, Refs], ArtifactRef]] = {
-    "ingest": lambda ctx, cfg, refs: T.ingest(ctx, cfg.ingest),
-    "filter": lambda ctx, cfg, refs: T.filter_(ctx, cfg.filter, refs["ingest"]),
-    "curate": lambda ctx, cfg, refs: T.curate(ctx, cfg.curate, refs["filter"],
+    "ingest": lambda ctx, cfg, refs: ingest.ingest(ctx, cfg.ingest),
+    "filter": lambda ctx, cfg, refs: filter_stage.filter_(ctx, cfg.filter, refs["ingest"]),
+    "curate": lambda ctx, cfg, refs: curate.curate(ctx, cfg.curate, refs["filter"],
                                               all(s.format == "synthetic" for s in cfg.ingest.sources)),
-    "rewrite": lambda ctx, cfg, refs: T.rewrite(ctx, cfg.rewrite, refs["curate"]),
-    "longcap": lambda ctx, cfg, refs: T.longcap(ctx, cfg.longcap, refs["rewrite"], refs["ingest"]),
-    "embed": lambda ctx, cfg, refs: T.embed(ctx, cfg.embed, cfg.train, refs["longcap"]),
-    "cluster": lambda ctx, cfg, refs: T.cluster(ctx, cfg.cluster, refs["embed"]),
-    "shard": lambda ctx, cfg, refs: T.shard(ctx, cfg.shard, refs["cluster"]),
-    "train": lambda ctx, cfg, refs: T.train(ctx, cfg.train, refs["shard"], refs.get("curate")),
-    "eval": lambda ctx, cfg, refs: T.evaluate(ctx, cfg.eval, cfg.ingest, cfg.train, refs["train"]),
+    "rewrite": lambda ctx, cfg, refs: captions.rewrite(ctx, cfg.rewrite, refs["curate"]),
+    "longcap": lambda ctx, cfg, refs: captions.longcap(ctx, cfg.longcap, refs["rewrite"], refs["ingest"]),
+    "embed": lambda ctx, cfg, refs: embed.embed(ctx, cfg.embed, cfg.train, refs["longcap"]),
+    "cluster": lambda ctx, cfg, refs: cluster.cluster(ctx, cfg.cluster, refs["embed"]),
+    "shard": lambda ctx, cfg, refs: shard.shard(ctx, cfg.shard, refs["cluster"]),
+    "train": lambda ctx, cfg, refs: train.train(ctx, cfg.train, refs["shard"], refs.get("curate")),
+    "eval": lambda ctx, cfg, refs: eval_stage.evaluate(ctx, cfg.eval, cfg.ingest, cfg.train, refs["train"]),
 }
 """How each stage's task is called from the config and the references of the stages before it."""
 

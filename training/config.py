@@ -80,7 +80,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class DistConfig:
-    """Where and how each step runs: ranks and GPUs (tasks.train_ray), device, precision, micro-batches."""
+    """Where and how each step runs: ranks and GPUs (tasks.executors.ray_train), device, precision, micro-batches."""
 
     ranks: int = 1
     """data-parallel ranks (Ray Train workers); each reads its own part of the data."""

@@ -34,7 +34,7 @@ from ray.train import Checkpoint, CheckpointConfig, CheckpointUploadMode, Failur
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from tasks.executors.ray_cluster import WORKER_ENV, cluster_cpus, ensure_ray
-from tasks.layout import RAY_TRAIN
+from tasks.store.layout import RAY_TRAIN
 from training.checkpoints import LATEST, checkpoint_step, load_checkpoint, write_checkpoint
 from training.config import TrainConfig
 from training.jobs import TrainJob, print_progress

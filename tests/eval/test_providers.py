@@ -5,7 +5,7 @@ import pytest
 from curation.world.pool import WorldConfig
 from eval.providers import DatasetSource, eval_key_config, resolve_sources
 from eval.suite import EvalConfig
-from tasks.artifacts import to_dict
+from tasks.store.artifacts import to_dict
 
 WORLD = WorldConfig(num_images=50)
 

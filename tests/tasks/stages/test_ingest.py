@@ -10,12 +10,15 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from curation import partitions as P
 from flows.config import from_dict
-from tasks.common import RunContext
-from tasks.stages import ingest
+from tasks.stages.common import RunContext
+from tasks.stages.ingest import ingest
+from tasks.store import layout as L
+from tests.tasks.stages.artifact_checks import columns, expected_columns, manifest, reconciles
 
 _spec = importlib.util.spec_from_file_location(
-    "ingest_corpus", Path(__file__).parents[1] / "curation" / "ingest_corpus.py")
+    "ingest_corpus", Path(__file__).parents[2] / "curation" / "ingest_corpus.py")
 C = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(C)
 
@@ -97,3 +100,13 @@ def test_ingest_task_quarantines_every_bad_row_and_reconciles(tmp_path):
 
     again = ingest.fn(ctx, cfg)
     assert (again.status, again.key) == ("cached", ref.key)
+
+
+def test_ingest_on_the_local_executor(local_run):
+    cfg, refs = local_run
+    ref = refs["ingest"]
+    assert ref.counts["rows_in"] == cfg.ingest.world.num_images and reconciles(ref)
+    assert columns(ref) == expected_columns("ingest")
+    assert len(P.list_parts(Path(ref.path) / L.TRUTH)) == cfg.ingest.partitions
+    assert manifest(ref)["parts"]["read"] == {"computed": cfg.ingest.partitions, "reused": 0}
+    assert not (Path(ref.path) / L.CANDIDATES).exists()

@@ -1,4 +1,5 @@
-"""What every stage task shares: the run context, the cache check, the manifest and reconciliation.
+"""What every stage task shares: the run context, the cache check, the manifest and reconciliation, the code
+versions, and the few helpers that name a stage's part files.
 
 Caching decision: the artifact store *is* the cache. A stage task computes its key from its config,
 its code version and its inputs' keys, and returns at once when that artifact is complete. Prefect's
@@ -12,16 +13,27 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
-from tasks.artifacts import ArtifactRef, ArtifactStore, Staging, config_hash, stage_key, to_dict
+from curation.partitions import list_parts, part_name
 from tasks.executors import make_executor
 from tasks.executors.base import Executor, ExecutorKind, Resources, Result, StageResources, Worker
+from tasks.store import layout as L
+from tasks.store.artifacts import ArtifactRef, ArtifactStore, Staging, config_hash, stage_key, to_dict
+
+CODE_VERSIONS = {
+    "ingest": "2", "filter": "2", "curate": "1", "rewrite": "2", "longcap": "2",
+    "embed": "3", "cluster": "1", "shard": "1", "train": "3", "eval": "2",
+}
+"""Part of every stage's key: bump a stage's entry whenever its output changes for the same config, so the stage
+and everything below it recompute."""
 
 
 class MissingArtifactError(RuntimeError):
@@ -160,3 +172,24 @@ def run_stage(
         reconcile(stage, manifest["counts"])
         manifest["seconds"] = round(time.perf_counter() - started, 3)
     return store.ref(stage, key, status="computed")
+
+
+def parts_of(ref: ArtifactRef, folder: str = L.PARTS) -> list[str]:
+    return list_parts(Path(ref.path) / folder)
+
+
+def part_path(tmp: Path, folder: str, index: int, suffix: str = ".parquet") -> str:
+    return str((tmp / folder / part_name(index)).with_suffix(suffix))
+
+
+def passthrough_counts(results: list[dict]) -> dict[str, int]:
+    rows_in = sum(r["rows_in"] for r in results)
+    rows_out = sum(r["rows_out"] for r in results)
+    return {"rows_in": rows_in, "rows_out": rows_out, "filtered": rows_in - rows_out, "quarantined": 0}
+
+
+def discard(run: StageRun, step: str, *paths: Path) -> None:
+    """Delete a finished step's intermediate files, its markers first: a crash in between redoes the step."""
+    run.staging.unmark(step)
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from tasks.artifacts import ArtifactStore, Staging, StagingBusyError, config_hash, stage_key
+from tasks.store.artifacts import ArtifactStore, Staging, StagingBusyError, config_hash, stage_key
 
 
 def test_key_changes_with_every_ingredient():

@@ -4,8 +4,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.artifacts import ArtifactStore
-from tasks.catalog import QueryError, build_catalog, format_table, query, stage_table
+from tasks.store.artifacts import ArtifactStore
+from tasks.store.catalog import QueryError, build_catalog, format_table, query, stage_table
 
 
 def _artifact(store, stage, key, table, counts, dropped=None):

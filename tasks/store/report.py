@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from tasks.artifacts import ArtifactRef, ArtifactStore  # noqa: E402
+from tasks.store.artifacts import ArtifactRef, ArtifactStore  # noqa: E402
 
 EVAL_KEYS = ("zeroshot_top1", "num_classes", "chance", "retrieval_i2t_r1", "retrieval_t2i_r1",
              "retrieval_i2t_r5", "retrieval_t2i_r5", "compositional_acc", "knn_top1", "linear_probe_top1")

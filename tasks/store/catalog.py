@@ -19,8 +19,8 @@ from pathlib import Path
 
 import duckdb
 
-from tasks import layout as L
-from tasks.artifacts import ArtifactRef
+from tasks.store import layout as L
+from tasks.store.artifacts import ArtifactRef
 
 CATALOG = "catalog.duckdb"
 TABLE_STAGES = ("cluster", "embed", "longcap", "rewrite", "curate", "filter", "ingest")

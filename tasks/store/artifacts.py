@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasks import layout as L
+from tasks.store import layout as L
 
 MANIFEST = L.MANIFEST
 PARTIAL = ".partial"

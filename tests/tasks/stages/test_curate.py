@@ -6,6 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from curation.balancing import CurateConfig
@@ -13,11 +14,15 @@ from curation.filters import FilterConfig
 from curation.metadata import MetadataBuilderConfig
 from curation.sources import IngestConfig
 from flows.config import from_dict
-from tasks.common import RunContext
-from tasks.stages import curate, filter_, ingest
+from tasks.stages.common import RunContext
+from tasks.stages.curate import curate
+from tasks.stages.filter import filter_
+from tasks.stages.ingest import ingest
+from tasks.store import layout as L
+from tests.tasks.stages.artifact_checks import columns, expected_columns, reconciles
 
 _spec = importlib.util.spec_from_file_location(
-    "ingest_corpus", Path(__file__).parents[1] / "curation" / "ingest_corpus.py")
+    "ingest_corpus", Path(__file__).parents[2] / "curation" / "ingest_corpus.py")
 C = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(C)
 
@@ -59,3 +64,12 @@ def test_real_pool_without_metadata_uses_the_english_builder(tmp_path):
 
     synthetic = curate.fn(ctx, cfg, filtered, synthetic_only=True)
     assert synthetic.key != ref.key  # a None metadata means other entries: another artifact
+
+
+def test_curate_on_the_local_executor(local_run):
+    _, refs = local_run
+    ref = refs["curate"]
+    assert reconciles(ref) and columns(ref) == expected_columns("curate")
+    assert (Path(ref.path) / L.METADATA).is_file() and (Path(ref.path) / L.ENTRY_COUNTS).is_file()
+    counts = pq.read_table(Path(ref.path) / L.ENTRY_COUNTS).to_pydict()
+    assert sum(counts["count_after"]) <= sum(counts["count_before"])

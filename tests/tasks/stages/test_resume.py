@@ -12,26 +12,26 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-import tasks.common
+import tasks.stages.common
 from curation import partitions as P
 from curation.sources import IngestConfig
 from flows.config import from_dict
-from tasks.common import RunContext
 from tasks.executors.local import LocalExecutor
-from tasks.stages import ingest
+from tasks.stages.common import RunContext
+from tasks.stages.ingest import ingest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PARTS, KILL_AFTER = 6, 4
 CONFIG = {"partitions": PARTS, "world": {"num_images": 360, "image_size": 32, "seed": 3}}
 
 CHILD = textwrap.dedent("""
     import os, signal, sys
-    import tasks.common
+    import tasks.stages.common
     from flows.config import from_dict
     from curation.sources import IngestConfig
-    from tasks.common import RunContext
+    from tasks.stages.common import RunContext
     from tasks.executors.local import LocalExecutor
-    from tasks.stages import ingest
+    from tasks.stages.ingest import ingest
 
     class KilledAfter(LocalExecutor):
         def map(self, units, resources):
@@ -40,7 +40,7 @@ CHILD = textwrap.dedent("""
                 if done + 1 == {kill_after}:
                     os.kill(os.getpid(), signal.SIGKILL)  # no cleanup of any kind, as a crash
 
-    tasks.common.make_executor = lambda *args: KilledAfter()
+    tasks.stages.common.make_executor = lambda *args: KilledAfter()
     ingest.fn(RunContext(workdir=sys.argv[1], run_id="killed", executor="local"),
               from_dict(IngestConfig, {config}, "ingest"))
 """)
@@ -67,7 +67,7 @@ def test_a_killed_stage_redoes_only_its_unfinished_parts(tmp_path, monkeypatch):
     assert len(list((staging / "_done" / "read").glob("*.json"))) == KILL_AFTER
 
     counting = Counting()
-    monkeypatch.setattr(tasks.common, "make_executor", lambda *args: counting)
+    monkeypatch.setattr(tasks.stages.common, "make_executor", lambda *args: counting)
     ref = ingest.fn(RunContext(workdir=str(tmp_path / "work"), run_id="rerun", executor="local"), cfg)
     manifest = json.loads((Path(ref.path) / "manifest.json").read_text())
     read_units = [u for u in counting.ran if isinstance(u, P.IngestPart)]

@@ -9,13 +9,16 @@ from pathlib import Path
 import pytest
 
 from flows.config import RunConfig, from_dict
-from tasks.artifacts import ArtifactRef
-from tasks.common import RunContext
-from tasks.report import write_report
-from tasks.stages import evaluate, ingest
+from tasks.stages.common import RunContext
+from tasks.stages.eval import evaluate
+from tasks.stages.ingest import ingest
+from tasks.store import layout as L
+from tasks.store.artifacts import ArtifactRef
+from tasks.store.report import write_report
+from tests.tasks.stages.artifact_checks import manifest
 
 _spec = importlib.util.spec_from_file_location(
-    "ingest_corpus", Path(__file__).parents[1] / "curation" / "ingest_corpus.py")
+    "ingest_corpus", Path(__file__).parents[2] / "curation" / "ingest_corpus.py")
 C = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(C)
 
@@ -50,3 +53,9 @@ def test_eval_of_a_parquet_pool_is_skipped_with_its_reason(tmp_path):
     assert report["eval"] == {} and report["eval_skipped"] == manifest["skipped"]
     assert f"Skipped: {manifest['skipped']}." in (tmp_path / "work" / "report.md").read_text()
     assert evaluate.fn(ctx, cfg.eval, cfg.ingest, cfg.train, train_ref).status == "cached"
+
+
+def test_eval_on_the_local_executor(local_run):
+    _, refs = local_run
+    results = json.loads((Path(refs["eval"].path) / L.EVAL_RESULTS).read_text())
+    assert results == manifest(refs["eval"])["eval"] and 0.0 <= results["zeroshot_top1"] <= 1.0

@@ -1,0 +1,41 @@
+"""The filter stage: DataComp-style row filters and global deduplication, in two passes over the parts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from curation import partitions as P
+from curation.filters import FilterConfig
+from tasks.stages.common import (
+    CODE_VERSIONS,
+    RunContext,
+    StageRun,
+    discard,
+    part_path,
+    parts_of,
+    passthrough_counts,
+    run_stage,
+)
+from tasks.store import layout as L
+from tasks.store.artifacts import ArtifactRef
+
+
+@task(name="filter", cache_policy=NO_CACHE)
+def filter_(ctx: RunContext, cfg: FilterConfig, upstream: ArtifactRef) -> ArtifactRef:
+    def compute(run: StageRun, manifest: dict[str, Any]) -> None:
+        tmp, parts = run.tmp, parts_of(upstream)
+        keys = run.map("keys", [P.FilterKeys(p, cfg, part_path(tmp, L.FILTER_KEYS, i)) for i, p in enumerate(parts)])
+        reasons = P.global_filter_reasons([part_path(tmp, L.FILTER_KEYS, i) for i in range(len(parts))], cfg)
+        P.write_table(reasons, tmp / L.FILTER_REASONS)
+        applied = run.map("apply", [P.ApplyReasons(p, str(tmp / L.FILTER_REASONS), "filter", part_path(tmp, L.PARTS, i),
+                                                   part_path(tmp, L.FILTERED, i)) for i, p in enumerate(parts)])
+        manifest["counts"] = passthrough_counts(applied)
+        assert manifest["counts"]["rows_in"] == sum(k["rows_in"] for k in keys)
+        manifest["reasons"] = {"filtered": P.reason_counts(P.list_parts(tmp / L.FILTERED))}
+        discard(run, "apply")
+        discard(run, "keys", tmp / L.FILTER_KEYS, tmp / L.FILTER_REASONS)
+
+    return run_stage(ctx, "filter", CODE_VERSIONS["filter"], cfg, [upstream], compute)

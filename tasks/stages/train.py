@@ -1,0 +1,37 @@
+"""The train stage: the executor trains (one rank here or as a Ray task, several through Ray Train)."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.stages.common import CODE_VERSIONS, RunContext, StageRun, run_stage
+from tasks.store import layout as L
+from tasks.store.artifacts import ArtifactRef
+from training.config import TrainConfig
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train(ctx: RunContext, cfg: TrainConfig, upstream: ArtifactRef, curate_ref: ArtifactRef | None = None
+          ) -> ArtifactRef:
+    """`curate_ref` gives NegCLIP the pool's metadata entries (its vocabulary), when negclip asks for them."""
+    metadata = Path(curate_ref.path) / L.METADATA if curate_ref is not None else None
+    uses_metadata = "negclip" in cfg.objectives and cfg.negclip.use_metadata and metadata is not None
+    run_cfg = replace(cfg, negclip=replace(cfg.negclip, metadata_file=str(metadata))) if uses_metadata else cfg
+
+    def compute(run: StageRun, manifest: dict[str, Any]) -> None:
+        tmp = run.tmp
+        summary = run.executor.train(run_cfg, str(Path(upstream.path) / L.SHARDS), str(tmp))
+        shutil.rmtree(tmp / L.RAY_TRAIN, ignore_errors=True)  # Ray Train's duplicate of the last checkpoint
+        summary["checkpoint"] = str(Path(summary["checkpoint"]).relative_to(tmp.resolve()))
+        manifest["train"] = summary
+        rows = upstream.counts.get("rows_out", 0)
+        manifest["counts"] = {"rows_in": rows, "rows_out": rows, "filtered": 0, "quarantined": 0}
+
+    inputs = [upstream, curate_ref] if uses_metadata else [upstream]
+    return run_stage(ctx, "train", CODE_VERSIONS["train"], cfg, inputs, compute)
