@@ -223,3 +223,15 @@ def test_eval_datasets_take_a_name_or_a_list_and_refuse_the_world_for_real_data(
         load_config(overrides=[real, "eval.datasets=synthetic"])
     with pytest.raises(ConfigError, match="unknown dataset 'imagenet'"):
         load_config(overrides=["eval.datasets=imagenet"])
+
+
+def test_executor_and_resources_load_from_the_config():
+    cfg = load_config(overrides=["executor=local", "resources.embed.actors=4", "resources.embed.gpus=0.25",
+                                 "resources.cluster.job_cpus=8", "resources.ingest.memory_gb=2"])
+    assert cfg.executor == "local"
+    assert (cfg.resources.embed.actors, cfg.resources.embed.gpus, cfg.resources.embed.cpus) == (4, 0.25, 1.0)
+    assert cfg.resources.of("cluster").job_cpus == 8 and cfg.resources.of("ingest").memory_gb == 2
+    with pytest.raises(ConfigError, match="unknown key resources.embed.gpu"):
+        load_config(overrides=["resources.embed.gpu=1"])
+    with pytest.raises(ConfigError, match="executor: 'dask' is not one of 'ray', 'local'"):
+        load_config(overrides=["executor=dask"])
