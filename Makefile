@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench clean
+.PHONY: install run test test-slow bench clean
 
 # torch's spin-waiting OpenMP threads slowed training up to ~20x on a loaded 2-core machine (measured);
 # set here too, since `training` can only set it when it is imported before torch.
@@ -21,8 +21,12 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/curaclip run
 
+# The default suite; tests marked `slow` (servers, clusters, kill matrices, each over a minute) run in test-slow.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_matching.py
