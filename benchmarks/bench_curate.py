@@ -47,7 +47,8 @@ from curation import partitions as P  # noqa: E402
 from curation.balancing import entry_probs  # noqa: E402
 from curation.matching import EntryMatcher  # noqa: E402
 from tasks.executors.base import Resources  # noqa: E402
-from tasks.executors.ray_tasks import RayExecutor, ensure_ray  # noqa: E402
+from tasks.executors.ray_cluster import ensure_ray  # noqa: E402
+from tasks.executors.ray_tasks import RayExecutor  # noqa: E402
 
 GOAL_TWO_VS_ONE = 1.7
 """issue 3: two Ray workers at least 1.7x one."""

@@ -50,7 +50,7 @@ import ray  # noqa: E402
 from curation.partitions import part_name  # noqa: E402
 from curation.sharding import ShardConfig  # noqa: E402
 from curation.world.pool import WorldConfig, generate_pool  # noqa: E402
-from tasks.executors.ray_tasks import ensure_ray  # noqa: E402
+from tasks.executors.ray_cluster import ensure_ray  # noqa: E402
 from tasks.stages.common import RunContext  # noqa: E402
 from tasks.stages.shard import shard  # noqa: E402
 from tasks.store.artifacts import ArtifactRef, ArtifactStore  # noqa: E402
@@ -182,7 +182,7 @@ def tar_members(path: Path) -> list[tuple[str, bytes]]:
 
 
 def _warm(seconds: float) -> int:
-    """Hold a worker briefly (so every worker gets one) after importing what shard_job imports."""
+    """Hold a worker briefly (so every worker gets one) after importing what ShardJob imports."""
     import curation.partitions  # noqa: F401  (the import is the warm-up)
     time.sleep(seconds)
     return os.getpid()
@@ -236,7 +236,7 @@ def time_all(root: Path, rows: Sequence[tuple[bytes, str, dict]], upstream: Arti
     """(wall, CPU) of every round of: the tarfile reference, the stage on one worker, on two.
 
     Rounds interleave the three, so a load change on a shared machine hits all of them alike. An
-    untimed stage run first lets both workers load shard_job's code. The last round's outputs stay
+    untimed stage run first lets both workers load ShardJob's code. The last round's outputs stay
     (under root/tarfile and root/stage-2) for the content check.
     """
     time_stage(root / "warm-up", upstream, cfg, 2, len(rows))

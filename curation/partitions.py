@@ -256,6 +256,11 @@ class MatchPart:
         return {"rows_in": table.num_rows}
 
 
+def sum_arrays(paths: Sequence[str]) -> np.ndarray:
+    """The element-wise sum of the .npy arrays at ``paths`` (per-part entry counts -> the pool's)."""
+    return np.sum([np.load(p) for p in paths], axis=0)
+
+
 def save_array(array: np.ndarray, path: str) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:  # a file object: np.save would append .npy to a name without it
@@ -296,14 +301,16 @@ class BalancePart:
 
 def truth_rows(truth_paths: Sequence[str], uids: Sequence[str]) -> list[dict | None]:
     """The scene-truth row of each uid (None where the truth table has none), joined by uid over every
-    truth part: a part's rows need not sit in the truth part of the same name."""
+    truth part: a part's rows need not sit in the truth part of the same name. A uid repeated in the pool takes
+    its first row, in part order, as ingest's deduplication keeps the first occurrence. Each call reads the uid
+    and the matching rows of every truth part (the truth table is small: a scene graph per image)."""
     wanted = set(uids)
     by_uid: dict[str, dict] = {}
     for path in truth_paths:
         truth = read_table(path)
         mask = pa.compute.is_in(truth.column("uid"), value_set=pa.array(sorted(wanted), pa.string()))
         for row in truth.filter(mask).to_pylist():
-            by_uid[row["uid"]] = row
+            by_uid.setdefault(row["uid"], row)
     return [by_uid.get(uid) for uid in uids]
 
 

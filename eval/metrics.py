@@ -70,31 +70,6 @@ def recall_at_k(image_emb: np.ndarray, text_emb: np.ndarray, correct: np.ndarray
     return out
 
 
-def retrieval_recall(
-    image_emb: np.ndarray,
-    text_emb: np.ndarray,
-    ks: Sequence[int] = (1, 5, 10),
-    groups: np.ndarray | None = None,
-) -> dict[str, float]:
-    """Recall@k both ways for pairs aligned by row: {"i2t_r1", "t2i_r1", "i2t_r5", ...}.
-
-    `groups` (N,) optionally marks rows whose texts are interchangeable (e.g. identical captions):
-    any text of an image's group then counts as a hit for it, and vice versa. Default: row i only.
-    """
-    if len(image_emb) != len(text_emb):
-        raise ValueError(f"retrieval pairs must align: {len(image_emb)} images, {len(text_emb)} texts")
-    groups = np.arange(len(image_emb)) if groups is None else np.asarray(groups)
-    return recall_at_k(image_emb, text_emb, groups[:, None] == groups[None, :], ks)  # (N, N), symmetric
-
-
-def compositional_accuracy(image_emb: np.ndarray, pos_emb: np.ndarray, neg_emb: np.ndarray) -> float:
-    """ARO-style: fraction of images more similar to the true caption than to its perturbation.
-
-    A tie counts as a failure: a bag-of-words encoder that cannot tell the two apart scores 0.
-    """
-    return choice_accuracy(image_emb, [pos_emb, neg_emb], np.zeros(len(image_emb), dtype=np.int64))
-
-
 def choice_accuracy(image_emb: np.ndarray, choice_embs: Sequence[np.ndarray], answers: np.ndarray) -> float:
     """Fraction of images more similar to their true caption (choice `answers[i]`) than to every other choice.
 

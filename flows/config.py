@@ -28,7 +28,7 @@ from curation.sources import IngestConfig
 from eval.providers import resolve_sources
 from eval.suite import EvalConfig
 from tasks.executors.base import ExecutorKind, StageResources
-from tasks.store.artifacts import config_hash, to_dict  # noqa: F401  (re-exported for the CLI)
+from tasks.store.artifacts import to_dict
 from training.config import TrainConfig
 from training.embedding import EmbedConfig
 

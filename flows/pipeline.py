@@ -15,13 +15,13 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows.config import RunConfig, config_hash
+from flows.config import RunConfig
 from flows.plan import plan_run
 from tasks.stages import captions, cluster, curate, embed, ingest, shard, train
 from tasks.stages import eval as eval_stage
 from tasks.stages import filter as filter_stage
 from tasks.stages.common import RunContext
-from tasks.store.artifacts import ArtifactRef
+from tasks.store.artifacts import ArtifactRef, config_hash
 from tasks.store.catalog import build_catalog
 from tasks.store.report import write_report
 

@@ -1,4 +1,5 @@
-"""The direction of imports (STYLE.md): the library folders never import Prefect or Ray."""
+"""The direction of imports (docs/architecture.md, "Layers and the direction of imports"): the library
+folders never import Prefect or Ray."""
 
 import ast
 from pathlib import Path

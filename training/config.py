@@ -11,6 +11,7 @@ objectives and their settings, the seed - stays at the top.
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -124,8 +125,10 @@ class TrainConfig:
     seed: int = 0
     """seeds model init, shard order, shuffling, augmentation and caption sampling."""
     objectives: dict[ObjectiveName, float] = field(default_factory=_plain_clip)
-    """training terms and their weights, keys of training.objectives.LOSSES; the loss is the weighted sum, in this
-    order ("alip" replaces "clip"). In YAML a list of names means weight 1.0 each."""
+    """training terms and their weights, keys of training.objectives.LOSSES; the loss is their weighted sum ("alip"
+    replaces "clip"). In YAML a list of names means weight 1.0 each. Kept in ObjectiveName's order whatever order
+    they are written in: the terms are built in that order (it sets their initialisation), and the artifact key,
+    which hashes the mapping with sorted keys, must not let two orders share one key."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """the optimiser and its settings."""
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -160,3 +163,8 @@ class TrainConfig:
     }
     """Keys of the flat TrainConfig that moved into a component: old key -> its new path below `train`; a config
     naming an old key is an error saying where it went (flows.config.from_dict reads this)."""
+
+    def __post_init__(self) -> None:
+        order = {name: i for i, name in enumerate(typing.get_args(ObjectiveName))}
+        ordered = dict(sorted(self.objectives.items(), key=lambda item: order.get(item[0], len(order))))
+        object.__setattr__(self, "objectives", ordered)

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from training.checkpoints import CHECKPOINT_DIR, checkpoint_step
-from training.config import DataConfig, TrainConfig
+from training.config import DataConfig, DistConfig, TrainConfig
 from training.data import ShardData
 from training.embedding import EmbedConfig, encode_images
 from training.loop import configure_threads, train
@@ -34,12 +34,15 @@ def print_progress(label: str) -> Callable[[dict], None]:
 
 def bootstrap_config(cfg: EmbedConfig, train_cfg: TrainConfig) -> TrainConfig:
     """The embed stage's bootstrap training: plain CLIP on one rank with the train stage's optimiser, schedule
-    (for cfg.bootstrap_epochs), loaders and seed, and cfg.model. Everything else - the objectives and their
-    settings, the caption sampler, the distribution and progress blocks - stays at its default, so changing it
-    recomputes train, not embed, cluster and shard (the embed artifact's key hashes this config)."""
+    (for cfg.bootstrap_epochs), loaders, device, precision and seed, and cfg.model. Everything else - the
+    objectives and their settings, the caption sampler, ranks and accumulation, the progress block - stays at its
+    default, so changing it recomputes train, not embed, cluster and shard (the embed artifact's key hashes this
+    config). Built from the train stage's components in one expression, with no list of field names to keep."""
+    dist = train_cfg.distribution
     return TrainConfig(model=cfg.model, seed=train_cfg.seed, optim=train_cfg.optim,
                        schedule=dataclasses.replace(train_cfg.schedule, epochs=cfg.bootstrap_epochs),
-                       data=dataclasses.replace(train_cfg.data, text_sampler=DataConfig().text_sampler))
+                       data=dataclasses.replace(train_cfg.data, text_sampler=DataConfig().text_sampler),
+                       distribution=DistConfig(device=dist.device, precision=dist.precision))
 
 
 @dataclass(frozen=True)

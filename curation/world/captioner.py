@@ -21,7 +21,8 @@ import copy
 import numpy as np
 
 from curation.grammar import articles
-from curation.world.vocabulary import COLOURS, SHAPES
+from curation.world.shapes import SHAPES
+from curation.world.vocabulary import COLOURS
 
 BACKDROPS: dict[str, str] = {
     "white": "plain white", "gray": "flat gray", "black": "deep black", "stripes": "a striped pattern",

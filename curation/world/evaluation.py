@@ -16,7 +16,8 @@ from curation.world.png import encode_png
 from curation.world.pool import WorldConfig
 from curation.world.rendering import render
 from curation.world.scenes import sample_scene
-from curation.world.vocabulary import COLOURS, SHAPES
+from curation.world.shapes import SHAPES
+from curation.world.vocabulary import COLOURS
 
 CLASSIFICATION_SEED_OFFSET = 1_000_003
 RETRIEVAL_SEED_OFFSET = 2_000_003

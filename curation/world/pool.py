@@ -22,7 +22,8 @@ from curation.world.alttext import ALT_TEXT_KINDS
 from curation.world.png import encode_png
 from curation.world.rendering import render
 from curation.world.scenes import TRUTH_SCHEMA, draw, sample_scene, zipf_probs
-from curation.world.vocabulary import COLOURS, SHAPES
+from curation.world.shapes import SHAPES
+from curation.world.vocabulary import COLOURS
 
 
 @dataclass(frozen=True)

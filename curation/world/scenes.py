@@ -13,7 +13,8 @@ from functools import lru_cache
 import numpy as np
 import pyarrow as pa
 
-from curation.world.vocabulary import BACKGROUND_MEAN, BACKGROUNDS, COLOUR_RGB, COLOURS, SHAPES, SIZES, TEXTURES
+from curation.world.shapes import SHAPES
+from curation.world.vocabulary import BACKGROUND_MEAN, BACKGROUNDS, COLOUR_RGB, COLOURS, SIZES, TEXTURES
 
 MIN_CONTRAST = 95.0
 """Least RGB distance between an object's colour and its background's mean (green on grass is out)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from curation.world.shapes import SHAPES
 
 __all__ = ["BACKGROUNDS", "BACKGROUND_MEAN", "BACKGROUND_PHRASES", "COLOURS", "COLOUR_RGB", "DISTRACTOR_ENTRIES",
-           "RELATIONS", "SHAPES", "SIZES", "TEXTURES", "metadata_entries"]
+           "RELATIONS", "SIZES", "TEXTURES", "metadata_entries"]
 
 COLOUR_RGB: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30), "orange": (245, 140, 20), "yellow": (245, 220, 30), "green": (40, 170, 60),

@@ -37,7 +37,7 @@ def split_shared(units: Sequence[Any]) -> tuple[list[Any], tuple[str, ...], list
 
     A field that every unit holds as the same object (a built matcher, the balancing probabilities) goes to
     Ray's object store once: Ray would otherwise serialise it again for every task."""
-    if len(units) < 2 or not all(dataclasses.is_dataclass(u) for u in units):
+    if len(units) < 2 or len({type(u) for u in units}) > 1 or not dataclasses.is_dataclass(units[0]):
         return list(units), (), []
     first = units[0]
     names = tuple(f.name for f in dataclasses.fields(first)
@@ -52,15 +52,28 @@ def drain(pending: dict[Any, Any], on_done: Callable[[Any], None]) -> Iterator[t
     """Yield ``(pending[ref], result)`` as each task finishes, calling ``on_done(pending[ref])`` after each.
 
     A failed task does not stop the others: they run to the end and their results are yielded (so the stage
-    marks those parts done), then the first failure is raised."""
+    marks those parts done), then the first failure is raised. Closed early (marking a part failed), it cancels
+    what is still pending."""
+    try:
+        yield from _drain(pending, on_done)
+    finally:
+        for ref in list(pending):
+            ray.cancel(ref)
+
+
+def _drain(pending: dict[Any, Any], on_done: Callable[[Any], None]) -> Iterator[tuple[Any, Result]]:
     failure: BaseException | None = None
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         key = pending.pop(done[0])
         try:
             result = ray.get(done[0])
+        except ray.exceptions.RayActorError as err:  # the actor is gone: give it no more work
+            failure = failure or err
+            continue
         except Exception as err:  # noqa: BLE001  (re-raised once the others have finished)
             failure = failure or err
+            on_done(key)
             continue
         on_done(key)
         yield key, result
@@ -121,6 +134,9 @@ class RayExecutor:
         available = ray.cluster_resources()
         fits = [available.get("CPU", 1) / resources.cpus] if resources.cpus > 0 else []
         if resources.gpus > 0:
+            if available.get("GPU", 0) < resources.gpus:
+                raise ValueError(f"the stage's actors want {resources.gpus} GPU each and the Ray cluster has "
+                                 f"{available.get('GPU', 0)}: lower resources.<stage>.gpus or add GPU nodes")
             fits.append(available.get("GPU", 0) / resources.gpus)
         return max(1, min(units, int(min(fits)) if fits else units))
 

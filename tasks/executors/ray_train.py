@@ -39,9 +39,6 @@ from training.checkpoints import LATEST, checkpoint_step, load_checkpoint, write
 from training.config import TrainConfig
 from training.jobs import TrainJob, print_progress
 
-RAY_TRAIN_DIR = RAY_TRAIN
-"""Ray Train's storage path inside the run folder."""
-
 PROGRESS = print_progress("train")
 """The default metrics callback: one printed line per metrics line."""
 
@@ -114,7 +111,7 @@ def restore_before_training(out_dir: str) -> None:
 
 
 def train_worker(config: dict[str, Any]) -> dict[str, Any]:
-    """One Ray Train worker: Ray Train's checkpoint restored if the run folder lags it, then rank_job."""
+    """One Ray Train worker: Ray Train's checkpoint restored if the run folder lags it, then training.jobs.TrainJob."""
     restore_before_training(config["out_dir"])
     job = TrainJob(config["cfg"], config["data"], config["out_dir"], config["threads"])
     summary = job.run(config["log"], report_checkpoint)
@@ -137,7 +134,7 @@ def fit_ranks(cfg: TrainConfig, data: str | pa.Table, out_dir: str, workers: Wor
         scaling_config=ScalingConfig(num_workers=workers.ranks, use_gpu=workers.gpus > 0,
                                      resources_per_worker={"CPU": workers.cpus, "GPU": workers.gpus}),
         run_config=RunConfig(
-            name="train", storage_path=str(Path(out_dir) / RAY_TRAIN_DIR),
+            name="train", storage_path=str(Path(out_dir) / RAY_TRAIN),
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
             worker_runtime_env={"env_vars": dict(WORKER_ENV)},
@@ -155,7 +152,7 @@ def train_distributed(cfg: TrainConfig, data: str | pa.Table, out_dir: str, max_
                       cpus_per_rank: float | None = None,
                       log: Callable[[dict], None] | None = PROGRESS) -> dict[str, Any]:
     """Train `cfg` on a shard folder (the shard stage's `shards/`, with sizes.json) or a table into out_dir;
-    returns summarize_result's summary plus "ranks" and "resumed_from_step" (where the last attempt began).
+    returns training.jobs.TrainJob.run's summary plus "ranks" and "resumed_from_step" (where the last attempt began).
 
     train.distribution.ranks / gpus_per_rank say how many ranks and GPUs (plan_workers: CPUs). Several ranks
     train with Ray Train DDP, its state in `<out_dir>/ray_train/`; one rank runs as a plain Ray task, because Ray

@@ -16,6 +16,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
@@ -26,7 +27,7 @@ from curation.partitions import list_parts, part_name
 from tasks.executors import make_executor
 from tasks.executors.base import Executor, ExecutorKind, Resources, Result, StageResources, Worker
 from tasks.store import layout as L
-from tasks.store.artifacts import ArtifactRef, ArtifactStore, Staging, config_hash, stage_key, to_dict
+from tasks.store.artifacts import ArtifactRef, ArtifactStore, Staging, config_hash, plain, stage_key, to_dict
 
 CODE_VERSIONS = {
     "ingest": "2", "filter": "2", "curate": "1", "rewrite": "2", "longcap": "2",
@@ -69,10 +70,21 @@ class RunContext:
 
 
 def unit_digest(unit: Any) -> str:
-    """A digest of a unit's fields (inputs, outputs, settings); objects with no plain form (a built matcher)
-    count by type only: the stage's key already covers what they were built from."""
-    value = dataclasses.asdict(unit) if dataclasses.is_dataclass(unit) else unit
-    blob = json.dumps(value, sort_keys=True, default=lambda obj: type(obj).__name__)
+    """A digest of a unit's fields (inputs, outputs, settings), the same in every process. A field with no plain
+    form (a built matcher, a Ray-shared array) counts by its type only: the stage's key already covers what it
+    was built from. Paths are absolute, so a workdir moved elsewhere redoes its unfinished stages."""
+    if not dataclasses.is_dataclass(unit):
+        raise TypeError(f"a unit of work is a dataclass, got {type(unit).__name__}")
+
+    def stand_in(value: Any) -> Any:
+        if hasattr(value, "tobytes") and hasattr(value, "shape"):  # an array: its bytes, not a list of numbers
+            return f"<array {value.shape} {hashlib.sha256(value.tobytes()).hexdigest()[:16]}>"
+        try:
+            return plain(value)
+        except TypeError:
+            return f"<{type(value).__name__}>"
+
+    blob = json.dumps(dataclasses.asdict(unit), sort_keys=True, default=stand_in)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -112,10 +124,11 @@ class StageRun:
         todo = [i for i, r in enumerate(results) if r is None]
         self.manifest.setdefault("parts", {})[step] = {"computed": len(todo), "reused": len(units) - len(todo)}
         if todo:
-            for position, result in submit([units[i] for i in todo]):
-                index = todo[position]
-                self.staging.mark(step, index, digests[index], result)
-                results[index] = result
+            with closing(submit([units[i] for i in todo])) as finished:  # closed early: actors and tasks stop
+                for position, result in finished:
+                    index = todo[position]
+                    self.staging.mark(step, index, digests[index], result)
+                    results[index] = result
         return results  # type: ignore[return-value]  (every None was filled or the submit raised)
 
 
@@ -167,10 +180,13 @@ def run_stage(
         "counts": {},
     }
     started = time.perf_counter()
-    with store.writing(stage, key, manifest, fresh=stage in ctx.force) as staging:
-        compute(StageRun(ctx, stage, staging, manifest), manifest)
-        reconcile(stage, manifest["counts"])
-        manifest["seconds"] = round(time.perf_counter() - started, 3)
+    with store.locked(stage, key):
+        if stage not in ctx.force and store.is_complete(stage, key):  # published while this run waited
+            return store.ref(stage, key, status="cached")
+        with store.writing(stage, key, manifest, fresh=stage in ctx.force) as staging:
+            compute(StageRun(ctx, stage, staging, manifest), manifest)
+            reconcile(stage, manifest["counts"])
+            manifest["seconds"] = round(time.perf_counter() - started, 3)
     return store.ref(stage, key, status="computed")
 
 

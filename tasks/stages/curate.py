@@ -7,7 +7,6 @@ from collections import Counter
 from functools import partial
 from typing import Any
 
-import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -50,12 +49,12 @@ def curate(ctx: RunContext, cfg: CurateConfig, upstream: ArtifactRef, synthetic_
         matcher = EntryMatcher(entries)  # built once, shared by every part's unit
         run.map("match", [P.MatchPart(p, matcher, out(L.MATCHED, i), out(L.MATCH_COUNTS, i, ".npy"))
                           for i, p in enumerate(parts)])
-        before = np.sum([np.load(out(L.MATCH_COUNTS, i, ".npy")) for i in range(len(parts))], axis=0)
+        before = P.sum_arrays([out(L.MATCH_COUNTS, i, ".npy") for i in range(len(parts))])
         probs = entry_probs(before, cfg.t)
         results = run.map("balance", [
             P.BalancePart(p, out(L.MATCHED, i), probs, cfg.seed, out(L.PARTS, i), out(L.FILTERED, i),
                           out(L.KEPT_COUNTS, i, ".npy")) for i, p in enumerate(parts)])
-        after = np.sum([np.load(out(L.KEPT_COUNTS, i, ".npy")) for i in range(len(parts))], axis=0)
+        after = P.sum_arrays([out(L.KEPT_COUNTS, i, ".npy") for i in range(len(parts))])
         P.write_table(entry_count_table(entries, before, after, probs), tmp / L.ENTRY_COUNTS)
         manifest["counts"] = passthrough_counts(results)
         manifest["reasons"] = {"filtered": P.reason_counts(P.list_parts(tmp / L.FILTERED))}

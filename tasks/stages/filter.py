@@ -11,6 +11,7 @@ from curation import partitions as P
 from curation.filters import FilterConfig
 from tasks.stages.common import (
     CODE_VERSIONS,
+    ReconciliationError,
     RunContext,
     StageRun,
     discard,
@@ -33,7 +34,9 @@ def filter_(ctx: RunContext, cfg: FilterConfig, upstream: ArtifactRef) -> Artifa
         applied = run.map("apply", [P.ApplyReasons(p, str(tmp / L.FILTER_REASONS), "filter", part_path(tmp, L.PARTS, i),
                                                    part_path(tmp, L.FILTERED, i)) for i, p in enumerate(parts)])
         manifest["counts"] = passthrough_counts(applied)
-        assert manifest["counts"]["rows_in"] == sum(k["rows_in"] for k in keys)
+        if manifest["counts"]["rows_in"] != sum(k["rows_in"] for k in keys):
+            raise ReconciliationError(f"filter: the second pass read {manifest['counts']['rows_in']} rows, the "
+                                      f"first {sum(k['rows_in'] for k in keys)}")
         manifest["reasons"] = {"filtered": P.reason_counts(P.list_parts(tmp / L.FILTERED))}
         discard(run, "apply")
         discard(run, "keys", tmp / L.FILTER_KEYS, tmp / L.FILTER_REASONS)

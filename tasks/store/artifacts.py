@@ -35,10 +35,8 @@ PARTIAL = ".partial"
 DONE_DIR = "_done"
 """Inside a staging area: one completion marker per finished part, ``_done/<step>/<index>.json``."""
 LOCK = ".lock"
-
-
-class StagingBusyError(RuntimeError):
-    """Another live process is writing the same stage and key."""
+"""Beside a key's folders, ``artifacts/<stage>/.<key>.lock``: held by the one process writing the key (never
+deleted, so a lock is never lost while held)."""
 
 
 class Staging:
@@ -50,23 +48,9 @@ class Staging:
     def __init__(self, path: Path):
         self.path = path
 
-    @contextmanager
-    def locked(self) -> Iterator[None]:
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / LOCK, "w") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise StagingBusyError(f"another process is writing {self.path}") from None
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
     def clear(self) -> None:
-        for child in self.path.iterdir():
-            if child.name != LOCK:
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.path.mkdir(parents=True)
 
     def _marker(self, step: str, index: int) -> Path:
         return self.path / DONE_DIR / step / f"{index:05d}.json"
@@ -83,7 +67,7 @@ class Staging:
         marker = self._marker(step, index)
         marker.parent.mkdir(parents=True, exist_ok=True)
         tmp = marker.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"unit": digest, "result": result}, sort_keys=True))
+        tmp.write_text(json.dumps({"unit": digest, "result": result}, sort_keys=True, default=plain))
         os.replace(tmp, marker)  # a marker is whole or absent
 
     def unmark(self, step: str) -> None:
@@ -92,7 +76,6 @@ class Staging:
 
     def unmark_all(self) -> None:
         shutil.rmtree(self.path / DONE_DIR, ignore_errors=True)
-        (self.path / LOCK).unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -113,6 +96,18 @@ class ArtifactRef:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def plain(value: Any) -> Any:
+    """JSON's stand-in for a value it has no type for: a path as its string, a set sorted, a numpy scalar or
+    array as Python numbers; anything else raises (a result or unit field that cannot be written down)."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return value.tolist()
+    raise TypeError(f"no plain form for {type(value).__name__}")
 
 
 def to_dict(cfg: Any) -> Any:
@@ -172,26 +167,39 @@ class ArtifactStore:
         return self.root / stage / f"{key}{PARTIAL}"
 
     @contextmanager
+    def locked(self, stage: str, key: str) -> Iterator[None]:
+        """Hold the key's writer lock, waiting while another process holds it (an advisory ``flock``, released
+        when its holder ends however it ends). Check ``is_complete`` again once it is held: the other process may
+        have just published the artifact."""
+        lock = self.root / stage / f".{key}{LOCK}"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @contextmanager
     def writing(self, stage: str, key: str, manifest: dict[str, Any], fresh: bool = False) -> Iterator[Staging]:
         """Yield the key's staging area; on success write ``manifest`` there and rename it into place.
 
         The area survives a failed or killed run, with a completion marker per finished part, so the next run of
-        the same key redoes only the unfinished parts; ``fresh`` (a forced recompute) empties it first. One
-        process at a time writes a key (an advisory lock, released when the process ends however it ends). The
-        caller may add entries to ``manifest`` inside the block. An existing artifact at the same key (a forced
-        recompute) is replaced only once the new one is complete.
+        the same key redoes only the unfinished parts; ``fresh`` (a forced recompute) empties it first. The
+        caller holds the key's lock (``locked``) and may add entries to ``manifest`` inside the block. An
+        existing artifact at the same key (a forced recompute) is replaced only once the new one is complete.
         """
         final = self.path(stage, key)
         area = Staging(self.staging(stage, key))
-        with area.locked():
-            if fresh:
-                area.clear()
-            started = time.perf_counter()
-            yield area
-            manifest.setdefault("seconds", round(time.perf_counter() - started, 3))
-            area.unmark_all()
-            (area.path / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
-            self._replace(area.path, final)
+        area.path.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            area.clear()
+        started = time.perf_counter()
+        yield area
+        manifest.setdefault("seconds", round(time.perf_counter() - started, 3))
+        area.unmark_all()
+        (area.path / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+        self._replace(area.path, final)
 
     @staticmethod
     def _replace(tmp: Path, final: Path) -> None:

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
+from tasks.store import layout as L  # noqa: E402
 from tasks.store.artifacts import ArtifactRef, ArtifactStore  # noqa: E402
 
 EVAL_KEYS = ("zeroshot_top1", "num_classes", "chance", "retrieval_i2t_r1", "retrieval_t2i_r1",
@@ -94,9 +95,9 @@ def plot_eval(results: Mapping[str, Any], out: Path) -> Path:
 
 def _plots(workdir: Path, refs: Mapping[str, ArtifactRef], evaluation: Mapping[str, Any]) -> dict[str, str]:
     plots = {}
-    if "curate" in refs and (counts := Path(refs["curate"].path) / "entry_counts.parquet").exists():
+    if "curate" in refs and (counts := Path(refs["curate"].path) / L.ENTRY_COUNTS).exists():
         plots["entry_counts"] = plot_entry_counts(counts, workdir / "entry_counts.png").name
-    if "train" in refs and (metrics := Path(refs["train"].path) / "metrics.jsonl").exists():
+    if "train" in refs and (metrics := Path(refs["train"].path) / L.TRAIN_METRICS).exists():
         plots["train_loss"] = plot_loss(metrics, workdir / "train_loss.png").name
     if evaluation:
         plots["eval"] = plot_eval(evaluation, workdir / "eval.png").name

@@ -9,7 +9,8 @@ from curation import captions, rewriter
 from curation.captions import LongcapConfig, RewriteConfig, SimulatedBackend
 from curation.world import alttext
 from curation.world.scenes import sample_scene
-from curation.world.vocabulary import COLOURS, SHAPES
+from curation.world.shapes import SHAPES
+from curation.world.vocabulary import COLOURS
 
 
 def _scenes(n: int, seed: int = 0) -> list[dict]:

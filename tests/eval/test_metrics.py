@@ -1,5 +1,7 @@
 """Tests of eval/metrics.py against tiny hand-computed examples."""
 
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -8,14 +10,39 @@ from hypothesis import strategies as st
 from eval.metrics import (
     choice_accuracy,
     class_embeddings,
-    compositional_accuracy,
     knn_top1,
     linear_probe_top1,
     normalize,
     recall_at_k,
-    retrieval_recall,
     zeroshot_top1,
 )
+
+
+# The pairwise forms the suite used before eval took datasets: one text per image (aligned by row) and one
+# perturbed caption per image. Kept here, over recall_at_k and choice_accuracy, for the hand-computed cases.
+def retrieval_recall(
+    image_emb: np.ndarray,
+    text_emb: np.ndarray,
+    ks: Sequence[int] = (1, 5, 10),
+    groups: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Recall@k both ways for pairs aligned by row: {"i2t_r1", "t2i_r1", "i2t_r5", ...}.
+
+    `groups` (N,) optionally marks rows whose texts are interchangeable (e.g. identical captions):
+    any text of an image's group then counts as a hit for it, and vice versa. Default: row i only.
+    """
+    if len(image_emb) != len(text_emb):
+        raise ValueError(f"retrieval pairs must align: {len(image_emb)} images, {len(text_emb)} texts")
+    groups = np.arange(len(image_emb)) if groups is None else np.asarray(groups)
+    return recall_at_k(image_emb, text_emb, groups[:, None] == groups[None, :], ks)  # (N, N), symmetric
+
+
+def compositional_accuracy(image_emb: np.ndarray, pos_emb: np.ndarray, neg_emb: np.ndarray) -> float:
+    """ARO-style: fraction of images more similar to the true caption than to its perturbation.
+
+    A tie counts as a failure: a bag-of-words encoder that cannot tell the two apart scores 0.
+    """
+    return choice_accuracy(image_emb, [pos_emb, neg_emb], np.zeros(len(image_emb), dtype=np.int64))
 
 
 def test_zeroshot_identity_is_perfect_and_one_wrong_gives_two_thirds():

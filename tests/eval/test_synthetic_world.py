@@ -4,7 +4,7 @@ import numpy as np
 
 from curation.world import evaluation
 from curation.world.pool import WorldConfig
-from curation.world.vocabulary import SHAPES
+from curation.world.shapes import SHAPES
 from eval.datasets import ClassificationSet, CompositionalSet, RetrievalSet, stratified_splits
 from eval.suite import EvalConfig
 from eval.synthetic_world import synthetic_datasets

@@ -130,7 +130,8 @@ def _choice_fields(tp, path):
 def test_every_choice_with_a_wrong_value_is_an_error_naming_the_key_and_the_choices():
     import re
 
-    from flows.config import from_dict, to_dict
+    from flows.config import from_dict
+    from tasks.store.artifacts import to_dict
 
     choices = list(_choice_fields(RunConfig, ""))
     names = {path for path, _, _ in choices}

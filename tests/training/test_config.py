@@ -78,3 +78,22 @@ def test_every_moved_key_names_a_field_of_its_component():
              for f in dataclasses.fields(c)}
     assert moved == set(TrainConfig.MOVED_KEYS) - {"objective_weights"}  # every component field was a flat key
 
+
+
+def test_objectives_are_kept_in_the_registry_order_whatever_order_they_are_written_in():
+    from training.config import TrainConfig
+
+    a, b = TrainConfig(objectives={"mlcd": 0.5, "clip": 1.0}), TrainConfig(objectives={"clip": 1.0, "mlcd": 0.5})
+    assert list(a.objectives) == list(b.objectives) == ["clip", "mlcd"]  # same build order, same key: same result
+    assert a == b
+
+
+def test_the_bootstrap_keeps_the_train_stages_device_and_precision_but_not_its_ranks():
+    from dataclasses import replace
+
+    from training.config import DistConfig, TrainConfig
+    from training.embedding import EmbedConfig
+    from training.jobs import bootstrap_config
+
+    train = replace(TrainConfig(), distribution=DistConfig(device="cuda", precision="bf16", ranks=4, accum_freq=2))
+    assert bootstrap_config(EmbedConfig(), train).distribution == DistConfig(device="cuda", precision="bf16")

@@ -11,7 +11,7 @@ from training.models import create_model
 from .conftest import colour_rows, train_config
 
 
-def test_embed_part_appends_image_embeddings(micro_model, tmp_path):
+def test_part_embedder_appends_image_embeddings(micro_model, tmp_path):
     rows = colour_rows(6)
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
     out = tmp_path / "out" / "part-00000.parquet"

@@ -8,7 +8,8 @@ import pytest
 from curation.world import alttext
 from curation.world.pool import WorldConfig
 from curation.world.scenes import sample_scene
-from curation.world.vocabulary import SHAPES, metadata_entries
+from curation.world.shapes import SHAPES
+from curation.world.vocabulary import metadata_entries
 
 CFG = WorldConfig(num_images=5000, seed=3)
 

@@ -12,7 +12,8 @@ from curation.world import captioner
 from curation.world.evaluation import compositional_set, retrieval_set
 from curation.world.pool import WorldConfig
 from curation.world.scenes import sample_scene
-from curation.world.vocabulary import BACKGROUNDS, COLOURS, SHAPES, SIZES, TEXTURES
+from curation.world.shapes import SHAPES
+from curation.world.vocabulary import BACKGROUNDS, COLOURS, SIZES, TEXTURES
 from eval.suite import EvalConfig
 
 RELATION = re.compile(r"\b(left of|right of|above|below)\b")

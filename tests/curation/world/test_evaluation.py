@@ -17,7 +17,7 @@ from curation.world.evaluation import (
     retrieval_set,
 )
 from curation.world.pool import WorldConfig, generate_pool
-from curation.world.vocabulary import SHAPES
+from curation.world.shapes import SHAPES
 
 CFG = WorldConfig(num_images=5000, seed=3)
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from curation.world import alttext
 from curation.world.pool import WorldConfig, generate_pool
-from curation.world.vocabulary import SHAPES
+from curation.world.shapes import SHAPES
 
 CFG = WorldConfig(num_images=5000, seed=3)
 

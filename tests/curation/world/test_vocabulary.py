@@ -3,8 +3,8 @@
 import re
 
 from curation.world.pool import WorldConfig, generate_pool
-from curation.world.shapes import SHAPE_PRIMITIVES
-from curation.world.vocabulary import BACKGROUNDS, COLOURS, DISTRACTOR_ENTRIES, SHAPES, metadata_entries
+from curation.world.shapes import SHAPE_PRIMITIVES, SHAPES
+from curation.world.vocabulary import BACKGROUNDS, COLOURS, DISTRACTOR_ENTRIES, metadata_entries
 
 CFG = WorldConfig(num_images=5000, seed=3)
 

@@ -10,7 +10,7 @@ import ray
 from tasks.executors.base import Resources
 from tasks.executors.ray_tasks import RayExecutor, split_shared
 from tests.tasks.executors import units
-from tests.tasks.executors.units import Counter, Fails, Sees, Square
+from tests.tasks.executors.units import Counter, FailingWorker, Fails, Sees, Square
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +61,16 @@ def test_a_failed_unit_lets_the_others_finish_first(executor):
 def test_a_job_reserves_the_cluster_unless_told(executor):
     assert executor.job_resources(Resources()).cpus == 2
     assert executor.job_resources(Resources(job_cpus=1)).cpus == 1
+
+
+def test_a_failed_unit_on_an_actor_pool_lets_the_queue_finish(executor):
+    seen = []
+    with pytest.raises(ValueError, match="unit 1 fails"):
+        for item in executor.map_stateful(FailingWorker, [Square(i) for i in range(5)], Resources(cpus=1, actors=1)):
+            seen.append(item)
+    assert sorted(index for index, _ in seen) == [0, 2, 3, 4]  # one actor: it went on after unit 1 failed
+
+
+def test_an_actor_pool_wanting_gpus_the_cluster_lacks_is_an_error(executor):
+    with pytest.raises(ValueError, match="want 1.0 GPU each and the Ray cluster has 0"):
+        list(executor.map_stateful(partial(Counter, 0), [Square(0)], Resources(gpus=1.0)))

@@ -51,3 +51,12 @@ class Counter:
 
     def __call__(self, unit: Square) -> dict:
         return {"value": unit.x + self.offset, "worker": self.token}
+
+
+class FailingWorker:
+    """A stateful worker that fails on unit 1 only."""
+
+    def __call__(self, unit: Square) -> dict:
+        if unit.x == 1:
+            raise ValueError("unit 1 fails")
+        return {"x": unit.x}

@@ -12,10 +12,20 @@ from tasks.stages import filter as filter_stage
 from tasks.stages.common import RunContext
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _ray_shutdown():
+    """The stage tests on the Ray executor start Ray locally: each module stops it when it ends."""
+    yield
+    import ray
+
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def local_run(tmp_path_factory):
     import ray
 
+    ray.shutdown()  # a Ray test module may have left one running: this fixture shows none is started
     cfg = load_config(overrides=[*preset_overrides("smoke"), "executor=local"])
     ctx = RunContext(workdir=str(tmp_path_factory.mktemp("local")), run_id="local", executor=cfg.executor,
                      resources=cfg.resources)

@@ -2,12 +2,10 @@
 (wordfreq unigrams + the pool's PMI bigrams, counted per partition on Ray), are written beside the
 artifact, and the counts reconcile. Ray starts locally (one CPU), about 10 s."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 
 from curation.balancing import CurateConfig
 from curation.filters import FilterConfig
@@ -19,23 +17,11 @@ from tasks.stages.curate import curate
 from tasks.stages.filter import filter_
 from tasks.stages.ingest import ingest
 from tasks.store import layout as L
+from tests.curation import ingest_corpus as C
 from tests.tasks.stages.artifact_checks import columns, expected_columns, reconciles
-
-_spec = importlib.util.spec_from_file_location(
-    "ingest_corpus", Path(__file__).parents[2] / "curation" / "ingest_corpus.py")
-C = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(C)
 
 CAPTIONS = ["a hot dog with mustard", "my dog on the beach", "a hot dog stand", "sunset over the beach",
             "hot dog for lunch", "a cat on a sofa", "the cat sleeps", "zqxv{i} blorp{i}"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _ray_shutdown():
-    yield
-    import ray
-
-    ray.shutdown()
 
 
 def test_real_pool_without_metadata_uses_the_english_builder(tmp_path):

@@ -2,11 +2,8 @@
 in the run report, and scores nothing (a real-data run is never scored on the synthetic world). Ray starts
 locally (one CPU), about 10 s."""
 
-import importlib.util
 import json
 from pathlib import Path
-
-import pytest
 
 from flows.config import RunConfig, from_dict
 from tasks.stages.common import RunContext
@@ -15,20 +12,8 @@ from tasks.stages.ingest import ingest
 from tasks.store import layout as L
 from tasks.store.artifacts import ArtifactRef
 from tasks.store.report import write_report
+from tests.curation import ingest_corpus as C
 from tests.tasks.stages.artifact_checks import manifest
-
-_spec = importlib.util.spec_from_file_location(
-    "ingest_corpus", Path(__file__).parents[2] / "curation" / "ingest_corpus.py")
-C = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(C)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _ray_shutdown():
-    yield
-    import ray
-
-    ray.shutdown()
 
 
 def test_eval_of_a_parquet_pool_is_skipped_with_its_reason(tmp_path):

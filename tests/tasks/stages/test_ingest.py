@@ -3,32 +3,18 @@ corrupt-input corpus spread among them and uids repeated across files and source
 be in the artifact's quarantine with its reason, good rows must survive byte-exact, and the manifest's
 counts must reconcile. Ray starts locally (one CPU) on the first call, about 10 s."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 
 from curation import partitions as P
 from flows.config import from_dict
 from tasks.stages.common import RunContext
 from tasks.stages.ingest import ingest
 from tasks.store import layout as L
+from tests.curation import ingest_corpus as C
 from tests.tasks.stages.artifact_checks import columns, expected_columns, manifest, reconciles
-
-_spec = importlib.util.spec_from_file_location(
-    "ingest_corpus", Path(__file__).parents[2] / "curation" / "ingest_corpus.py")
-C = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(C)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _ray_shutdown():
-    yield
-    import ray
-
-    ray.shutdown()
 
 
 def write_pool(root: Path) -> tuple[dict[str, tuple[str, bytes]], dict[str, str], int]:

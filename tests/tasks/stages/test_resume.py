@@ -62,7 +62,7 @@ def test_a_killed_stage_redoes_only_its_unfinished_parts(tmp_path, monkeypatch):
                            text=True, timeout=300)
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
     stage_dir = tmp_path / "work" / "artifacts" / "ingest"
-    (staging,) = stage_dir.iterdir()
+    (staging,) = stage_dir.glob("*.partial")
     assert staging.name.endswith(".partial")  # nothing published
     assert len(list((staging / "_done" / "read").glob("*.json"))) == KILL_AFTER
 
@@ -82,3 +82,24 @@ def test_a_killed_stage_redoes_only_its_unfinished_parts(tmp_path, monkeypatch):
         got, want = P.list_parts(Path(ref.path) / folder), P.list_parts(Path(whole.path) / folder)
         assert [Path(p).name for p in got] == [Path(p).name for p in want]
         assert all(pq.read_table(a).equals(pq.read_table(b)) for a, b in zip(got, want))
+
+
+class Recording(LocalExecutor):
+    def __init__(self):
+        self.seen: list = []
+
+    def map(self, units, resources):
+        self.seen.append(resources)
+        return super().map(units, resources)
+
+
+def test_a_stage_hands_its_own_resources_to_the_executor(tmp_path, monkeypatch):
+    from tasks.executors.base import Resources, StageResources
+
+    recording = Recording()
+    monkeypatch.setattr(tasks.stages.common, "make_executor", lambda *args: recording)
+    wanted = Resources(cpus=0.5, memory_gb=1.5)
+    ctx = RunContext(workdir=str(tmp_path), run_id="r", executor="local", resources=StageResources(ingest=wanted))
+    ingest.fn(ctx, from_dict(IngestConfig, {"partitions": 2, "world": {"num_images": 120, "image_size": 32}},
+                             "ingest"))
+    assert recording.seen == [wanted, wanted]  # the read and the dedup steps, each with ingest's resources

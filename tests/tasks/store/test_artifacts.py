@@ -1,8 +1,10 @@
 import json
+import threading
+import time
 
 import pytest
 
-from tasks.store.artifacts import ArtifactStore, Staging, StagingBusyError, config_hash, stage_key
+from tasks.store.artifacts import ArtifactStore, Staging, config_hash, stage_key
 
 
 def test_key_changes_with_every_ingredient():
@@ -78,9 +80,19 @@ def test_a_forced_write_empties_the_staging_area(tmp_path):
         assert staging.done("s", 0, "d") is None
 
 
-def test_one_writer_per_key(tmp_path):
+def test_one_writer_per_key_and_the_second_waits(tmp_path):
     store = ArtifactStore(tmp_path)
-    with store.writing("x", "k", {}):
-        with pytest.raises(StagingBusyError, match="another process"):
-            with Staging(store.staging("x", "k")).locked():
-                pass
+    order = []
+
+    def second() -> None:
+        with store.locked("x", "k"):
+            order.append("second")
+
+    with store.locked("x", "k"):
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        time.sleep(0.3)
+        order.append("first")
+    waiter.join(timeout=10)
+    assert order == ["first", "second"]
+    assert (tmp_path / "artifacts" / "x" / ".k.lock").exists()  # beside the key's folders, never deleted
