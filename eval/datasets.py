@@ -90,6 +90,10 @@ class CompositionalSet:
             raise ValueError(f"{self.name}: every image needs the same number (>= 2) of caption choices")
         if len(self.kinds) not in (0, len(self.images)):
             raise ValueError(f"{self.name}: kinds must be empty or one per image")
+        answers = np.asarray(self.answers)
+        if len(answers) != len(self.images) or (len(answers) and not 0 <= answers.min() <= answers.max() < min(widths)):
+            raise ValueError(f"{self.name}: answers must give, per image, the index of its true caption among its "
+                             f"{min(widths)} choices")
 
 
 EvalDataset = ClassificationSet | RetrievalSet | CompositionalSet

@@ -5,7 +5,7 @@ of these; its own formats keep their names where they are defined (a shard folde
 
 from __future__ import annotations
 
-from training.progress import METRICS_FILE
+from training.progress import METRICS_FILE as _METRICS_FILE
 
 MANIFEST = "manifest.json"
 """Every artifact's record; an artifact is complete if and only if it has one."""
@@ -49,6 +49,6 @@ SHARDS = "shards"
 """WebDataset tars, Parquet sidecars and sizes.json"""
 RAY_TRAIN = "ray_train"
 """train: Ray Train's storage (its run state and copy of the newest checkpoint), removed when training ends"""
-TRAIN_METRICS = METRICS_FILE
+TRAIN_METRICS = _METRICS_FILE
 """train: one JSON line per logged step (training.progress writes it)"""
 EVAL_RESULTS = "results.json"
