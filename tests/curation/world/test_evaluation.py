@@ -2,12 +2,8 @@
 
 import collections
 import hashlib
-import io
 
-import numpy as np
 import pyarrow as pa
-import pytest
-from PIL import Image
 
 from curation.world.evaluation import (
     RETRIEVAL_SEED_OFFSET,
@@ -16,19 +12,9 @@ from curation.world.evaluation import (
     compositional_set,
     retrieval_set,
 )
-from curation.world.pool import WorldConfig, generate_pool
+from curation.world.pool import WorldConfig
 from curation.world.shapes import SHAPES
-
-CFG = WorldConfig(num_images=5000, seed=3)
-
-
-@pytest.fixture(scope="module")
-def pool() -> tuple[pa.Table, pa.Table]:
-    return generate_pool(CFG, 0, 1500)
-
-
-def _decode(png: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+from tests.curation.world.helpers import CFG, decode
 
 
 def test_eval_sets_are_balanced():
@@ -37,7 +23,7 @@ def test_eval_sets_are_balanced():
     assert collections.Counter(labels) == {k: 3 for k in range(len(SHAPES))}
     assert cls.schema.field("label").type == pa.int32()
     assert cls.column("classname").to_pylist() == [SHAPES[k] for k in labels]
-    assert _decode(cls.column("image")[0].as_py()).shape == (64, 64, 3)
+    assert decode(cls.column("image")[0].as_py()).shape == (64, 64, 3)
     comp = compositional_set(CFG, 40)
     assert collections.Counter(comp.column("kind").to_pylist()) == {"colour_swap": 20, "relation_swap": 20}
     ret = retrieval_set(CFG, 30)

@@ -2,28 +2,15 @@
 
 import collections
 import hashlib
-import io
 import re
 
-import numpy as np
 import pyarrow as pa
 import pytest
-from PIL import Image
 
 from curation.world import alttext
 from curation.world.pool import WorldConfig, generate_pool
 from curation.world.shapes import SHAPES
-
-CFG = WorldConfig(num_images=5000, seed=3)
-
-
-@pytest.fixture(scope="module")
-def pool() -> tuple[pa.Table, pa.Table]:
-    return generate_pool(CFG, 0, 1500)
-
-
-def _decode(png: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+from tests.curation.world.helpers import CFG, decode
 
 
 def test_partitions_give_identical_rows():
@@ -60,11 +47,11 @@ def test_schemas_are_exact(pool):
 def test_images_decode_to_configured_size(pool):
     samples, _ = pool
     for row in samples.slice(0, 20).to_pylist():
-        assert _decode(row["image"]).shape == (64, 64, 3)
+        assert decode(row["image"]).shape == (64, 64, 3)
         assert hashlib.sha256(row["image"]).hexdigest() == row["image_sha256"]
         assert (row["width"], row["height"]) == (64, 64)
     small, _ = generate_pool(WorldConfig(num_images=10, image_size=32), 0, 3)
-    assert _decode(small.column("image")[0].as_py()).shape == (32, 32, 3)
+    assert decode(small.column("image")[0].as_py()).shape == (32, 32, 3)
 
 
 def test_scene_graphs_are_consistent(pool):
