@@ -8,3 +8,7 @@ import os
 # is first imported, so it only takes effect where `training` is imported before torch; an explicit
 # setting in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+METRICS_FILE = "metrics.jsonl"
+"""In a training run folder: one JSON line of metrics per logged step (training.progress writes it). Named here,
+where nothing imports torch, so tasks.store.layout can read the name without importing the training stack."""

@@ -27,6 +27,7 @@ import pyarrow as pa
 import torch
 from torch import nn
 
+from training import METRICS_FILE
 from training.checkpoints import latest_checkpoint, model_state, save_atomic
 from training.config import TrainConfig
 from training.data import ShardData, batch_fields, shard_loader, table_loader
@@ -36,7 +37,7 @@ from training.models import create_model, embed_dim, image_transform
 from training.module import TrainModule
 from training.objectives import WeightedObjectives
 from training.optim import cosine_lr, make_optimizer, optimizer_settings, set_lr
-from training.progress import METRICS_FILE, Progress, after_step, progress_bar, read_history, record, restore
+from training.progress import Progress, after_step, progress_bar, read_history, record, restore
 from training.run import Run
 from training.step import to_device, train_step
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import torch.distributed as torch_dist
 
+from training import METRICS_FILE
 from training.checkpoints import (
     gather_sharded_state,
     load_checkpoint,
@@ -25,9 +26,6 @@ from training.config import ProgressConfig
 from training.distributed import DistContext
 from training.module import TrainModule
 from training.run import Run
-
-METRICS_FILE = "metrics.jsonl"
-"""In a training run folder: one JSON line of metrics per logged step."""
 
 
 class NonFiniteLossError(RuntimeError):

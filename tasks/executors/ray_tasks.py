@@ -52,31 +52,25 @@ def drain(pending: dict[Any, Any], on_done: Callable[[Any], None]) -> Iterator[t
     """Yield ``(pending[ref], result)`` as each task finishes, calling ``on_done(pending[ref])`` after each.
 
     A failed task does not stop the others: they run to the end and their results are yielded (so the stage
-    marks those parts done), then the first failure is raised. Closed early (marking a part failed), it cancels
-    what is still pending."""
+    marks those parts done), then the first failure is raised; an actor that died gets no more work. Closed
+    early (marking a part failed), it cancels what is still pending."""
+    failure: BaseException | None = None
     try:
-        yield from _drain(pending, on_done)
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            key = pending.pop(done[0])
+            try:
+                result = ray.get(done[0])
+            except Exception as err:  # noqa: BLE001  (re-raised once the others have finished)
+                failure = failure or err
+                if not isinstance(err, ray.exceptions.RayActorError):
+                    on_done(key)
+                continue
+            on_done(key)
+            yield key, result
     finally:
         for ref in list(pending):
             ray.cancel(ref)
-
-
-def _drain(pending: dict[Any, Any], on_done: Callable[[Any], None]) -> Iterator[tuple[Any, Result]]:
-    failure: BaseException | None = None
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        key = pending.pop(done[0])
-        try:
-            result = ray.get(done[0])
-        except ray.exceptions.RayActorError as err:  # the actor is gone: give it no more work
-            failure = failure or err
-            continue
-        except Exception as err:  # noqa: BLE001  (re-raised once the others have finished)
-            failure = failure or err
-            on_done(key)
-            continue
-        on_done(key)
-        yield key, result
     if failure is not None:
         raise failure
 

@@ -205,7 +205,8 @@ def passthrough_counts(results: list[dict]) -> dict[str, int]:
 
 
 def discard(run: StageRun, step: str, *paths: Path) -> None:
-    """Delete a finished step's intermediate files, its markers first: a crash in between redoes the step."""
+    """Delete a finished step's intermediate files, its markers first: a crash in between redoes the step. (The
+    markers of steps whose files stay are dropped when the artifact is published.)"""
     run.staging.unmark(step)
     for path in paths:
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)

@@ -47,14 +47,15 @@ def curate(ctx: RunContext, cfg: CurateConfig, upstream: ArtifactRef, synthetic_
                                                         lambda: _caption_counts(run, parts))
         save_metadata(entries, str(tmp / L.METADATA))
         matcher = EntryMatcher(entries)  # built once, shared by every part's unit
-        run.map("match", [P.MatchPart(p, matcher, out(L.MATCHED, i), out(L.MATCH_COUNTS, i, ".npy"))
-                          for i, p in enumerate(parts)])
-        before = P.sum_arrays([out(L.MATCH_COUNTS, i, ".npy") for i in range(len(parts))])
+        match = [P.MatchPart(p, matcher, out(L.MATCHED, i), out(L.MATCH_COUNTS, i, ".npy"))
+                 for i, p in enumerate(parts)]
+        run.map("match", match)
+        before = P.sum_arrays([u.counts for u in match])
         probs = entry_probs(before, cfg.t)
-        results = run.map("balance", [
-            P.BalancePart(p, out(L.MATCHED, i), probs, cfg.seed, out(L.PARTS, i), out(L.FILTERED, i),
-                          out(L.KEPT_COUNTS, i, ".npy")) for i, p in enumerate(parts)])
-        after = P.sum_arrays([out(L.KEPT_COUNTS, i, ".npy") for i in range(len(parts))])
+        balance = [P.BalancePart(u.source, u.matched, probs, cfg.seed, out(L.PARTS, i), out(L.FILTERED, i),
+                                 out(L.KEPT_COUNTS, i, ".npy")) for i, u in enumerate(match)]
+        results = run.map("balance", balance)
+        after = P.sum_arrays([u.counts_after for u in balance])
         P.write_table(entry_count_table(entries, before, after, probs), tmp / L.ENTRY_COUNTS)
         manifest["counts"] = passthrough_counts(results)
         manifest["reasons"] = {"filtered": P.reason_counts(P.list_parts(tmp / L.FILTERED))}

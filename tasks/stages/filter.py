@@ -28,8 +28,9 @@ from tasks.store.artifacts import ArtifactRef
 def filter_(ctx: RunContext, cfg: FilterConfig, upstream: ArtifactRef) -> ArtifactRef:
     def compute(run: StageRun, manifest: dict[str, Any]) -> None:
         tmp, parts = run.tmp, parts_of(upstream)
-        keys = run.map("keys", [P.FilterKeys(p, cfg, part_path(tmp, L.FILTER_KEYS, i)) for i, p in enumerate(parts)])
-        reasons = P.global_filter_reasons([part_path(tmp, L.FILTER_KEYS, i) for i in range(len(parts))], cfg)
+        key_units = [P.FilterKeys(p, cfg, part_path(tmp, L.FILTER_KEYS, i)) for i, p in enumerate(parts)]
+        keys = run.map("keys", key_units)
+        reasons = P.global_filter_reasons([u.out for u in key_units], cfg)
         P.write_table(reasons, tmp / L.FILTER_REASONS)
         applied = run.map("apply", [P.ApplyReasons(p, str(tmp / L.FILTER_REASONS), "filter", part_path(tmp, L.PARTS, i),
                                                    part_path(tmp, L.FILTERED, i)) for i, p in enumerate(parts)])
@@ -38,7 +39,6 @@ def filter_(ctx: RunContext, cfg: FilterConfig, upstream: ArtifactRef) -> Artifa
             raise ReconciliationError(f"filter: the second pass read {manifest['counts']['rows_in']} rows, the "
                                       f"first {sum(k['rows_in'] for k in keys)}")
         manifest["reasons"] = {"filtered": P.reason_counts(P.list_parts(tmp / L.FILTERED))}
-        discard(run, "apply")
         discard(run, "keys", tmp / L.FILTER_KEYS, tmp / L.FILTER_REASONS)
 
     return run_stage(ctx, "filter", CODE_VERSIONS["filter"], cfg, [upstream], compute)

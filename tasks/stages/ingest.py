@@ -21,18 +21,17 @@ def ingest(ctx: RunContext, cfg: IngestConfig) -> ArtifactRef:
         tmp = run.tmp
         out = partial(part_path, tmp)
         spans = plan_partitions(cfg)
-        read = run.map("read", [P.IngestPart(cfg, span, out(L.CANDIDATES, i), out(L.READ_QUARANTINE, i),
-                                             out(L.TRUTH, i)) for i, span in enumerate(spans)])
-        candidates = [out(L.CANDIDATES, i) for i in range(len(spans))]
-        P.write_table(P.duplicate_uid_table(candidates), tmp / L.DUPLICATES)
-        kept = run.map("dedup", [P.DropDuplicateUids(p, i, str(tmp / L.DUPLICATES), out(L.READ_QUARANTINE, i),
+        read_units = [P.IngestPart(cfg, span, out(L.CANDIDATES, i), out(L.READ_QUARANTINE, i), out(L.TRUTH, i))
+                      for i, span in enumerate(spans)]
+        read = run.map("read", read_units)
+        P.write_table(P.duplicate_uid_table([u.candidates for u in read_units]), tmp / L.DUPLICATES)
+        kept = run.map("dedup", [P.DropDuplicateUids(u.candidates, i, str(tmp / L.DUPLICATES), u.quarantine,
                                                      out(L.PARTS, i), out(L.QUARANTINE, i))
-                                 for i, p in enumerate(candidates)])
+                                 for i, u in enumerate(read_units)])
         manifest["counts"] = {"rows_in": sum(r["rows_in"] for r in read), "rows_out": sum(r["rows_out"] for r in kept),
                               "filtered": 0, "quarantined": sum(r["quarantined"] for r in read + kept)}
         manifest["reasons"] = {"quarantined": P.reason_counts(P.list_parts(tmp / L.QUARANTINE))}
         manifest["source"] = cfg.source
-        discard(run, "dedup")
         discard(run, "read", tmp / L.CANDIDATES, tmp / L.READ_QUARANTINE)  # the duplicates table stays
 
     return run_stage(ctx, "ingest", CODE_VERSIONS["ingest"], cfg, [], compute)

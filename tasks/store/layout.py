@@ -5,7 +5,7 @@ of these; its own formats keep their names where they are defined (a shard folde
 
 from __future__ import annotations
 
-from training.progress import METRICS_FILE as _METRICS_FILE
+from training import METRICS_FILE as _METRICS_FILE
 
 MANIFEST = "manifest.json"
 """Every artifact's record; an artifact is complete if and only if it has one."""
@@ -50,5 +50,5 @@ SHARDS = "shards"
 RAY_TRAIN = "ray_train"
 """train: Ray Train's storage (its run state and copy of the newest checkpoint), removed when training ends"""
 TRAIN_METRICS = _METRICS_FILE
-"""train: one JSON line per logged step (training.progress writes it)"""
+"""train: one JSON line per logged step (training.progress writes it; the name is training.METRICS_FILE)"""
 EVAL_RESULTS = "results.json"

@@ -129,3 +129,15 @@ def tiny_cfg(micro_model: str, **kw) -> TrainConfig:
     base = dict(model=micro_model, epochs=6, batch_size=16, lr=2e-3, warmup_steps=3, log_every=4,
                 checkpoint_every=0, context_length=16, workers=0)
     return train_config(**{**base, **kw})
+
+
+def train_killed_at(cfg: TrainConfig, table: pa.Table, out_dir: str, step: int) -> None:
+    """Train `cfg` into out_dir and stop it, as a kill would, when the metrics line of `step` is logged."""
+    from training.loop import train
+
+    def stop(line: dict) -> None:
+        if line["step"] == step:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, table, out_dir, log=stop)

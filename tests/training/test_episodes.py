@@ -8,7 +8,7 @@ from training.config import TrainConfig
 from training.loop import train
 from training.objectives.protoclip import ProtoCLIPConfig
 
-from .conftest import tiny_cfg
+from .conftest import tiny_cfg, train_killed_at
 
 
 def protoclip_cfg(micro_model, **kw) -> TrainConfig:
@@ -63,12 +63,7 @@ def test_protoclip_resumed_mid_episode_continues_the_same_curve(micro_model, col
     cfg = protoclip_cfg(micro_model, epochs=3, log_every=2, checkpoint_every=0, episode_size=48)
     whole = train(cfg, colour_table, str(tmp_path / "whole"))
 
-    def kill_at_step_6(line):
-        if line["step"] == 6:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, colour_table, str(tmp_path / "killed"), log=kill_at_step_6)
+    train_killed_at(cfg, colour_table, str(tmp_path / "killed"), step=6)
     state = torch.load(tmp_path / "killed" / "checkpoints" / "epoch_1.pt", weights_only=True)
     assert state["step"] == 4 and "terms.protoclip._extra_state" in state["objectives"]  # mid-episode [3, 6)
     episodes = spy_episodes(monkeypatch)

@@ -11,7 +11,7 @@ from training.config import TrainConfig
 from training.loop import train
 from training.objectives.mlcd import MLCDConfig
 
-from .conftest import tiny_cfg
+from .conftest import tiny_cfg, train_killed_at
 
 
 def test_tiny_training_lowers_the_loss_and_writes_open_clip_checkpoints(micro_model, colour_table, tmp_path):
@@ -99,12 +99,7 @@ def test_a_killed_run_with_stateful_objectives_resumes_on_the_same_curve(micro_m
                    mlcd=MLCDConfig(num_centers=6, negative_ratio=0.5))
     whole = train(cfg, colour_table, str(tmp_path / "whole"))
 
-    def kill_at_step_8(line):
-        if line["step"] == 8:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, colour_table, str(tmp_path / "killed"), log=kill_at_step_8)
+    train_killed_at(cfg, colour_table, str(tmp_path / "killed"), step=8)
     state = torch.load(tmp_path / "killed" / "checkpoints" / "latest.pt", weights_only=True)
     assert state["step"] == 6 and state["objectives"]["terms.mlcd._extra_state"] == {"steps_done": 6}
     assert state_keys <= set(state["objectives"])
