@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoTokenizer
+from transformers import AutoProcessor, AutoTokenizer
 
 from curation.captions.config import SamplingConfig, TransformersConfig
 from curation.captions.local import TransformersGenerator, load_kwargs, resolve_device, resolve_dtype
@@ -41,8 +41,9 @@ def answer(generator: TransformersGenerator, requests: list[Request]) -> list[Ou
 
 
 def make(model_dir: str, task: str = "text", sampling: SamplingConfig = GREEDY, **cfg) -> TransformersGenerator:
-    return TransformersGenerator(TransformersConfig(model_dir=model_dir, **{"decoding": "greedy", **cfg}),
-                                 sampling, task)
+    """A generator on the CPU (the same figures on a machine with a GPU), greedy unless told otherwise."""
+    cfg = {"decoding": "greedy", "device": "cpu", **cfg}
+    return TransformersGenerator(TransformersConfig(model_dir=model_dir, **cfg), sampling, task)
 
 
 def texts(outcomes: list[Outcome]) -> list[str | None]:
@@ -208,3 +209,14 @@ def test_a_tokenizer_without_a_pad_token_pads_with_eos(tmp_path, lm_dir, lm_gree
     tokenizer.save_pretrained(model_dir)
     assert AutoTokenizer.from_pretrained(model_dir, local_files_only=True).pad_token is None
     assert answer(make(str(model_dir), batch_size=5), [Request(p) for p in PROMPTS]) == lm_greedy
+
+
+def test_an_image_text_model_without_a_chat_template_gets_the_image_token_then_the_prompt(tmp_path, llava_dir):
+    model_dir = tmp_path / "llava-no-template"
+    shutil.copytree(llava_dir, model_dir, ignore=shutil.ignore_patterns("chat_template*"))  # where it is saved
+    processor = AutoProcessor.from_pretrained(model_dir, local_files_only=True)
+    assert not processor.chat_template
+    prompt = "Describe this image."
+    outcome = answer(make(str(model_dir), "image"), [Request(prompt, image_bytes(6))])[0]
+    assert outcome.prompt_tokens == len(processor.tokenizer(f"<image>\n{prompt}")["input_ids"]) + 15
+    assert outcome.text and outcome.completion_tokens > 0
