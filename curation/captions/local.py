@@ -9,8 +9,10 @@ Three kinds of model, told apart by the directory's config:
   An instruction-tuned model still reads the prompt; it just reads it as a document.
 - ``task="image"``, an image-text-to-text model (LLaVA, Qwen-VL, ...): the image and the prompt go through the
   processor's chat template when it has one; without one, the prompt is the text, after the image token.
-- ``task="image"``, a vision-encoder-decoder model (ViT-GPT2, TrOCR-like captioners): such a model has no text
-  input, so the request's prompt is ignored and every image gets the caption the model writes unprompted.
+- ``task="image"``, a vision-encoder-decoder model (ViT-GPT2, TrOCR-like captioners; config `model_type`
+  ``vision-encoder-decoder``, loaded as ``VisionEncoderDecoderModel``, since transformers 5 has no
+  ``AutoModelForVision2Seq``): such a model has no text input, so the request's prompt is ignored and every image
+  gets the caption the model writes unprompted; its prompt_tokens are 0.
 
 Nothing is downloaded (``local_files_only=True``) and no code shipped with a model runs unless the config says so.
 """
@@ -139,6 +141,8 @@ class TransformersGenerator:
     """
 
     def __init__(self, cfg: TransformersConfig, sampling: SamplingConfig, task: Task) -> None:
+        # transformers is imported here, not at the top: importing it takes seconds, and the stages that import
+        # this module with another backend never need it.
         from transformers import AutoConfig
 
         self.cfg, self.sampling, self.task = cfg, sampling, task
