@@ -316,27 +316,43 @@ def truth_rows(truth_paths: Sequence[str], uids: Sequence[str]) -> list[dict | N
 
 @dataclass(frozen=True)
 class CaptionPart:
-    """Add LaCLIP ``rewrites`` (a RewriteConfig; text only, so ``truth`` must be empty) or DreamLIP/ALIP
-    ``long_caption`` + ``synthetic_caption`` (a LongcapConfig; the simulated captioner may read the scene truth,
-    the ingest artifact's truth parts, joined by uid)."""
+    """One part for a caption stage's worker (:class:`CaptionWorker`): the sample table to caption, the ingest
+    artifact's truth parts (longcap only; the rewriter is text-only and gets none), and the output part."""
 
     source: str
     truth: tuple[str, ...]
     out: str
-    cfg: captions.RewriteConfig | captions.LongcapConfig
     seed: int
 
-    def run(self) -> Counts:
-        table = read_table(self.source)
-        if isinstance(self.cfg, captions.RewriteConfig):
-            if self.truth:
+
+class CaptionWorker:
+    """A caption stage's stateful worker: builds the backend once (a local model loads here, an HTTP client
+    opens here), then adds LaCLIP ``rewrites`` (a RewriteConfig) or DreamLIP/ALIP captions (a LongcapConfig) to
+    each part it is given. The answer cache lives under ``cache_root`` (None: no cache)."""
+
+    def __init__(self, cfg: captions.RewriteConfig | captions.LongcapConfig, cache_root: str | None):
+        self.cfg = cfg
+        self.impl = captions.Rewriter(cfg, cache_root) if isinstance(cfg, captions.RewriteConfig) \
+            else captions.Captioner(cfg, cache_root)
+
+    def __call__(self, unit: CaptionPart) -> dict:
+        table = read_table(unit.source)
+        if isinstance(self.impl, captions.Rewriter):
+            if unit.truth:
                 raise ValueError("the rewrite stage stands in for a text-only LLM: it is given no scene truth")
-            table = captions.rewrite_table(table, self.cfg, self.seed)
+            table, tally = self.impl.rewrite_table(table, unit.seed)
         else:
-            rows = truth_rows(self.truth, table.column("uid").to_pylist())
-            table = captions.longcap_table(table, rows, self.cfg, self.seed)
-        write_table(table, self.out)
-        return {"rows_in": table.num_rows, "rows_out": table.num_rows}
+            rows = truth_rows(unit.truth, table.column("uid").to_pylist())
+            table, tally = self.impl.longcap_table(table, rows, unit.seed)
+        write_table(table, unit.out)
+        return {"rows_in": table.num_rows, "rows_out": table.num_rows, "captions": tally.as_dict(),
+                "backend": self.impl.describe()}
+
+    def describe(self) -> dict:
+        return self.impl.describe()
+
+    def close(self) -> None:
+        self.impl.close()
 
 
 # --- cluster (MLCD) ---------------------------------------------------------------------------

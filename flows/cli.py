@@ -51,6 +51,14 @@ def _run(args: argparse.Namespace) -> int:
     print(f"\nrun {report['run_id']} finished in {report['seconds']:.1f} s; report: {args.workdir}/report.md")
     for stage, s in report["stages"].items():
         print(f"  {stage:<8} {s['status']:<9} {s['seconds']:8.1f} s  rows {s['rows_in']} -> {s['rows_out']}")
+    for stage, d in report.get("dry_run", {}).items():
+        print(f"  {stage}: dry run, nothing sent: {d['requests']} requests to send ({d['cached']} cached) for "
+              f"{d['samples']} samples, ~{d['prompt_tokens']} prompt tokens, {d['images']} images, "
+              f"<= {d['max_completion_tokens']} completion tokens")
+    for stage, t in report.get("captions", {}).items():
+        if t.get("requests"):
+            failed = ", ".join(f"{r} {n}" for r, n in t["failures"].items() if n) or "none"
+            print(f"  {stage}: {t['requests']} requests, {t['cached']} cached, {t['sent']} sent, failed: {failed}")
     if report.get("eval_skipped"):
         print(f"  eval: skipped, {report['eval_skipped']}")
     if report.get("eval"):
@@ -61,10 +69,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from tasks.store.catalog import format_table, query, stage_table
+    from tasks.store.catalog import caption_table, format_table, query, stage_table
 
     columns, rows = query(args.workdir, args.sql) if args.sql else stage_table(args.workdir)
     print(format_table(columns, rows))
+    if not args.sql and (captions := caption_table(args.workdir))[1]:
+        print("\ncaption requests (failed per reason, rejected answers):")
+        print(format_table(*captions))
     return 0
 
 
@@ -78,12 +89,13 @@ def _show_config(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {"run": _run, "stats": _stats, "show-config": _show_config}
+    from curation.captions.runner import CaptionFailureError
     from tasks.stages.common import MissingArtifactError
     from tasks.store.catalog import QueryError
 
     try:
         return commands[args.command](args)
-    except (ConfigError, QueryError, MissingArtifactError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, QueryError, MissingArtifactError, CaptionFailureError, FileNotFoundError, ValueError) as err:
         print(f"curaclip {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
 

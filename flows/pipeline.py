@@ -42,6 +42,13 @@ STEPS: dict[str, Callable[[RunContext, RunConfig, Refs], ArtifactRef]] = {
 }
 """How each stage's task is called from the config and the references of the stages before it."""
 
+DRY_RUNS: dict[str, Callable[[RunContext, RunConfig, Refs], dict]] = {
+    "rewrite": lambda ctx, cfg, refs: captions.dry_run(ctx, "rewrite", cfg.rewrite, refs["curate"]),
+    "longcap": lambda ctx, cfg, refs: captions.dry_run(ctx, "longcap", cfg.longcap, refs["rewrite"]),
+}
+"""Stages with a dry run (``--set rewrite.dry_run=true``): the run estimates the stage's requests and stops there,
+since the stages after it need its output."""
+
 
 def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
@@ -64,9 +71,13 @@ def pipeline(
         ray_address=cfg.ray.address, ray_num_cpus=cfg.ray.num_cpus, executor=cfg.executor, resources=cfg.resources,
     )
     refs: Refs = {}
+    dry_runs: dict[str, dict] = {}
     try:
         for stage in plan.stages:
+            if stage in DRY_RUNS and getattr(cfg, stage).dry_run:
+                dry_runs[stage] = DRY_RUNS[stage](ctx, cfg, refs)
+                break
             refs[stage] = STEPS[stage](ctx, cfg, refs)
     finally:
         build_catalog(workdir, refs)
-    return write_report(workdir, ctx.run_id, config_hash(cfg), refs, time.perf_counter() - started)
+    return write_report(workdir, ctx.run_id, config_hash(cfg), refs, time.perf_counter() - started, dry_runs)

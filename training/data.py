@@ -51,6 +51,7 @@ META_DEFAULTS: dict[str, Any] = {
     "uid": "",
     "rewrites": [],
     "long_caption": "",
+    "long_caption_sentences": [],
     "synthetic_caption": "",
     "cluster_labels": [],
     "cluster_scores": [],
@@ -160,7 +161,8 @@ def add_objective_inputs(sample: dict, fields: BatchFields, rng: np.random.Gener
 
     Without a long caption the caption itself is the only sentence; an impossible negative is None."""
     if fields.num_subcaptions:
-        sentences = split_sentences(sample["long_caption"]) or [sample["caption"]]
+        # the longcap stage's sentences of every captioner (DreamLIP combines several); else the one caption's
+        sentences = sample["long_caption_sentences"] or split_sentences(sample["long_caption"]) or [sample["caption"]]
         ids = sample_subcaption_ids(len(sentences), fields.num_subcaptions, rng)
         sample["subcaptions"], sample["subcaption_ids"] = [sentences[k] for k in ids], ids
     if fields.negatives:

@@ -17,7 +17,7 @@ BackendName = Literal["simulated", "openai", "transformers"]
 
 OPERATIONAL_FIELDS = frozenset({"concurrency", "timeout_s", "max_retries", "backoff_s", "max_backoff_s",
                                 "max_failure_share", "dry_run", "cache_batch", "progress", "api_key_env",
-                                "batch_size", "device"})
+                                "batch_size", "device", "base_url"})
 """Fields that change how a stage runs, never what it writes: not part of its cache key. (A request's seed,
 prompt, model and sampling are; the per-sample cache keys on exactly those.)"""
 
@@ -115,7 +115,7 @@ def key_config(cfg: Any) -> dict:
     return strip(cfg)
 
 
-LACLIP_INSTRUCTION = "Rewrite image captions differently."
+LACLIP_INSTRUCTION = "rewrite image captions differently,"
 """The instruction before LaCLIP's in-context examples (the paper's prompt opens with "rewrite image captions
 differently")."""
 
@@ -139,8 +139,6 @@ class RewriteConfig:
     transformers: TransformersConfig = field(default_factory=TransformersConfig)
     error_rate: float = 0.05
     """simulated backend: probability that a rewrite carries a wrong attribute (hallucination)."""
-    batch_size: int = 256
-    """samples per backend call (and per progress update)."""
     max_failure_share: float = 0.05
     """the stage fails when more than this share of its requests still fail after their retries."""
     cache_batch: int = 256
@@ -184,8 +182,6 @@ class LongcapConfig:
     transformers: TransformersConfig = field(default_factory=TransformersConfig)
     error_rate: float = 0.05
     """simulated backend: probability that a caption carries a wrong attribute."""
-    batch_size: int = 256
-    """samples per backend call (and per progress update)."""
     max_failure_share: float = 0.05
     """the stage fails when more than this share of its requests still fail after their retries."""
     cache_batch: int = 256

@@ -3,8 +3,9 @@
 Views: one per stage (its sample table, or what the stage produced), ``samples`` (the latest sample
 table with every column so far, plus ``shard``/``key`` once sharded), ``quarantine`` and
 ``filtered`` (dropped rows of every stage with their reasons), ``entry_counts`` (MetaCLIP counts
-before and after balancing), ``train_metrics``, ``eval_results``; and a table ``stages`` (rows in,
-out, filtered, quarantined, status and seconds per stage).
+before and after balancing), ``train_metrics``, ``eval_results``; and tables ``stages`` (rows in,
+out, filtered, quarantined, status and seconds per stage) and ``caption_requests`` (the caption stages'
+requests: sent, cached, answered, failed per reason, rejected by the cleaning rules).
 
 Queries from the command line are read-only: the statement must be a single SELECT-like statement
 (checked with DuckDB's own parser, so ``COPY``, ``ATTACH``, ``INSERT``, ``DROP``... are refused before
@@ -79,6 +80,25 @@ def _stage_rows(refs: Mapping[str, ArtifactRef]) -> list[tuple]:
     return rows
 
 
+CAPTION_OUTCOMES = ("requests", "cached", "sent", "answered")
+
+
+def _caption_rows(refs: Mapping[str, ArtifactRef]) -> list[tuple]:
+    """(stage, backend, outcome, reason, requests) of each caption stage, from its manifest's tally: the totals,
+    then the failed requests per reason and the answers the cleaning rules rejected."""
+    rows = []
+    for stage, ref in refs.items():
+        manifest_path = Path(ref.path) / L.MANIFEST
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+        if not (tally := manifest.get("captions")):
+            continue
+        backend = (manifest.get("backend") or {}).get("name")
+        rows += [(stage, backend, outcome, None, tally.get(outcome, 0)) for outcome in CAPTION_OUTCOMES]
+        rows += [(stage, backend, "failed", reason, n) for reason, n in tally.get("failures", {}).items()]
+        rows += [(stage, backend, "rejected", reason, n) for reason, n in tally.get("rejected", {}).items()]
+    return rows
+
+
 def build_catalog(workdir: str | Path, refs: Mapping[str, ArtifactRef]) -> Path:
     """(Re)create the catalog's views for the artifacts of ``refs`` (the latest run)."""
     path = Path(workdir) / CATALOG
@@ -107,6 +127,10 @@ def build_catalog(workdir: str | Path, refs: Mapping[str, ArtifactRef]) -> Path:
                     " filtered BIGINT, quarantined BIGINT, seconds DOUBLE, key VARCHAR, path VARCHAR)")
         if rows := _stage_rows(refs):
             con.executemany("INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        con.execute("CREATE OR REPLACE TABLE caption_requests (stage VARCHAR, backend VARCHAR, outcome VARCHAR,"
+                    " reason VARCHAR, requests BIGINT)")
+        if rows := _caption_rows(refs):
+            con.executemany("INSERT INTO caption_requests VALUES (?, ?, ?, ?, ?)", rows)
         for name, sql in views.items():
             con.execute(f'CREATE VIEW "{name}" AS {sql}')
     return path
@@ -152,6 +176,12 @@ def stage_table(workdir: str | Path) -> tuple[list[str], list[tuple]]:
     """The default ``curaclip stats`` answer: every stage's row accounting."""
     return query(workdir, "SELECT stage, status, rows_in, rows_out, filtered, quarantined, round(seconds, 1) AS seconds"
                           " FROM stages")
+
+
+def caption_table(workdir: str | Path) -> tuple[list[str], list[tuple]]:
+    """The caption stages' requests that did not simply succeed: failures per reason and rejected answers."""
+    return query(workdir, "SELECT stage, backend, outcome, reason, requests FROM caption_requests"
+                          " WHERE outcome IN ('failed', 'rejected') AND requests > 0 OR outcome = 'requests'")
 
 
 def format_table(columns: list[str], rows: list[tuple]) -> str:

@@ -52,3 +52,8 @@ RAY_TRAIN = "ray_train"
 TRAIN_METRICS = _METRICS_FILE
 """train: one JSON line per logged step (training.progress writes it; the name is training.METRICS_FILE)"""
 EVAL_RESULTS = "results.json"
+
+# --- beside the artifacts (workdir level) ---
+CAPTION_CACHE = "cache/captions"
+"""the caption stages' per-sample answer cache (curation.captions.cache), one folder per (stage, backend, model);
+it outlives artifacts, so a forced or changed rerun asks a model only for what it has not answered"""

@@ -120,6 +120,7 @@ def _markdown(report: Mapping[str, Any], manifests: Mapping[str, dict]) -> str:
         lines += ["", "## Simulated stages", "", "| stage | backend | what it could see |", "|---|---|---|"]
         lines += [f"| {stage} | {b['name']} (error rate {b.get('error_rate')}) | {b['sees']} |"
                   for stage, b in report["simulated"].items()]
+    lines += _captions_markdown(manifests, report.get("dry_run") or {})
     if "embed" in manifests:
         lines += ["", f"**embed** model: {manifests['embed'].get('model')}"]
     if report.get("eval_skipped"):
@@ -130,6 +131,27 @@ def _markdown(report: Mapping[str, Any], manifests: Mapping[str, dict]) -> str:
                   for k, v in report["eval"].items() if not isinstance(v, dict)]
     lines += [""] + [f"![{name}]({file})" for name, file in report.get("plots", {}).items()]
     return "\n".join(lines) + "\n"
+
+
+def _captions_markdown(manifests: Mapping[str, dict], dry_run: Mapping[str, dict]) -> list[str]:
+    """Requests per caption stage: sent, from the cache, failed per reason, tokens; and any dry-run estimate."""
+    tallies = {stage: m["captions"] for stage, m in manifests.items() if m.get("captions", {}).get("requests")}
+    lines = []
+    if tallies:
+        lines += ["", "## Caption requests", "", "| stage | requests | cached | sent | failed | failure share "
+                  "| prompt tokens | completion tokens |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for stage, t in tallies.items():
+            lines.append(f"| {stage} | {t['requests']} | {t['cached']} | {t['sent']} | "
+                         f"{sum(t['failures'].values())} | {t['failure_share']:.2%} | {t['prompt_tokens']} "
+                         f"| {t['completion_tokens']} |")
+        for stage, t in tallies.items():
+            if failed := {r: n for r, n in t["failures"].items() if n}:
+                lines += ["", f"**{stage}, failed requests:** " + ", ".join(f"{r} {n}" for r, n in failed.items())]
+    for stage, d in dry_run.items():
+        lines += ["", f"## Dry run: {stage}", "", f"{d['requests']} requests to send ({d['cached']} already "
+                  f"cached) for {d['samples']} samples; about {d['prompt_tokens']} prompt tokens, "
+                  f"{d['images']} images, at most {d['max_completion_tokens']} completion tokens. Nothing was sent."]
+    return lines
 
 
 def _curation_markdown(manifest: Mapping[str, Any]) -> list[str]:
@@ -155,8 +177,9 @@ def simulated_stages(manifests: Mapping[str, dict]) -> dict[str, dict]:
 
 
 def write_report(workdir: str | Path, run_id: str, config_hash: str, refs: Mapping[str, ArtifactRef],
-                 seconds: float) -> dict[str, Any]:
-    """Write report.json, report.md and the plots; return the report dict."""
+                 seconds: float, dry_run: Mapping[str, dict] | None = None) -> dict[str, Any]:
+    """Write report.json, report.md and the plots; return the report dict. ``dry_run``: a caption stage's
+    estimate, where the run stopped at it."""
     workdir = Path(workdir)
     store = ArtifactStore(workdir)
     manifests = {stage: store.manifest(stage, ref.key) for stage, ref in refs.items()}
@@ -169,7 +192,10 @@ def write_report(workdir: str | Path, run_id: str, config_hash: str, refs: Mappi
         "eval": dict(evaluation),
         "eval_skipped": manifests.get("eval", {}).get("skipped"),
         "simulated": simulated_stages(manifests),
+        "captions": {stage: m["captions"] for stage, m in manifests.items() if "captions" in m},
     }
+    if dry_run:
+        report["dry_run"] = dict(dry_run)
     report["plots"] = _plots(workdir, refs, evaluation)
     (workdir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=False, default=str))
     (workdir / "report.md").write_text(_markdown(report, manifests))

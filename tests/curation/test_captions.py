@@ -1,12 +1,14 @@
+import importlib
 import inspect
 import re
+import typing
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
 from curation import captions, rewriter
-from curation.captions import LongcapConfig, RewriteConfig, SimulatedBackend
+from curation.captions import CaptionerConfig, LongcapConfig, RewriteConfig, SimulatedBackend
 from curation.world import alttext
 from curation.world.scenes import sample_scene
 from curation.world.shapes import SHAPES
@@ -42,12 +44,12 @@ UIDS = [f"u{i}" for i in range(len(SCENES))]
 TEXTS = [alttext.describe(s, np.random.default_rng(i), "full") for i, s in enumerate(SCENES)]
 
 
-def test_registry_and_name():
-    backend = captions.make_backend("simulated", 0.1)
-    assert backend.name == "simulated" and backend.error_rate == 0.1
-    assert set(captions.BACKENDS) >= {"simulated"}
-    with pytest.raises(ValueError, match="simulated"):
-        captions.make_backend("gpt-17", 0.0)
+def test_registry_names_every_backend_a_config_may_name():
+    assert set(captions.BACKENDS) == set(typing.get_args(captions.BackendName)) == {"simulated", "openai",
+                                                                                    "transformers"}
+    for path in captions.BACKENDS.values():
+        module, name = path.rsplit(".", 1)
+        assert isinstance(getattr(importlib.import_module(module), name), type)
 
 
 def test_outputs_depend_on_seed_and_uid_only():
@@ -57,21 +59,20 @@ def test_outputs_depend_on_seed_and_uid_only():
     reversed_ = backend.rewrite(UIDS[:n][::-1], TEXTS[:n][::-1], 3, seed=7)[::-1]
     singles = [backend.rewrite([u], [t], 3, seed=7)[0] for u, t in zip(UIDS[:n], TEXTS[:n])]
     assert whole == reversed_ == singles
-    images = [b""] * n
-    long_a = backend.long_captions(UIDS[:n], images, TEXTS[:n], SCENES[:n], seed=7)
-    long_b = backend.long_captions(UIDS[:n][::-1], images, TEXTS[:n][::-1], SCENES[:n][::-1], seed=7)[::-1]
+    long_a = backend.long_captions(UIDS[:n], TEXTS[:n], SCENES[:n], seed=7)
+    long_b = backend.long_captions(UIDS[:n][::-1], TEXTS[:n][::-1], SCENES[:n][::-1], seed=7)[::-1]
     assert long_a == long_b
-    assert backend.long_captions(UIDS[:n], images, TEXTS[:n], SCENES[:n], seed=8) != long_a
+    assert backend.long_captions(UIDS[:n], TEXTS[:n], SCENES[:n], seed=8) != long_a
 
 
 def test_error_rate_is_honoured():
-    n, images = len(SCENES), [b""] * len(SCENES)
+    n = len(SCENES)
     clean = SimulatedBackend(error_rate=0.0)
     noisy = SimulatedBackend(error_rate=0.3)
     for method in ("long_captions", "short_captions"):
-        ok = getattr(clean, method)(UIDS, images, TEXTS, SCENES, seed=1)
+        ok = getattr(clean, method)(UIDS, TEXTS, SCENES, seed=1)
         assert not any(_is_wrong(c, s) for c, s in zip(ok, SCENES))
-        bad = getattr(noisy, method)(UIDS, images, TEXTS, SCENES, seed=1)
+        bad = getattr(noisy, method)(UIDS, TEXTS, SCENES, seed=1)
         assert sum(_is_wrong(c, s) for c, s in zip(bad, SCENES)) / n == pytest.approx(0.3, abs=0.07), method
     # every TEXTS caption names a colour, so each rewrite has one to distort (into any English colour word)
     rewrites = noisy.rewrite(UIDS, TEXTS, 2, seed=1)
@@ -86,16 +87,15 @@ def test_error_rate_is_honoured():
 
 def test_long_captions_have_several_sentences():
     backend = SimulatedBackend()
-    images = [b""] * 50
-    for caption, scene in zip(backend.long_captions(UIDS[:50], images, TEXTS[:50], SCENES[:50], 0), SCENES):
+    for caption, scene in zip(backend.long_captions(UIDS[:50], TEXTS[:50], SCENES[:50], 0), SCENES):
         assert len(_sentences(caption)) >= 3
         assert scene["objects"][0]["shape"] in caption or _is_wrong(caption, scene)
-    other = backend.long_captions(["x"], [b""], ["A dog runs on the beach."], [None], 0)[0]
+    other = backend.long_captions(["x"], ["A dog runs on the beach."], [None], 0)[0]
     assert len(_sentences(other)) >= 3 and "dog" in other
 
 
 def test_short_captions_are_one_faithful_sentence():
-    shorts = SimulatedBackend(error_rate=0.0).short_captions(UIDS[:50], [b""] * 50, TEXTS[:50], SCENES[:50], 0)
+    shorts = SimulatedBackend(error_rate=0.0).short_captions(UIDS[:50], TEXTS[:50], SCENES[:50], 0)
     for caption, scene in zip(shorts, SCENES):
         assert f"{scene['objects'][0]['colour']} {scene['objects'][0]['shape']}" in caption
         assert len(_sentences(caption)) == 1
@@ -104,7 +104,7 @@ def test_short_captions_are_one_faithful_sentence():
 def test_the_rewriter_is_text_only_and_never_corrects_a_caption():
     """LaCLIP's rewriter is a text-only LLM: it gets no scene, and a wrong alt-text stays wrong."""
     assert "truths" not in inspect.signature(SimulatedBackend.rewrite).parameters
-    assert "truths" not in inspect.signature(captions.rewrite_table).parameters
+    assert "truths" not in inspect.signature(captions.Rewriter.rewrite_table).parameters
     backend = SimulatedBackend(error_rate=0.0)
     # captions of *other* scenes (the pool's 'other_image' alt-texts): shapes the image does not hold
     others = [alttext.describe(SCENES[(i + 1) % len(SCENES)], np.random.default_rng(i), "full")
@@ -132,13 +132,13 @@ def test_text_without_truth_is_paraphrased():
     backend = SimulatedBackend(error_rate=0.5)
     texts = ["A photo of a small dog with a ball.", "Buy cheap shoes online", "IMG_2034.jpg", ""]
     out = backend.rewrite(["a", "b", "c", "d"], texts, 3, seed=0)
-    assert [len(r) for r in out] == [3, 3, 3, 3]
+    assert [len(r) for r in out] == [3, 3, 3, 0]
     assert all("dog" in r and "ball" in r for r in out[0])
     assert len(set(out[0])) > 1
     assert all("shoes" in r for r in out[1])
     assert all("IMG_2034" in r for r in out[2])
-    assert out[3] == ["", "", ""]  # nothing to rewrite: the original stays
-    shorts = backend.short_captions(["a", "d"], [b"", b""], [texts[0], ""], [None, None], 0)
+    assert out[3] == []  # nothing to rewrite: the original stays the only text
+    shorts = backend.short_captions(["a", "d"], [texts[0], ""], [None, None], 0)
     assert "dog" in shorts[0] and shorts[1] == ""
 
 
@@ -149,14 +149,36 @@ def test_backends_say_what_they_could_see():
     assert longcap["simulated"] and "ground truth" in longcap["sees"]
 
 
-def test_table_helpers_add_columns_independent_of_batching():
+def test_table_helpers_add_columns_independent_of_partitioning():
     n = 20
     table = pa.table({"uid": UIDS[:n], "text": TEXTS[:n], "image": [b"png"] * n})
-    small = captions.rewrite_table(table, RewriteConfig(k=2, batch_size=3), seed=0)
-    big = captions.rewrite_table(table, RewriteConfig(k=2, batch_size=256), seed=0)
-    assert small.equals(big)
-    assert small.schema.field("rewrites").type == pa.list_(pa.string())
-    assert all(len(r) == 2 for r in small.column("rewrites").to_pylist())
-    long = captions.longcap_table(table, SCENES[:n], LongcapConfig(batch_size=7), seed=0)
-    assert long.column_names == ["uid", "text", "image", "long_caption", "synthetic_caption"]
-    assert long.equals(captions.longcap_table(table, SCENES[:n], LongcapConfig(batch_size=100), seed=0))
+    rewriter_ = captions.Rewriter(RewriteConfig(k=2), cache_root=None)
+    whole, tally = rewriter_.rewrite_table(table, seed=0)
+    halves = [rewriter_.rewrite_table(table.slice(i, 10), seed=0)[0] for i in (0, 10)]
+    assert whole.equals(pa.concat_tables(halves))
+    assert whole.schema.field("rewrites").type == pa.list_(pa.string())
+    assert all(len(r) == 2 for r in whole.column("rewrites").to_pylist())
+    assert tally.samples == n and tally.requests == 0  # the simulated model sends nothing
+    captioner = captions.Captioner(LongcapConfig(), cache_root=None)
+    long, _ = captioner.longcap_table(table, SCENES[:n], seed=0)
+    assert long.column_names == ["uid", "text", "image", "long_caption", "long_captions", "long_caption_sentences",
+                                 "synthetic_caption"]
+    halves = [captioner.longcap_table(table.slice(i, 10), SCENES[i:i + 10], seed=0)[0] for i in (0, 10)]
+    assert long.equals(pa.concat_tables(halves))
+    rows = long.to_pylist()
+    assert all(r["long_captions"] == [r["long_caption"]] for r in rows)
+    assert all(r["long_caption_sentences"] == captions.split_sentences(r["long_caption"]) for r in rows)
+
+
+def test_several_simulated_captioners_each_keep_their_caption():
+    table = pa.table({"uid": UIDS[:10], "text": TEXTS[:10], "image": [b"png"] * 10})
+    cfg = LongcapConfig(captioners=(CaptionerConfig("a"), CaptionerConfig("b"), CaptionerConfig("c")))
+    out = captions.Captioner(cfg, cache_root=None).longcap_table(table, SCENES[:10], seed=0)[0].to_pylist()
+    single = captions.Captioner(LongcapConfig(), cache_root=None).longcap_table(table, SCENES[:10], seed=0)[0]
+    assert [r["long_caption"] for r in out] == single.column("long_caption").to_pylist()  # the first's
+    assert sum(len(set(r["long_captions"])) > 1 for r in out) >= 7  # each draws its own phrasing
+    for r in out:
+        assert len(r["long_captions"]) == 3
+        assert r["long_caption_sentences"] == [s for c in r["long_captions"] for s in captions.split_sentences(c)]
+    with pytest.raises(ValueError, match="names must differ"):
+        captions.Captioner(LongcapConfig(captioners=(CaptionerConfig("a"), CaptionerConfig("a"))), None)

@@ -49,8 +49,8 @@ def captioner_texts(n: int = 400) -> list[str]:
     scenes = [sample_scene(rng, shape_p, colour_p, (0.4, 0.4, 0.2), (0.55, 0.15, 0.15, 0.15))
               for _ in range(n)]
     backend, uids = SimulatedBackend(error_rate=0.05), [f"u{i}" for i in range(n)]
-    long = backend.long_captions(uids, [b""] * n, [""] * n, scenes, seed=0)
-    short = backend.short_captions(uids, [b""] * n, [""] * n, scenes, seed=0)
+    long = backend.long_captions(uids, [""] * n, scenes, seed=0)
+    short = backend.short_captions(uids, [""] * n, scenes, seed=0)
     sentences = [s for caption in long for s in re.split(r"(?<=\.)\s+", caption)]  # DreamLIP trains on these
     return long + short + sentences
 

@@ -1,11 +1,27 @@
 """The rewrite and longcap stages on the in-process executor."""
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zlib
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from curation import partitions as P
+from curation.captions import LongcapConfig, OpenAIConfig, RewriteConfig
+from curation.captions.cache import AnswerCache
+from curation.captions.runner import CaptionFailureError
+from flows.config import load_config
+from flows.presets import preset_overrides
+from tasks.stages import captions
+from tasks.stages.common import RunContext
 from tasks.store import layout as L
+from tests.servers.openai_server import OpenAICompatibleServer
 from tests.tasks.stages.artifact_checks import columns, expected_columns, manifest
 
 
@@ -23,3 +39,97 @@ def test_longcap_on_the_local_executor(local_run):
     table = pq.read_table(P.list_parts(Path(ref.path) / L.PARTS)[0], columns=["long_caption"])
     assert all(text for text in table.column("long_caption").to_pylist())  # every row found its truth by uid
     assert refs["ingest"].key in manifest(ref)["inputs"].values()  # the truth is an explicit input
+
+
+# --- the openai backend, against the loopback OpenAI-compatible server ----------------------------------------
+
+KEY = "sk-curaclip-stage-test-5b2e9a41"
+
+
+@pytest.fixture
+def server():
+    with OpenAICompatibleServer(hang_s=1.0) as s:
+        yield s
+
+
+def _openai_cfg(server, stage: str = "rewrite", **kw):
+    settings = {"backend": "openai", "progress": False,
+                "openai": OpenAIConfig(base_url=server.url, model="tiny-llm", api_key_env="CURACLIP_STAGE_KEY",
+                                       backoff_s=0.01, max_backoff_s=0.05, timeout_s=0.5, max_retries=1,
+                                       concurrency=4), **kw}
+    return RewriteConfig(**settings) if stage == "rewrite" else LongcapConfig(**settings)
+
+
+def _files_containing(root: Path, secret: str) -> list[str]:
+    return [str(p) for p in root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+
+
+def test_both_stages_on_openai_count_requests_and_never_write_the_key(local_run, server, tmp_path, monkeypatch):
+    monkeypatch.setenv("CURACLIP_STAGE_KEY", KEY)
+    _, refs = local_run
+    ctx = RunContext(workdir=str(tmp_path), run_id="openai", executor="local")
+    rewritten = captions.rewrite.fn(ctx, _openai_cfg(server), refs["curate"])
+    longcap = captions.longcap.fn(ctx, _openai_cfg(server, "longcap"), rewritten, refs["ingest"])
+    rows = refs["curate"].counts["rows_out"]
+    m = manifest(rewritten)
+    assert m["backend"]["name"] == "openai" and m["backend"]["simulated"] is False
+    assert m["captions"]["requests"] == m["captions"]["answered"] == 4 * rows
+    assert manifest(longcap)["captions"]["requests"] == 2 * rows  # a long and a short caption per image
+    assert columns(longcap) == expected_columns("longcap")
+    assert {e["authorization"] for e in server.log} == {f"Bearer {KEY}"}  # sent, and only to the server
+    # the variable's name is recorded, never its value
+    assert m["settings"]["openai"]["api_key_env"] == "CURACLIP_STAGE_KEY" and KEY not in json.dumps(m)
+    assert _files_containing(tmp_path, KEY) == []
+
+
+def test_the_stage_fails_over_its_failure_share_and_the_rerun_asks_only_for_the_failed(local_run, server,
+                                                                                       tmp_path):
+    _, refs = local_run
+    ctx = RunContext(workdir=str(tmp_path), run_id="flaky", executor="local")
+    server.behave = lambda prompt, attempt: "503" if zlib.crc32(prompt.encode()) % 10 == 0 else "ok"  # ~10%
+    cfg = _openai_cfg(server)
+    with pytest.raises(CaptionFailureError, match="max_failure_share"):
+        captions.rewrite.fn(ctx, cfg, refs["curate"])
+    failed = len([e for e in server.log if e["behaviour"] == "503"]) // 2  # each tried twice (max_retries=1)
+    asked = len(server.log)
+    assert failed > 0
+    server.behave = lambda prompt, attempt: "ok"
+    ref = captions.rewrite.fn(ctx, cfg, refs["curate"])
+    assert len(server.log) - asked == failed  # the answered ones came from the cache
+    tally = manifest(ref)["captions"]
+    assert tally["sent"] == failed and tally["failures"]["http_5xx"] == 0
+    assert tally["cached"] == tally["requests"] - failed
+
+
+def test_a_killed_rewrite_resumes_asking_only_for_what_it_had_not_cached(local_run, server, tmp_path):
+    """`curaclip run --only rewrite` in a subprocess, SIGKILLed half-way; the rerun sends only the rest."""
+    cfg, refs = local_run
+    workdir = Path(refs["curate"].path).parents[2]
+    server.latency_s = 0.01
+    sets = ["executor=local", "rewrite.backend=openai", f"rewrite.openai.base_url={server.url}",
+            "rewrite.openai.model=tiny-llm", "rewrite.openai.concurrency=2", "rewrite.cache_batch=8",
+            "rewrite.progress=false"]
+    command = [sys.executable, "-m", "flows.cli", "run", "--preset", "smoke", "--only", "rewrite",
+               "--workdir", str(workdir), *[a for s in sets for a in ("--set", s)]]
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    total = 4 * refs["curate"].counts["rows_out"]
+    deadline = time.time() + 120
+    while len(server.answered()) < total // 3 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    exited = process.poll()
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert exited is None, process.stderr.read().decode()[-3000:]  # still running when killed
+    assert 0 < len(server.answered()) < total, process.stderr.read().decode()[-3000:]  # killed half-way
+    cache_dirs = list((workdir / L.CAPTION_CACHE).iterdir())
+    assert len(cache_dirs) == 1
+    stored = AnswerCache(cache_dirs[0])
+    on_disk, asked = len(stored), len(server.log)
+    assert on_disk > 0
+    rerun_cfg = load_config(overrides=[*preset_overrides("smoke"), *sets])
+    ctx = RunContext(workdir=str(workdir), run_id="resume", executor="local")
+    ref = captions.rewrite.fn(ctx, rerun_cfg.rewrite, refs["curate"])
+    assert len(server.log) - asked == total - on_disk
+    assert manifest(ref)["captions"]["cached"] == on_disk
+    assert ref.counts["rows_out"] == refs["curate"].counts["rows_out"]
