@@ -169,8 +169,10 @@ class TransformersGenerator:
             model_cls = tf.AutoModelForImageTextToText
             processor = tf.AutoProcessor.from_pretrained(self.path, **kwargs)
             tokenizer = processor.tokenizer
-        # Decoder-only models continue the last token of each row, so prompts are padded on the left.
+        # Decoder-only models continue the last token of each row, so prompts are padded on the left; a prompt
+        # longer than the context is cut on the left too, so the caption and its ` =>` stay last.
         tokenizer.padding_side = "left"
+        tokenizer.truncation_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         model = model_cls.from_pretrained(self.path, dtype=self.dtype, **kwargs).to(self.device).eval()
@@ -210,10 +212,17 @@ class TransformersGenerator:
             for i, outcome in zip(indices, outcomes):
                 done(i, outcome)
 
-    def _encode(self, requests: list[Request], images: list[Image.Image | None]) -> Encoded:
+    def context_length(self) -> int | None:
+        """Positions the text model holds (prompt and new tokens together); None when its config does not say."""
+        config = getattr(self.config, "text_config", None) or self.config
+        return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+
+    def _encode(self, requests: list[Request], images: list[Image.Image | None], limit: int) -> Encoded:
         """The batch's tensors on the model's device, in the model's dtype for pixels."""
         if self.kind == "causal-lm":
-            inputs = self.tokenizer([r.prompt for r in requests], return_tensors="pt", padding=True)
+            room = self.context_length() - limit if self.context_length() else None
+            inputs = self.tokenizer([r.prompt for r in requests], return_tensors="pt", padding=True,
+                                    truncation=room is not None, max_length=room)
         elif self.kind == "vision-encoder-decoder":
             inputs = self.processor(images=images, return_tensors="pt")
         else:
@@ -257,7 +266,7 @@ class TransformersGenerator:
     @torch.inference_mode()
     def _run_batch(self, requests: list[Request], images: list[Image.Image | None], limit: int) -> list[Outcome]:
         """One `generate` call; one outcome per request, in order."""
-        encoded = self._encode(requests, images)
+        encoded = self._encode(requests, images, limit)
         if self.sampling.seed is not None:
             torch.manual_seed(self.sampling.seed)
         sequences = self.model.generate(**encoded.inputs, **self._generation_kwargs(limit))

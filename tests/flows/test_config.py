@@ -142,6 +142,8 @@ def test_every_choice_with_a_wrong_value_is_an_error_naming_the_key_and_the_choi
         data = to_dict(RunConfig())
         node, keys = data, re.findall(r"[a-z_]+|\[\d+\]", path)
         for key in keys[:-1]:
+            if key.startswith("[") and not node:  # a list empty by default (longcap.captioners): one minimal item
+                node.append({"name": "x"} if path.startswith("longcap.captioners") else {})
             node = node[int(key[1:-1])] if key.startswith("[") else node[key]
         node[keys[-1]] = {"no-such-choice": 1.0} if container is dict else \
             ["no-such-choice"] if container else "no-such-choice"

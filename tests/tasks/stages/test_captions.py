@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -112,13 +113,14 @@ def test_a_killed_rewrite_resumes_asking_only_for_what_it_had_not_cached(local_r
     command = [sys.executable, "-m", "flows.cli", "run", "--preset", "smoke", "--only", "rewrite",
                "--workdir", str(workdir), *[a for s in sets for a in ("--set", s)]]
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               start_new_session=True)  # its own group: the kill takes Prefect's server too
     total = 4 * refs["curate"].counts["rows_out"]
-    deadline = time.time() + 120
+    deadline = time.time() + 300  # Prefect's temporary server starts first: slow on a loaded machine
     while len(server.answered()) < total // 3 and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
     exited = process.poll()
-    process.send_signal(signal.SIGKILL)
+    os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert exited is None, process.stderr.read().decode()[-3000:]  # still running when killed
     assert 0 < len(server.answered()) < total, process.stderr.read().decode()[-3000:]  # killed half-way
@@ -133,3 +135,33 @@ def test_a_killed_rewrite_resumes_asking_only_for_what_it_had_not_cached(local_r
     assert len(server.log) - asked == total - on_disk
     assert manifest(ref)["captions"]["cached"] == on_disk
     assert ref.counts["rows_out"] == refs["curate"].counts["rows_out"]
+
+
+def test_dry_run_then_run_then_stats_from_the_command_line(local_run, server, capsys):
+    """`--set rewrite.dry_run=true` counts and sends nothing; the real run's failures show in `curaclip stats`."""
+    from flows.cli import main
+
+    _, refs = local_run
+    workdir = str(Path(refs["curate"].path).parents[2])
+    server.behave = lambda prompt, attempt: "400" if zlib.crc32(prompt.encode()) % 20 == 0 else "ok"  # ~5%
+    common = ["run", "--preset", "smoke", "--only", "rewrite", "--workdir", workdir, "--set", "executor=local",
+              "--set", "rewrite.backend=openai", "--set", f"rewrite.openai.base_url={server.url}",
+              "--set", "rewrite.openai.model=stats-llm", "--set", "rewrite.max_failure_share=0.2",
+              "--set", "rewrite.progress=false"]
+    total = 4 * refs["curate"].counts["rows_out"]
+    assert main([*common, "--set", "rewrite.dry_run=true"]) == 0
+    out = capsys.readouterr().out
+    assert f"rewrite: dry run, nothing sent: {total} requests to send (0 cached)" in out
+    assert server.log == []
+    report = json.loads((Path(workdir) / "report.json").read_text())
+    assert report["dry_run"]["rewrite"]["requests"] == total and "rewrite" not in report["stages"]
+    assert main(common) == 0
+    failed = sum(e["behaviour"] == "400" for e in server.log)
+    assert 0 < failed < total * 0.2 and len(server.log) == total  # a 400 is never retried
+    assert f"rewrite: {total} requests, 0 cached, {total} sent, failed: http_4xx {failed}" in capsys.readouterr().out
+    assert main(["stats", "--workdir", workdir]) == 0
+    stats = capsys.readouterr().out
+    assert "caption requests" in stats and re.search(rf"rewrite\s+openai\s+failed\s+http_4xx\s+{failed}\b", stats)
+    assert main(["stats", "--workdir", workdir, "SELECT sum(requests) FROM caption_requests WHERE outcome = "
+                 "'answered'"]) == 0
+    assert str(total - failed) in capsys.readouterr().out
