@@ -4,8 +4,10 @@ in no file the run writes (the workdir, Prefect's home with its database and log
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,14 +31,24 @@ def _files_containing(root: Path, secret: bytes) -> list[str]:
 
 @pytest.mark.slow
 def test_smoke_run_on_the_openai_backend_through_prefect_and_ray_never_writes_the_key(tmp_path):
-    work, prefect_home, ray_tmp = tmp_path / "work", tmp_path / "prefect", tmp_path / "ray"
+    work, prefect_home = tmp_path / "work", tmp_path / "prefect"
+    # Ray's socket paths must stay under 108 bytes: its temp root is a short folder of its own
+    ray_tmp = Path(tempfile.mkdtemp(prefix="cc-ray-", dir="/tmp"))
+    try:
+        _run_and_check(work, prefect_home, ray_tmp)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _run_and_check(work: Path, prefect_home: Path, ray_tmp: Path) -> None:
     with OpenAICompatibleServer() as server:
         sets = ["rewrite.backend=openai", f"rewrite.openai.base_url={server.url}", "rewrite.openai.model=tiny-llm",
                 "rewrite.openai.api_key_env=CURACLIP_E2E_KEY",
                 "longcap.backend=openai", f"longcap.openai.base_url={server.url}", "longcap.openai.model=tiny-vlm",
                 "longcap.openai.api_key_env=CURACLIP_E2E_KEY", "ray.num_cpus=2"]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "CURACLIP_E2E_KEY": KEY, "PREFECT_HOME": str(prefect_home),
-               "RAY_TMPDIR": str(ray_tmp), "PREFECT_LOGGING_LEVEL": "DEBUG"}
+               "RAY_TMPDIR": str(ray_tmp), "PREFECT_LOGGING_LEVEL": "DEBUG",
+               "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300"}  # a fresh home migrates its database first
         command = [sys.executable, "-m", "flows.cli", "run", "--preset", "smoke", "--workdir", str(work),
                    *[a for s in sets for a in ("--set", s)]]
         run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, timeout=900)

@@ -112,7 +112,9 @@ def test_a_killed_rewrite_resumes_asking_only_for_what_it_had_not_cached(local_r
             "rewrite.progress=false"]
     command = [sys.executable, "-m", "flows.cli", "run", "--preset", "smoke", "--only", "rewrite",
                "--workdir", str(workdir), *[a for s in sets for a in ("--set", s)]]
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    # a fresh Prefect home migrates its database first: more than the 20 s Prefect waits by default on two cores
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"),
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                start_new_session=True)  # its own group: the kill takes Prefect's server too
     total = 4 * refs["curate"].counts["rows_out"]
