@@ -121,24 +121,15 @@ differently")."""
 
 
 @dataclass(frozen=True)
-class RewriteConfig:
-    """Configuration of the `rewrite` stage (LaCLIP)."""
+class CaptionStageConfig:
+    """What both caption stages configure alike: the backend and its blocks, and how the stage runs."""
 
     backend: BackendName = "simulated"
     """caption backend, a key of BACKENDS."""
-    k: int = 4
-    """rewrites per caption, one per example pool in `pools` order (LaCLIP: ChatGPT, Bard, human, COCO)."""
-    pools: tuple[str, ...] = ("chatgpt", "bard", "human", "coco")
-    """LaCLIP's in-context example pools (``curation.captions.laclip_pools``); rewrite j uses pool j mod len."""
-    instruction: str = LACLIP_INSTRUCTION
-    """the line before the examples."""
-    examples: int = 3
-    """in-context `source => target` pairs per prompt, sampled per caption from its pool (LaCLIP: 3)."""
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     openai: OpenAIConfig = field(default_factory=OpenAIConfig)
     transformers: TransformersConfig = field(default_factory=TransformersConfig)
     error_rate: float = 0.05
-    """simulated backend: probability that a rewrite carries a wrong attribute (hallucination)."""
+    """simulated backend: probability that a rewrite or caption carries a wrong attribute (hallucination)."""
     max_failure_share: float = 0.05
     """the stage fails when more than this share of its requests still fail after their retries."""
     cache_batch: int = 256
@@ -152,6 +143,21 @@ class RewriteConfig:
         return key_config(self)
 
 
+@dataclass(frozen=True)
+class RewriteConfig(CaptionStageConfig):
+    """Configuration of the `rewrite` stage (LaCLIP)."""
+
+    k: int = 4
+    """rewrites per caption, one per example pool in `pools` order (LaCLIP: ChatGPT, Bard, human, COCO)."""
+    pools: tuple[str, ...] = ("chatgpt", "bard", "human", "coco")
+    """LaCLIP's in-context example pools (``curation.captions.laclip_pools``); rewrite j uses pool j mod len."""
+    instruction: str = LACLIP_INSTRUCTION
+    """the line before the examples."""
+    examples: int = 3
+    """in-context `source => target` pairs per prompt, sampled per caption from its pool (LaCLIP: 3)."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
 LONG_PROMPT = ("Describe this image in detail, in several sentences: every object, its color, size and "
                "material, where it is, and how the objects relate to each other.")
 """The default long-caption prompt (DreamLIP asked its MLLMs for a detailed description)."""
@@ -160,12 +166,10 @@ SHORT_PROMPT = "Describe this image in one short sentence."
 
 
 @dataclass(frozen=True)
-class LongcapConfig:
+class LongcapConfig(CaptionStageConfig):
     """Configuration of the `longcap` stage: DreamLIP long captions from one or more captioners, and ALIP's
     short synthetic caption from the first."""
 
-    backend: BackendName = "simulated"
-    """caption backend, a key of BACKENDS."""
     prompt: str = LONG_PROMPT
     """the instruction sent with each image for its long caption."""
     short_prompt: str = SHORT_PROMPT
@@ -178,21 +182,6 @@ class LongcapConfig:
     """long captions are sampled cooler and longer than rewrites."""
     short_max_new_tokens: int = 40
     """tokens at most for the short caption."""
-    openai: OpenAIConfig = field(default_factory=OpenAIConfig)
-    transformers: TransformersConfig = field(default_factory=TransformersConfig)
-    error_rate: float = 0.05
-    """simulated backend: probability that a caption carries a wrong attribute."""
-    max_failure_share: float = 0.05
-    """the stage fails when more than this share of its requests still fail after their retries."""
-    cache_batch: int = 256
-    """answers per file of the per-sample cache."""
-    dry_run: bool = False
-    """count the requests and tokens a run would send, send none, and stop the run there."""
-    progress: bool = True
-    """show a progress bar per part on stderr."""
-
-    def key_config(self) -> dict:
-        return key_config(self)
 
     def resolved_captioners(self) -> tuple[CaptionerConfig, ...]:
         """Every captioner with each unset field taken from the stage."""
