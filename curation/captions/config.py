@@ -46,7 +46,8 @@ class OpenAIConfig:
     base_url: str = "http://127.0.0.1:8000/v1"
     """the API root, ending in /v1 (vLLM's default port; Ollama: http://127.0.0.1:11434/v1)."""
     model: str = ""
-    """the served model's name, as the server lists it under /v1/models."""
+    """the served model's name, as the server lists it under /v1/models; empty: the one model it lists (asked
+    once when the stage starts; a server listing several needs the name)."""
     api: Literal["chat", "completions"] = "chat"
     """`chat`: /v1/chat/completions (instruction and vision models); `completions`: /v1/completions (base
     models, such as the LLaMA LaCLIP prompted in context)."""

@@ -18,6 +18,7 @@ Design notes:
 from __future__ import annotations
 
 import base64
+import dataclasses
 import email.utils
 import io
 import itertools
@@ -99,12 +100,32 @@ def parse_response(body: bytes, api: str) -> Outcome:
                    finish_reason=choices[0].get("finish_reason"))
 
 
+def served_model(cfg: OpenAIConfig) -> OpenAIConfig:
+    """``cfg`` with its model named: as given, else the one model the server lists under ``/v1/models`` (vLLM and
+    llama.cpp's server serve one). Several listed, or none, is an error asking for ``openai.model``."""
+    if cfg.model:
+        return cfg
+    key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+    url = cfg.base_url.rstrip("/") + "/models"
+    try:
+        response = httpx.get(url, headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=cfg.timeout_s)
+        response.raise_for_status()
+        served = [m["id"] for m in response.json().get("data", []) if isinstance(m, dict) and "id" in m]
+    except (httpx.HTTPError, ValueError, AttributeError) as err:
+        raise ValueError(f"openai backend: no model named, and {url} did not list one ({type(err).__name__}); "
+                         "set openai.model") from None
+    if len(served) != 1:
+        raise ValueError(f"openai backend: no model named, and {url} lists {len(served)} ({', '.join(served[:5])});"
+                         " set openai.model")
+    return dataclasses.replace(cfg, model=served[0])
+
+
 class OpenAIGenerator:
     """Requests to one OpenAI-compatible endpoint, ``concurrency`` at a time, each retried as the module says."""
 
     def __init__(self, cfg: OpenAIConfig, sampling: SamplingConfig, sleep: Callable[[float], None] = time.sleep):
         if not cfg.model:
-            raise ValueError("openai backend: set the served model's name (e.g. rewrite.openai.model)")
+            raise ValueError("openai backend: no model named (name_served_models asks the server for it)")
         self.cfg, self.sampling, self._sleep = cfg, sampling, sleep
         key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
         headers = {"Authorization": f"Bearer {key}"} if key else {}

@@ -165,6 +165,20 @@ def identity_of(backend: str, cfg: CaptionerConfig | RewriteConfig) -> dict:
             "decoding": t.decoding, "dtype": t.dtype}
 
 
+def name_served_models(cfg: RewriteConfig | LongcapConfig) -> RewriteConfig | LongcapConfig:
+    """``cfg`` with every `openai` block that names no model given the one its server serves (asked once, where
+    the stage starts, so the stage's key and the answer cache hold the model's name)."""
+    from curation.captions.openai_api import served_model
+
+    if cfg.backend == "openai":
+        cfg = dataclasses.replace(cfg, openai=served_model(cfg.openai))
+    if isinstance(cfg, LongcapConfig) and cfg.captioners:
+        named = tuple(dataclasses.replace(c, openai=served_model(c.openai)) if c.backend == "openai" and c.openai
+                      else c for c in cfg.captioners)
+        cfg = dataclasses.replace(cfg, captioners=named)
+    return cfg
+
+
 def make_generator(backend: str, cfg: CaptionerConfig | RewriteConfig, sampling: SamplingConfig,
                    task: str) -> Generator:
     """The `openai` or `transformers` generator of one captioner (or the rewriter)."""

@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from curation import partitions as P
 from curation.captions import STAGE_SEEDS, LongcapConfig, RewriteConfig, merge_tallies
 from curation.captions.estimate import estimate_parts
-from curation.captions.runner import CaptionFailureError, check_failures
+from curation.captions.runner import CaptionFailureError, check_failures, name_served_models
 from tasks.stages.common import CODE_VERSIONS, RunContext, StageRun, part_path, parts_of, passthrough_counts, run_stage
 from tasks.store import layout as L
 from tasks.store.artifacts import ArtifactRef, to_dict
@@ -39,6 +39,7 @@ def _caption_stage(ctx: RunContext, stage: str, cfg: CaptionConfig, upstream: Ar
     """`truth` (the ingest artifact, whose truth table is joined by uid) is given to the captioner (longcap) only;
     the rewriter stands in for a text-only LLM and gets None."""
     truth_parts = tuple(parts_of(truth, L.TRUTH)) if truth is not None else ()
+    cfg = name_served_models(cfg)
 
     def compute(run: StageRun, manifest: dict[str, Any]) -> None:
         units = [P.CaptionPart(p, truth_parts, part_path(run.tmp, L.PARTS, i), seed)
@@ -72,5 +73,6 @@ def longcap(ctx: RunContext, cfg: LongcapConfig, upstream: ArtifactRef, truth: A
 @task(name="caption-dry-run", cache_policy=NO_CACHE)
 def dry_run(ctx: RunContext, stage: str, cfg: CaptionConfig, upstream: ArtifactRef) -> dict:
     """What the stage would ask its model for (requests not yet cached, rough tokens), sending nothing."""
+    cfg = name_served_models(cfg)
     return {"stage": stage, "backend": cfg.backend,
             **estimate_parts(stage, cfg, parts_of(upstream), STAGE_SEEDS[stage], cache_root(ctx, cfg))}

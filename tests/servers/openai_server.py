@@ -1,6 +1,6 @@
 """A small OpenAI-compatible HTTP server on loopback, for the caption backends' tests and benchmark.
 
-It serves ``POST /v1/chat/completions`` and ``POST /v1/completions`` as a real server does (HTTP/1.1 keep-alive,
+It serves ``POST /v1/chat/completions``, ``POST /v1/completions`` and ``GET /v1/models`` as a real server does (HTTP/1.1 keep-alive,
 JSON bodies, ``usage`` counts) and can be told, per request, to misbehave. ``server.behave`` is a function of
 (prompt text, how many times this prompt was asked before) returning one behaviour:
 
@@ -66,6 +66,8 @@ class OpenAICompatibleServer:
         self.latency_s, self.hang_s = latency_s, hang_s
         self.behave: Callable[[str, int], str] = lambda prompt, attempt: "ok"
         self.log: list[dict] = []
+        self.models = ["served-model"]
+        """what GET /v1/models lists"""
         self.seen: Counter = Counter()
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -118,6 +120,13 @@ class OpenAICompatibleServer:
 
             def log_message(self, *args) -> None:  # quiet
                 pass
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                if self.path.rstrip("/") != "/v1/models":
+                    _send(self, 404, b'{"error": {"message": "not found"}}')
+                    return
+                data = [{"id": name, "object": "model"} for name in server.models]
+                _send(self, 200, json.dumps({"object": "list", "data": data}).encode())
 
             def do_POST(self) -> None:  # noqa: N802 (http.server's name)
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))

@@ -159,3 +159,15 @@ def _png() -> bytes:
 def test_a_model_name_is_required(server):
     with pytest.raises(ValueError, match="model"):
         OpenAIGenerator(OpenAIConfig(base_url=server.url), SamplingConfig())
+
+
+def test_an_unnamed_model_is_the_one_the_server_lists(server):
+    from curation.captions.openai_api import served_model
+
+    assert served_model(OpenAIConfig(base_url=server.url)).model == "served-model"
+    assert served_model(OpenAIConfig(base_url=server.url, model="mine")).model == "mine"  # never asked
+    server.models = ["a", "b"]
+    with pytest.raises(ValueError, match="lists 2 .*set openai.model"):
+        served_model(OpenAIConfig(base_url=server.url))
+    with pytest.raises(ValueError, match="did not list one"):
+        served_model(OpenAIConfig(base_url=server.url + "/nowhere"))

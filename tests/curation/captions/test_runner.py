@@ -152,3 +152,11 @@ def test_cache_batches_are_whole_files(tmp_path):
     cache.flush()
     assert len(cache) == 7 and cache.lookup(["k0", "k6", "nope"]) == {"k0": "t0", "k6": "t6"}
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_progress_bar_shows_done_total_rate_and_failures(server, tmp_path, capsys):
+    server.behave = lambda prompt, attempt: "400" if "kite" in _caption_of(prompt) else "ok"
+    cfg = RewriteConfig(backend="openai", openai=_openai(server), progress=True)
+    Rewriter(cfg, str(tmp_path)).rewrite_table(_table(), seed=1)
+    bar = capsys.readouterr().err.strip().splitlines()[-1].split("\r")[-1]
+    assert "rewrite" in bar and "24/24" in bar and "req/s" in bar and "failed=4" in bar

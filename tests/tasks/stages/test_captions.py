@@ -70,12 +70,19 @@ def test_both_stages_on_openai_count_requests_and_never_write_the_key(local_run,
     _, refs = local_run
     ctx = RunContext(workdir=str(tmp_path), run_id="openai", executor="local")
     rewritten = captions.rewrite.fn(ctx, _openai_cfg(server), refs["curate"])
-    longcap = captions.longcap.fn(ctx, _openai_cfg(server, "longcap"), rewritten, refs["ingest"])
+    # longcap names no model: the stage asks the server for the one it serves
+    longcap_cfg = LongcapConfig(backend="openai", progress=False,
+                                openai=OpenAIConfig(base_url=server.url, api_key_env="CURACLIP_STAGE_KEY"))
+    longcap = captions.longcap.fn(ctx, longcap_cfg, rewritten, refs["ingest"])
     rows = refs["curate"].counts["rows_out"]
     m = manifest(rewritten)
     assert m["backend"]["name"] == "openai" and m["backend"]["simulated"] is False
     assert m["captions"]["requests"] == m["captions"]["answered"] == 4 * rows
     assert manifest(longcap)["captions"]["requests"] == 2 * rows  # a long and a short caption per image
+    assert manifest(longcap)["config"]["openai"]["model"] == "served-model"  # in the key, as if named
+    again = captions.rewrite.fn(RunContext(workdir=str(tmp_path), run_id="forced", executor="local",
+                                           force=frozenset({"rewrite"})), _openai_cfg(server), refs["curate"])
+    assert manifest(again)["captions"]["cached"] == 4 * rows and manifest(again)["captions"]["sent"] == 0
     assert columns(longcap) == expected_columns("longcap")
     assert {e["authorization"] for e in server.log} == {f"Bearer {KEY}"}  # sent, and only to the server
     # the variable's name is recorded, never its value
