@@ -1,7 +1,7 @@
 """A small OpenAI-compatible HTTP server on loopback, for the caption backends' tests and benchmark.
 
-It serves ``POST /v1/chat/completions``, ``POST /v1/completions`` and ``GET /v1/models`` as a real server does (HTTP/1.1 keep-alive,
-JSON bodies, ``usage`` counts) and can be told, per request, to misbehave. ``server.behave`` is a function of
+It serves ``POST /v1/chat/completions``, ``POST /v1/completions`` and ``GET /v1/models`` as a real server does
+(HTTP/1.1 keep-alive, JSON bodies, ``usage`` counts) and can be told, per request, to misbehave. ``server.behave`` is a function of
 (prompt text, how many times this prompt was asked before) returning one behaviour:
 
 - ``ok``; ``preamble`` (a chat model's "Sure! Here is a rewritten caption:" before the answer);
