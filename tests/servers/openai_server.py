@@ -1,8 +1,9 @@
 """A small OpenAI-compatible HTTP server on loopback, for the caption backends' tests and benchmark.
 
 It serves ``POST /v1/chat/completions``, ``POST /v1/completions`` and ``GET /v1/models`` as a real server does
-(HTTP/1.1 keep-alive, JSON bodies, ``usage`` counts) and can be told, per request, to misbehave. ``server.behave`` is a function of
-(prompt text, how many times this prompt was asked before) returning one behaviour:
+(HTTP/1.1 keep-alive, JSON bodies, ``usage`` counts) and can be told, per request, to misbehave.
+``server.behave`` is a function of (prompt text, how many times this prompt was asked before) returning one
+behaviour:
 
 - ``ok``; ``preamble`` (a chat model's "Sure! Here is a rewritten caption:" before the answer);
 - ``delay:S`` (answer after S seconds), ``hang`` (sleep ``hang_s``, past the client's timeout, then answer);
