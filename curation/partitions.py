@@ -348,12 +348,6 @@ class CaptionWorker:
         return {"rows_in": table.num_rows, "rows_out": table.num_rows, "captions": tally.as_dict(),
                 "backend": self.impl.describe()}
 
-    def describe(self) -> dict:
-        return self.impl.describe()
-
-    def close(self) -> None:
-        self.impl.close()
-
 
 # --- cluster (MLCD) ---------------------------------------------------------------------------
 

@@ -71,6 +71,10 @@ class AnswerCache:
                 found.setdefault(key, text)
         return found
 
+    def stored_keys(self) -> set[str]:
+        """Every key on disk (the key column only)."""
+        return {k for path in self.files() for k in pq.read_table(path, columns=["key"]).column("key").to_pylist()}
+
     def put(self, key: str, text: str) -> None:
         self._keys.append(key)
         self._texts.append(text)
@@ -91,6 +95,11 @@ class AnswerCache:
     def __len__(self) -> int:
         """Answers stored on disk (with any repeats)."""
         return sum(pq.ParquetFile(p).metadata.num_rows for p in self.files())
+
+
+def open_cache(cache_root: str | Path | None, stage: str, identity: dict, batch: int = 256) -> AnswerCache | None:
+    """The cache of one (stage, backend, model) under ``cache_root``; None when the stage keeps none."""
+    return AnswerCache(Path(cache_root) / namespace(stage, identity), batch) if cache_root else None
 
 
 def keys_for(identity: dict, sampling: SamplingConfig, requests: Sequence[Request]) -> list[str]:

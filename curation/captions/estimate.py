@@ -10,24 +10,15 @@ bounded by max_new_tokens (an upper bound: models usually stop sooner).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from curation.captions.cache import AnswerCache, keys_for, namespace
+from curation.captions.cache import keys_for, open_cache
 from curation.captions.config import LongcapConfig, RewriteConfig
 from curation.captions.requests import Request
-from curation.captions.runner import caption_requests, identity_of, rewrite_requests
+from curation.captions.runner import caption_plan, caption_requests, captioner_identity, identity_of, rewrite_requests
 
 CHARS_PER_TOKEN = 4
-
-
-def _missing(requests: list[Request], identity: dict, sampling, stage: str, cache_root: str | None) -> list[Request]:
-    if cache_root is None or not requests:
-        return requests
-    keys = keys_for(identity, sampling, requests)
-    known = AnswerCache(Path(cache_root) / namespace(stage, identity)).lookup(keys)
-    return [r for r, k in zip(requests, keys) if k not in known]
 
 
 def _tokens(requests: list[Request], max_new_tokens: int) -> dict:
@@ -44,9 +35,11 @@ def _add(total: dict, part: dict) -> None:
 
 def estimate_parts(stage: str, cfg: RewriteConfig | LongcapConfig, parts: Sequence[str], seed: int,
                    cache_root: str | None) -> dict:
-    """{"samples", "requests" (to send), "cached", "prompt_tokens", "images", "max_completion_tokens"}."""
+    """{"samples", "requests" (to send), "cached", "prompt_tokens", "images", "max_completion_tokens"}. Each
+    cache's keys are read once for all parts."""
     total: dict = {"samples": 0, "cached": 0, "requests": 0, "prompt_tokens": 0, "images": 0,
                    "max_completion_tokens": 0}
+    stored: dict[str, set[str]] = {}  # cache namespace -> the keys it holds
     for path in parts:
         columns = ["uid", "text"] if isinstance(cfg, RewriteConfig) else ["uid", "text", "image"]
         table = pq.read_table(path, columns=columns)
@@ -54,7 +47,11 @@ def estimate_parts(stage: str, cfg: RewriteConfig | LongcapConfig, parts: Sequen
         for identity, requests in _part_requests(cfg, table, seed):
             if identity is None:
                 continue  # a simulated model sends nothing
-            todo = _missing(requests, identity, cfg.sampling, stage, cache_root)
+            cache = open_cache(cache_root, stage, identity)
+            if cache is not None and str(cache.root) not in stored:
+                stored[str(cache.root)] = cache.stored_keys()
+            known = stored.get(str(cache.root), set()) if cache is not None else set()
+            todo = [r for r, k in zip(requests, keys_for(identity, cfg.sampling, requests)) if k not in known]
             total["cached"] += len(requests) - len(todo)
             _add(total, _tokens(todo, cfg.sampling.max_new_tokens))
     return total
@@ -62,16 +59,13 @@ def estimate_parts(stage: str, cfg: RewriteConfig | LongcapConfig, parts: Sequen
 
 def _part_requests(cfg: RewriteConfig | LongcapConfig, table, seed: int
                    ) -> list[tuple[dict | None, list[Request]]]:
-    """(cache identity, requests) per backend the part goes to; identity None for a simulated captioner."""
+    """(cache identity, requests) per request batch the part makes, as the stage makes them; identity None for
+    a simulated model."""
     uids, texts = table.column("uid").to_pylist(), table.column("text").to_pylist()
     if isinstance(cfg, RewriteConfig):
         identity = None if cfg.backend == "simulated" else identity_of(cfg.backend, cfg)
         return [(identity, rewrite_requests(cfg, uids, texts, seed)[1] if identity else [])]
     images = table.column("image").to_pylist()
-    out = []
-    for index, c in enumerate(cfg.resolved_captioners()):
-        identity = None if c.backend == "simulated" else {**identity_of(c.backend, c), "captioner": c.name}
-        out.append((identity, caption_requests(cfg, c, images, short=False)))
-        if index == 0:
-            out.append((identity, caption_requests(cfg, c, images, short=True)))
-    return out
+    captioners = cfg.resolved_captioners()
+    return [(captioner_identity(captioners[i]), caption_requests(cfg, captioners[i], images, short))
+            for i, short in caption_plan(captioners)]

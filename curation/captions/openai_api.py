@@ -25,6 +25,7 @@ import itertools
 import json
 import os
 import random
+import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -35,8 +36,6 @@ from PIL import Image
 
 from curation.captions.config import OpenAIConfig, SamplingConfig
 from curation.captions.requests import Done, Outcome, Request
-
-RETRIED_STATUSES = frozenset({429}) | frozenset(range(500, 600))
 
 
 def image_data_url(data: bytes, max_side: int, quality: int) -> str:
@@ -53,10 +52,8 @@ def retry_after_seconds(value: str | None) -> float | None:
     """A ``Retry-After`` header's delay: delta-seconds or an HTTP date; None when absent or unreadable."""
     if not value:
         return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    if re.fullmatch(r"\s*\d+(\.\d+)?\s*", value):
+        return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -208,6 +205,6 @@ class OpenAIGenerator:
             return parse_response(response.content, self.cfg.api), None
         if status == 429:
             return Outcome.failed("http_429", "429"), retry_after_seconds(response.headers.get("retry-after")) or 0.0
-        if status in RETRIED_STATUSES:
+        if 500 <= status < 600:
             return Outcome.failed("http_5xx", str(status)), 0.0
         return Outcome.failed("http_4xx", str(status)), None

@@ -28,9 +28,10 @@ from pathlib import Path
 import pyarrow as pa
 from tqdm import tqdm
 
-from curation.captions import laclip
-from curation.captions.cache import AnswerCache, keys_for, namespace
+from curation.captions.cache import AnswerCache, keys_for, open_cache
 from curation.captions.config import CaptionerConfig, LongcapConfig, RewriteConfig, SamplingConfig
+from curation.captions.laclip import clean_rewrite, rewrite_prompts, strip_preamble
+from curation.captions.openai_api import OpenAIGenerator, served_model
 from curation.captions.requests import FAILURE_REASONS, Generator, Outcome, Request
 from curation.captions.simulated import SimulatedBackend
 
@@ -46,7 +47,7 @@ def split_sentences(text: str) -> list[str]:
 def clean_caption(output: str) -> str:
     """A captioner's answer with a chat model's preamble ("Sure, here is a description:") stripped and the
     whitespace collapsed."""
-    return " ".join(laclip.strip_preamble(output).split())
+    return " ".join(strip_preamble(output).split())
 
 
 @dataclass
@@ -168,8 +169,6 @@ def identity_of(backend: str, cfg: CaptionerConfig | RewriteConfig) -> dict:
 def name_served_models(cfg: RewriteConfig | LongcapConfig) -> RewriteConfig | LongcapConfig:
     """``cfg`` with every `openai` block that names no model given the one its server serves (asked once, where
     the stage starts, so the stage's key and the answer cache hold the model's name)."""
-    from curation.captions.openai_api import served_model
-
     if cfg.backend == "openai":
         cfg = dataclasses.replace(cfg, openai=served_model(cfg.openai))
     if isinstance(cfg, LongcapConfig) and cfg.captioners:
@@ -183,7 +182,6 @@ def make_generator(backend: str, cfg: CaptionerConfig | RewriteConfig, sampling:
                    task: str) -> Generator:
     """The `openai` or `transformers` generator of one captioner (or the rewriter)."""
     if backend == "openai":
-        from curation.captions.openai_api import OpenAIGenerator
         return OpenAIGenerator(cfg.openai, sampling)
     if backend == "transformers":
         from curation.captions.local import TransformersGenerator  # torch and transformers load only here
@@ -197,7 +195,7 @@ def rewrite_requests(cfg: RewriteConfig, uids: list[str], texts: list[str], seed
     owners, requests = [], []
     for row, (uid, text) in enumerate(zip(uids, texts)):
         if text.strip():
-            for prompt in laclip.rewrite_prompts(uid, text, cfg.k, cfg.pools, seed, cfg.instruction, cfg.examples):
+            for prompt in rewrite_prompts(uid, text, cfg.k, cfg.pools, seed, cfg.instruction, cfg.examples):
                 owners.append(row)
                 requests.append(Request(prompt))
     return owners, requests
@@ -211,8 +209,15 @@ def caption_requests(cfg: LongcapConfig, captioner: CaptionerConfig, images: lis
     return [Request(prompt, image=image, max_new_tokens=limit) for image in images]
 
 
-def _column(values: list, tp: pa.DataType) -> pa.Array:
-    return pa.array(values, type=tp)
+def captioner_identity(c: CaptionerConfig) -> dict | None:
+    """A longcap captioner's cache identity (its backend's, plus its name); None for a simulated one."""
+    return None if c.backend == "simulated" else {**identity_of(c.backend, c), "captioner": c.name}
+
+
+def caption_plan(captioners: Sequence[CaptionerConfig]) -> list[tuple[int, bool]]:
+    """(captioner index, short?) of every request batch a longcap part makes: each captioner's long captions,
+    then ALIP's short caption from the first."""
+    return [(i, False) for i in range(len(captioners))] + [(0, True)]
 
 
 class Rewriter:
@@ -224,8 +229,7 @@ class Rewriter:
         self.answerer: Answerer | None = None
         if self.simulated is None:
             identity = identity_of(cfg.backend, cfg)
-            cache = AnswerCache(Path(cache_root) / namespace("rewrite", identity), cfg.cache_batch) \
-                if cache_root else None
+            cache = open_cache(cache_root, "rewrite", identity, cfg.cache_batch)
             self.answerer = Answerer(make_generator(cfg.backend, cfg, cfg.sampling, "text"), identity, cfg.sampling,
                                      cache, cfg.progress, "rewrite")
 
@@ -243,7 +247,7 @@ class Rewriter:
             rewrites = self.simulated.rewrite(uids, texts, self.cfg.k, seed)
         else:
             rewrites = self._rewrite_prompted(uids, texts, seed, tally)
-        return table.append_column("rewrites", _column(rewrites, pa.list_(pa.string()))), tally
+        return table.append_column("rewrites", pa.array(rewrites, pa.list_(pa.string()))), tally
 
     def _rewrite_prompted(self, uids: list[str], texts: list[str], seed: int, tally: Tally) -> list[list[str]]:
         owners, requests = rewrite_requests(self.cfg, uids, texts, seed)
@@ -251,7 +255,7 @@ class Rewriter:
         for row, answer in zip(owners, self.answerer.answer(requests, tally)):
             if answer is None:
                 continue
-            text, reason = laclip.clean_rewrite(answer, texts[row])
+            text, reason = clean_rewrite(answer, texts[row])
             if text is not None:
                 rewrites[row].append(text)
             elif reason == "empty":
@@ -283,9 +287,8 @@ class Captioner:
     def _backend(self, c: CaptionerConfig, cache_root: str | None) -> SimulatedBackend | Answerer:
         if c.backend == "simulated":
             return SimulatedBackend(self.cfg.error_rate)
-        identity = {**identity_of(c.backend, c), "captioner": c.name}
-        cache = AnswerCache(Path(cache_root) / namespace("longcap", identity), self.cfg.cache_batch) \
-            if cache_root else None
+        identity = captioner_identity(c)
+        cache = open_cache(cache_root, "longcap", identity, self.cfg.cache_batch)
         generator = make_generator(c.backend, c, self.cfg.sampling, "image")
         return Answerer(generator, identity, self.cfg.sampling, cache, self.cfg.progress, f"longcap {c.name}")
 
@@ -305,14 +308,13 @@ class Captioner:
         uids, texts = table.column("uid").to_pylist(), table.column("text").to_pylist()
         images = table.column("image").to_pylist()
         tally = Tally(samples=table.num_rows)
-        per_captioner = [self._captions(i, uids, texts, images, truths, seed, False, tally)
-                         for i in range(len(self.captioners))]
-        short = self._captions(0, uids, texts, images, truths, seed, True, tally)
+        *per_captioner, short = [self._captions(i, uids, texts, images, truths, seed, is_short, tally)
+                                 for i, is_short in caption_plan(self.captioners)]
         long_captions = [list(row) for row in zip(*per_captioner)]
         sentences = [[s for caption in row for s in split_sentences(caption)] for row in long_captions]
         columns = (per_captioner[0], long_captions, sentences, short)
         for (name, tp), values in zip(LONGCAP_COLUMNS, columns):
-            table = table.append_column(name, _column(values, tp))
+            table = table.append_column(name, pa.array(values, tp))
         return table, tally
 
     def _captions(self, index: int, uids: list[str], texts: list[str], images: list[bytes],

@@ -27,11 +27,9 @@ from tasks.store.artifacts import ArtifactRef, to_dict
 CaptionConfig = RewriteConfig | LongcapConfig
 
 
-def cache_root(ctx: RunContext, cfg: CaptionConfig) -> str | None:
-    """Where the stage's answers are cached; None for the simulated backend, whose answers are not."""
-    uses_model = cfg.backend != "simulated" or any(
-        c.backend not in (None, "simulated") for c in getattr(cfg, "captioners", ()))
-    return str(Path(ctx.workdir) / L.CAPTION_CACHE) if uses_model else None
+def cache_root(ctx: RunContext) -> str:
+    """Where the stage's answers are cached (only a real model's are: the simulated ones are recomputed)."""
+    return str(Path(ctx.workdir) / L.CAPTION_CACHE)
 
 
 def _caption_stage(ctx: RunContext, stage: str, cfg: CaptionConfig, upstream: ArtifactRef,
@@ -44,7 +42,7 @@ def _caption_stage(ctx: RunContext, stage: str, cfg: CaptionConfig, upstream: Ar
     def compute(run: StageRun, manifest: dict[str, Any]) -> None:
         units = [P.CaptionPart(p, truth_parts, part_path(run.tmp, L.PARTS, i), seed)
                  for i, p in enumerate(parts_of(upstream))]
-        results = run.map_stateful("caption", partial(P.CaptionWorker, cfg, cache_root(ctx, cfg)), units)
+        results = run.map_stateful("caption", partial(P.CaptionWorker, cfg, cache_root(ctx)), units)
         manifest["settings"] = to_dict(cfg)  # the whole config, operational fields too (the key leaves them out)
         manifest["counts"] = passthrough_counts(results)
         manifest["captions"] = merge_tallies([r["captions"] for r in results])
@@ -75,4 +73,4 @@ def dry_run(ctx: RunContext, stage: str, cfg: CaptionConfig, upstream: ArtifactR
     """What the stage would ask its model for (requests not yet cached, rough tokens), sending nothing."""
     cfg = name_served_models(cfg)
     return {"stage": stage, "backend": cfg.backend,
-            **estimate_parts(stage, cfg, parts_of(upstream), STAGE_SEEDS[stage], cache_root(ctx, cfg))}
+            **estimate_parts(stage, cfg, parts_of(upstream), STAGE_SEEDS[stage], cache_root(ctx))}

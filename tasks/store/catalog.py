@@ -21,7 +21,7 @@ from pathlib import Path
 import duckdb
 
 from tasks.store import layout as L
-from tasks.store.artifacts import ArtifactRef
+from tasks.store.artifacts import ArtifactRef, ArtifactStore
 
 CATALOG = "catalog.duckdb"
 TABLE_STAGES = ("cluster", "embed", "longcap", "rewrite", "curate", "filter", "ingest")
@@ -83,13 +83,12 @@ def _stage_rows(refs: Mapping[str, ArtifactRef]) -> list[tuple]:
 CAPTION_OUTCOMES = ("requests", "cached", "sent", "answered")
 
 
-def _caption_rows(refs: Mapping[str, ArtifactRef]) -> list[tuple]:
+def _caption_rows(store: ArtifactStore, refs: Mapping[str, ArtifactRef]) -> list[tuple]:
     """(stage, backend, outcome, reason, requests) of each caption stage, from its manifest's tally: the totals,
     then the failed requests per reason and the answers the cleaning rules rejected."""
     rows = []
     for stage, ref in refs.items():
-        manifest_path = Path(ref.path) / L.MANIFEST
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+        manifest = store.manifest(ref.stage, ref.key)
         if not (tally := manifest.get("captions")):
             continue
         backend = (manifest.get("backend") or {}).get("name")
@@ -129,7 +128,7 @@ def build_catalog(workdir: str | Path, refs: Mapping[str, ArtifactRef]) -> Path:
             con.executemany("INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         con.execute("CREATE OR REPLACE TABLE caption_requests (stage VARCHAR, backend VARCHAR, outcome VARCHAR,"
                     " reason VARCHAR, requests BIGINT)")
-        if rows := _caption_rows(refs):
+        if rows := _caption_rows(ArtifactStore(workdir), refs):
             con.executemany("INSERT INTO caption_requests VALUES (?, ?, ?, ?, ?)", rows)
         for name, sql in views.items():
             con.execute(f'CREATE VIEW "{name}" AS {sql}')

@@ -119,8 +119,8 @@ class OpenAICompatibleServer:
             protocol_version = "HTTP/1.1"
             disable_nagle_algorithm = True  # headers and body go as two writes: no 40 ms delayed-ACK stall
 
-            def log_message(self, *args) -> None:  # quiet
-                pass
+            def log_message(self, *args) -> None:
+                """Quiet: the test reads ``server.log`` instead of stderr lines."""
 
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
                 if self.path.rstrip("/") != "/v1/models":
