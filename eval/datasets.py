@@ -10,9 +10,13 @@ Three kinds of set, one per task family (CLIP_benchmark's split of the work):
 - ``CompositionalSet``: images with caption choices and the index of the true one (ARO-style; `kinds`
   names each row's perturbation for per-kind accuracy).
 
-A provider turns some source into these objects: the synthetic world (:mod:`eval.synthetic_world`) today,
-image folders and CSV/TSV or WebDataset files in a later issue. :mod:`eval.suite` reads nothing else, so it
-never knows where a set came from.
+A provider turns some source into these objects: the synthetic world (:mod:`eval.synthetic_world`), image
+folders, CSV/TSV files and WebDataset shards (:mod:`eval.loaders`). :mod:`eval.suite` reads nothing else, so
+it never knows where a set came from.
+
+Every set carries a ``fingerprint`` (what its rows are: file names, sizes and times, or the seeds that drew
+them), which keys the feature cache, and ``rejected`` (source, reason) pairs for the rows its provider could
+not use, so a report's counts reconcile with the files.
 """
 
 from __future__ import annotations
@@ -34,12 +38,21 @@ class ClassificationSet:
     classnames: tuple[str, ...]
     """class names as prompts spell them."""
     templates: tuple[str, ...]
-    """zero-shot prompt templates with one '{}' for the class name, ensembled per class (CLIP Sec. 3.1.4)."""
+    """zero-shot prompt templates with '{c}' (or one '{}') for the class name, ensembled per class (CLIP Sec.
+    3.1.4)."""
     splits: Mapping[str, np.ndarray]
     """row indices: 'train' fits kNN, the probe and few-shot methods, 'test' scores them; an optional
-    'validation' picks the probe's penalty (without it the probe holds out a seeded quarter of 'train')."""
+    'validation' picks the probe's penalty and GDA's alpha (without it they hold out a seeded quarter of
+    'train')."""
     name: str = "classification"
     """how manifests and reports name the set."""
+    zeroshot_split: str | None = None
+    """the split zero-shot scores: None scores every row (a folder with no split of its own, as CLIP_benchmark
+    scores the whole folder); 'test' when the dataset came with its own train/test split."""
+    fingerprint: str = ""
+    """what the rows are, for the feature cache; empty: never cached."""
+    rejected: tuple[tuple[str, str], ...] = ()
+    """(source, reason) of each row the provider could not use."""
 
     def __post_init__(self) -> None:
         labels = np.asarray(self.labels)
@@ -51,6 +64,14 @@ class ClassificationSet:
             raise ValueError(f"{self.name}: splits need {sorted(missing)}")
         if len(self.splits["test"]) == 0:
             raise ValueError(f"{self.name}: the test split is empty (no rows to score kNN / linear probe)")
+        if self.zeroshot_split is not None and self.zeroshot_split not in self.splits:
+            raise ValueError(f"{self.name}: zeroshot_split {self.zeroshot_split!r} is not one of its splits")
+
+    def zeroshot_rows(self) -> np.ndarray:
+        """Row indices zero-shot classification scores."""
+        if self.zeroshot_split is None:
+            return np.arange(len(self.images))
+        return np.asarray(self.splits[self.zeroshot_split])
 
 
 @dataclass(frozen=True)
@@ -63,6 +84,10 @@ class RetrievalSet:
     """each image's captions (at least one)."""
     name: str = "retrieval"
     """how manifests and reports name the set."""
+    fingerprint: str = ""
+    """what the rows are, for the feature cache; empty: never cached."""
+    rejected: tuple[tuple[str, str], ...] = ()
+    """(source, reason) of each row the provider could not use."""
 
     def __post_init__(self) -> None:
         if len(self.captions) != len(self.images) or any(len(c) == 0 for c in self.captions):
@@ -80,9 +105,13 @@ class CompositionalSet:
     answers: np.ndarray
     """(N,) int: the index of the true caption among each row's choices."""
     kinds: tuple[str, ...] = field(default=())
-    """each row's perturbation kind ('colour_swap', 'relation_swap'), for per-kind accuracy; empty: one kind."""
+    """each row's subset ('vg_attribution', 'vg_relation', 'order'), for per-subset accuracy; empty: one."""
     name: str = "compositional"
     """how manifests and reports name the set."""
+    fingerprint: str = ""
+    """what the rows are, for the feature cache; empty: never cached."""
+    rejected: tuple[tuple[str, str], ...] = ()
+    """(source, reason) of each row the provider could not use."""
 
     def __post_init__(self) -> None:
         widths = {len(c) for c in self.choices}
@@ -97,6 +126,11 @@ class CompositionalSet:
 
 
 EvalDataset = ClassificationSet | RetrievalSet | CompositionalSet
+
+
+def fill_template(template: str, classname: str) -> str:
+    """A prompt: CLIP_benchmark's '{c}' placeholder, or open_clip's / CLIP's positional '{}'."""
+    return template.replace("{c}", classname) if "{c}" in template else template.format(classname)
 
 
 def stratified_splits(labels: np.ndarray, train_fraction: float, seed: int) -> dict[str, np.ndarray]:

@@ -7,8 +7,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from eval.config import EvalConfig
 from eval.providers import DatasetSource, build_datasets
-from eval.suite import EvalConfig, run_suite
+from eval.suite import run_suite
 from training.embedding import encode_images, encode_texts
 from training.models import create_model
 

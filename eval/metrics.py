@@ -16,6 +16,8 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from eval.datasets import fill_template
+
 
 def normalize(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (zero rows stay zero), float32."""
@@ -34,7 +36,7 @@ def class_embeddings(
         raise ValueError("prompt ensembling needs at least one template")
     rows = []
     for name in classnames:
-        prompts = [template.format(name) for template in templates]
+        prompts = [fill_template(template, name) for template in templates]
         rows.append(normalize(encode_text(prompts)).mean(axis=0))  # (D,)
     return normalize(np.stack(rows))  # (C, D)
 

@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from curation.world.pool import WorldConfig
+from eval.config import EvalConfig
 from eval.datasets import EvalDataset
-from eval.suite import EvalConfig
 from eval.synthetic_world import synthetic_datasets
 
 AUTO = "auto"

@@ -10,47 +10,15 @@ Protocols follow CLIP (prompt-ensembled zero-shot, logistic-regression probe), C
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from eval import metrics
+from eval.config import EvalConfig
 from eval.datasets import ClassificationSet, CompositionalSet, EvalDataset, RetrievalSet
 
 ImageEncoder = Callable[[Sequence[bytes]], np.ndarray]
 TextEncoder = Callable[[Sequence[str]], np.ndarray]
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """Configuration of the `eval` stage."""
-
-    datasets: str | tuple[str, ...] = "auto"
-    """datasets to score: 'auto' (the synthetic world's sets when the pool is the synthetic world, none
-    otherwise: then the stage is skipped and says why) or a list of provider names (eval/providers.py)."""
-    per_class: int = 20
-    """synthetic sets: classification images per class, for zero-shot, kNN and probe."""
-    retrieval_pairs: int = 500
-    """synthetic sets: image-caption pairs for retrieval; recall is over this gallery."""
-    compositional_pairs: int = 400
-    """synthetic sets: two-way caption choices scored."""
-    templates: tuple[str, ...] = (
-        "a photo of a {}.",
-        "a {}.",
-        "a drawing of a {}.",
-        "a picture of a {} on a background.",
-    )
-    """synthetic sets: zero-shot prompt templates, ensembled per class (CLIP Sec. 3.1.4)."""
-    batch_size: int = 256
-    """images or texts per encoder call."""
-    retrieval_ks: tuple[int, ...] = (1, 5, 10)
-    """k of the reported recall@k, both directions."""
-    knn_k: int = 10
-    """neighbours voting in the kNN classifier (weighted by exp(cos / 0.07), as in DINO)."""
-    probe_train_fraction: float = 0.5
-    """synthetic sets: share of each class's images that trains kNN and the linear probe; the rest tests them."""
-    seed: int = 0
-    """seed of the synthetic sets' train/test split and of the probe's validation split."""
 
 
 def encode_batched(encode: Callable[[Sequence], np.ndarray], items: Sequence, batch_size: int) -> np.ndarray:

@@ -8,38 +8,63 @@ the same figures. Only a run whose pool is the synthetic world is scored on thes
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+
 import numpy as np
 
 from curation.world import evaluation
 from curation.world.pool import WorldConfig
 from curation.world.shapes import SHAPES
-from eval.datasets import ClassificationSet, CompositionalSet, EvalDataset, RetrievalSet, stratified_splits
-from eval.suite import EvalConfig
+from eval.config import EvalConfig
+from eval.datasets import ClassificationSet, CompositionalSet, EvalDataset, RetrievalSet
+
+SET_VERSION = 2
+"""Bumped when the sets' drawing code changes, so cached features of older sets are never reused."""
+
+
+def _fingerprint(world: WorldConfig, kind: str, sizes: object) -> str:
+    """The world config, the set and its sizes determine every pixel and caption of a synthetic set."""
+    text = json.dumps([dataclasses.asdict(world), kind, sizes, SET_VERSION], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def classification(world: WorldConfig, cfg: EvalConfig) -> ClassificationSet:
-    """cfg.per_class single-object images of each shape; kNN and probe split them cfg.probe_train_fraction."""
-    table = evaluation.classification_set(world, cfg.per_class)
+    """Single-object images of each shape in three disjoint splits: train_per_class fit the probe, kNN and
+    few-shot, validation_per_class choose their settings, test_per_class are scored (zero-shot too)."""
+    sizes = cfg.synthetic
+    counts = {"train": sizes.train_per_class, "validation": sizes.validation_per_class, "test": sizes.test_per_class}
+    if min(counts["train"], counts["test"]) < 1:
+        raise ValueError("eval.synthetic: train_per_class and test_per_class must be at least 1")
+    table = evaluation.classification_set(world, sum(counts.values()))
     labels = np.asarray(table.column("label").to_pylist(), dtype=np.int64)
+    # row i has label i % C, so consecutive blocks of n * C rows hold n images of every class
+    bounds = np.cumsum([0, *counts.values()]) * len(SHAPES)
+    splits = {name: np.arange(lo, hi) for name, lo, hi in zip(counts, bounds[:-1], bounds[1:], strict=True)
+              if hi > lo}
     return ClassificationSet(
-        images=table.column("image").to_pylist(), labels=labels, classnames=SHAPES, templates=cfg.templates,
-        splits=stratified_splits(labels, cfg.probe_train_fraction, cfg.seed), name="synthetic-shapes")
+        images=table.column("image").to_pylist(), labels=labels, classnames=SHAPES, templates=sizes.templates,
+        splits=splits, name="synthetic-shapes", zeroshot_split="test",
+        fingerprint=_fingerprint(world, "classification", counts))
 
 
 def retrieval(world: WorldConfig, cfg: EvalConfig) -> RetrievalSet:
-    """cfg.retrieval_pairs scenes of one to three objects, one faithful caption each."""
-    table = evaluation.retrieval_set(world, cfg.retrieval_pairs)
+    """cfg.synthetic.retrieval_pairs scenes of one to three objects, one faithful caption each."""
+    table = evaluation.retrieval_set(world, cfg.synthetic.retrieval_pairs)
     return RetrievalSet(images=table.column("image").to_pylist(),
-                        captions=tuple((c,) for c in table.column("caption").to_pylist()), name="synthetic-scenes")
+                        captions=tuple((c,) for c in table.column("caption").to_pylist()), name="synthetic-scenes",
+                        fingerprint=_fingerprint(world, "retrieval", cfg.synthetic.retrieval_pairs))
 
 
 def compositional(world: WorldConfig, cfg: EvalConfig) -> CompositionalSet:
-    """cfg.compositional_pairs two-object scenes; choice 0 is the true caption, choice 1 its swap."""
-    table = evaluation.compositional_set(world, cfg.compositional_pairs)
+    """cfg.synthetic.compositional_pairs two-object scenes; choice 0 is the true caption, choice 1 its swap."""
+    table = evaluation.compositional_set(world, cfg.synthetic.compositional_pairs)
     choices = tuple(zip(table.column("positive").to_pylist(), table.column("negative").to_pylist(), strict=True))
     return CompositionalSet(images=table.column("image").to_pylist(), choices=choices,
                             answers=np.zeros(table.num_rows, dtype=np.int64),
-                            kinds=tuple(table.column("kind").to_pylist()), name="synthetic-pairs")
+                            kinds=tuple(table.column("kind").to_pylist()), name="synthetic-pairs",
+                            fingerprint=_fingerprint(world, "compositional", cfg.synthetic.compositional_pairs))
 
 
 def synthetic_datasets(world: WorldConfig, cfg: EvalConfig) -> list[EvalDataset]:

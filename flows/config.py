@@ -25,8 +25,8 @@ from curation.clustering import ClusterConfig
 from curation.filters import FilterConfig
 from curation.sharding import ShardConfig
 from curation.sources import IngestConfig
+from eval.config import EvalConfig
 from eval.providers import resolve_sources
-from eval.suite import EvalConfig
 from tasks.executors.base import ExecutorKind, StageResources
 from tasks.store.artifacts import to_dict
 from training.config import TrainConfig

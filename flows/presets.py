@@ -17,9 +17,13 @@ PRESETS: dict[str, tuple[str, ...]] = {
         "shard.samples_per_shard=64",    # several shards
         "train.schedule.epochs=1",
         "train.data.batch_size=32",
-        "eval.per_class=2",
-        "eval.retrieval_pairs=40",
-        "eval.compositional_pairs=20",
+        "eval.synthetic.train_per_class=4",
+        "eval.synthetic.validation_per_class=2",
+        "eval.synthetic.test_per_class=2",
+        "eval.synthetic.retrieval_pairs=40",
+        "eval.synthetic.compositional_pairs=20",
+        "eval.fewshot.shots=1,2",
+        "eval.fewshot.draws=2",
     ),
 }
 """Preset name -> `key=value` overrides, in the form `--set` takes."""

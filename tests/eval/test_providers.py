@@ -3,8 +3,8 @@
 import pytest
 
 from curation.world.pool import WorldConfig
+from eval.config import EvalConfig
 from eval.providers import DatasetSource, eval_key_config, resolve_sources
-from eval.suite import EvalConfig
 from tasks.store.artifacts import to_dict
 
 WORLD = WorldConfig(num_images=50)

@@ -5,8 +5,9 @@ import hashlib
 import numpy as np
 import pytest
 
+from eval.config import EvalConfig
 from eval.datasets import ClassificationSet, CompositionalSet, RetrievalSet, stratified_splits
-from eval.suite import EvalConfig, encode_batched, run_suite
+from eval.suite import encode_batched, run_suite
 
 DIM = 64
 CLASSES = ["circle", "square", "star", "heart", "cross"]
@@ -38,7 +39,7 @@ def _sets(per_class: int = 6, classnames=CLASSES) -> dict:
     scenes = [f"{COLORS[i % 3]} {CLASSES[c]}" for i, c in enumerate(labels)]
     classification = ClassificationSet(
         images=[s.encode() for s in scenes], labels=labels, classnames=tuple(classnames),
-        templates=EvalConfig().templates, splits=stratified_splits(labels, 0.5, seed=0))
+        templates=EvalConfig().synthetic.templates, splits=stratified_splits(labels, 0.5, seed=0))
     pairs = [f"{COLORS[i % 3]} {CLASSES[i % 5]} left of {CLASSES[(i + 1) % 5]}" for i in range(15)]
     retrieval = RetrievalSet(images=[p.encode() for p in pairs], captions=tuple((p,) for p in pairs))
     pos = [f"{CLASSES[i % 5]} left of {CLASSES[(i + 2) % 5]}" for i in range(10)]
@@ -55,7 +56,7 @@ def _all(sets: dict) -> list:
     return list(sets.values())
 
 
-CFG = EvalConfig(per_class=6, retrieval_pairs=15, compositional_pairs=20, batch_size=4)
+CFG = EvalConfig(batch_size=4)
 RATES = ["zeroshot_top1", "knn_top1", "linear_probe_top1", "compositional_acc"] + [
     f"retrieval_{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)]
 

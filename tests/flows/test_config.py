@@ -17,8 +17,8 @@ def test_overrides_are_typed():
 
 
 def test_override_of_a_tuple_field():
-    cfg = load_config(overrides=["eval.templates=['a {}.', 'the {}.']"])
-    assert cfg.eval.templates == ("a {}.", "the {}.")
+    cfg = load_config(overrides=["eval.synthetic.templates=['a {}.', 'the {}.']"])
+    assert cfg.eval.synthetic.templates == ("a {}.", "the {}.")
 
 
 @pytest.mark.parametrize("override, words", [

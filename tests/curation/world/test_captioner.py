@@ -14,7 +14,8 @@ from curation.world.pool import WorldConfig
 from curation.world.scenes import sample_scene
 from curation.world.shapes import SHAPES
 from curation.world.vocabulary import BACKGROUNDS, COLOURS, SIZES, TEXTURES
-from eval.suite import EvalConfig
+from eval.config import EvalConfig
+from eval.datasets import fill_template
 
 RELATION = re.compile(r"\b(left of|right of|above|below)\b")
 VOCABULARY = {*SHAPES, *COLOURS, *SIZES, *TEXTURES, *BACKGROUNDS}
@@ -37,7 +38,7 @@ def grams(words: list[str], n: int = 4) -> set[tuple[str, ...]]:
 
 def eval_texts() -> list[str]:
     world, cfg = WorldConfig(), EvalConfig()
-    prompts = [t.format(c) for t in cfg.templates for c in SHAPES]
+    prompts = [fill_template(t, c) for t in cfg.synthetic.templates for c in SHAPES]
     retrieval = retrieval_set(world, 150).column("caption").to_pylist()
     pairs = compositional_set(world, 150)
     return prompts + retrieval + pairs.column("positive").to_pylist() + pairs.column("negative").to_pylist()
