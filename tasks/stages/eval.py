@@ -9,9 +9,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from curation.sources import IngestConfig
+from eval.config import EvalConfig
 from eval.jobs import EvalJob
 from eval.providers import eval_key_config, resolve_sources
-from eval.config import EvalConfig
 from tasks.stages.common import CODE_VERSIONS, RunContext, StageRun, run_stage
 from tasks.store import layout as L
 from tasks.store.artifacts import ArtifactRef
