@@ -78,6 +78,9 @@ class FewShotConfig:
     """training images per class drawn for each few-shot classifier."""
     draws: int = 3
     """independent draws of the shots per shot count; results are mean and std over draws."""
+    augment_views: int = 10
+    """augmented views (random crop + flip) of each drawn image the classifier is fitted on, the authors'
+    augment_epoch; 0 fits on the images' plain embeddings."""
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,14 @@ What they compute, and what this module computes the same way (paper notation: m
 
 Where we differ, on purpose:
 
-* **No augmented views.** They encode the k-shot images 10 times (``augment_epoch: 10`` in every
-  configs/few_shots/*.yaml) under random crops and flips and fit on all 10k views. We get fixed
-  embeddings, so we fit on the k rows once. Consequence at 1 shot: every centred row is exactly zero, so
-  ``S = 0``, their formula gives ``pinv(0) = 0`` and ``P = 0``: W = 0, b = log(1/C) for every class, the
+* **Augmented views, when the caller has images.** They encode the k-shot images 10 times (``augment_epoch:
+  10`` in every configs/few_shots/*.yaml) under random crops and flips and fit on all 10k views (only the
+  views: no un-augmented row). :func:`fewshot_gda` does the same when given ``train_views`` (the suite passes
+  ``eval.fewshot.augment_views`` views per drawn row, default 10, from :mod:`eval.features`); without it,
+  it fits on the k fixed embeddings once. Consequence at 1 shot without views: every centred row is
+  exactly zero, so ``S = 0``, their formula gives ``pinv(0) = 0`` and ``P = 0``: W = 0, b = log(1/C), the
   GDA logits are constant and the 1-shot result is the zero-shot result. We keep that (it is their
-  estimator on our inputs) rather than invent a prior covariance.
+  estimator on those inputs) rather than invent a prior covariance.
 * **A disjoint validation split, always.** For ImageNet they pick alpha on the test set itself
   (``main`` line 137: ``val_features, val_labels = test_features, test_labels``); for the ten other
   datasets on the dataset's full validation split (``datasets/*.py`` subsample only ``train``). We pick
@@ -52,7 +54,7 @@ Where we differ, on purpose:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -149,9 +151,12 @@ def fewshot_gda(
     test_emb: np.ndarray, test_labels: np.ndarray,
     zeroshot_weights: np.ndarray,
     *, shots: Sequence[int] = (1, 2, 4, 8, 16), draws: int = 3, seed: int = 0,
+    train_views: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, float | int]:
     """Few-shot GDA + zero-shot ensemble: per k in `shots` and per draw, fit on k rows per class of `train`, pick
     alpha on `val`, score top-1 on `test`. zeroshot_weights is (C, D), the prompt-ensembled class text rows.
+    `train_views`, given train row indices (R,), returns their augmented views' embeddings (V, R, D): the fit
+    then uses those V * k views per class, as the authors' augment_epoch loop does, instead of the rows.
 
     Keys (fractions in [0, 1]; mean and std, ddof 0, over the draws):
     ``fewshot_gda_{k}shot_acc1_mean``, ``fewshot_gda_{k}shot_acc1_std``, ``fewshot_gda_{k}shot_alpha_mean``
@@ -170,7 +175,8 @@ def fewshot_gda(
     out: dict[str, float | int] = {
         "fewshot_zeroshot_acc1": top1(splits["test"][0] @ text.T, splits["test"][1]), "fewshot_draws": draws}
     for k in shots:
-        runs = np.array([_one_draw(splits, text, k, np.random.default_rng([seed, k, d])) for d in range(draws)])
+        runs = np.array([_one_draw(splits, text, k, np.random.default_rng([seed, k, d]), train_views)
+                         for d in range(draws)])
         out[f"fewshot_gda_{k}shot_acc1_mean"] = float(runs[:, 0].mean())
         out[f"fewshot_gda_{k}shot_acc1_std"] = float(runs[:, 0].std())
         out[f"fewshot_gda_{k}shot_alpha_mean"] = float(runs[:, 1].mean())
@@ -179,11 +185,17 @@ def fewshot_gda(
 
 
 def _one_draw(splits: dict[str, tuple[np.ndarray, np.ndarray]], text: np.ndarray, shots: int,
-              rng: np.random.Generator) -> tuple[float, float, float]:
+              rng: np.random.Generator, train_views: Callable[[np.ndarray], np.ndarray] | None
+              ) -> tuple[float, float, float]:
     # (test top-1, alpha, val top-1) of one k-shot draw
     (train_x, train_y), (val_x, val_y), (test_x, test_y) = splits["train"], splits["val"], splits["test"]
     rows = sample_shots(train_y, len(text), shots, rng)
-    weights, bias = _fit_gda(train_x[rows], train_y[rows], len(text))
+    fit_x, fit_y = train_x[rows], train_y[rows]
+    if train_views is not None:
+        views = np.asarray(train_views(rows))  # (V, R, D)
+        fit_x = _as_unit_rows(views.reshape(-1, views.shape[-1]), "train_views", text.shape[1])
+        fit_y = np.tile(fit_y, len(views))  # view v of every row, then view v + 1: labels repeat per view
+    weights, bias = _fit_gda(fit_x, fit_y, len(text))
     alpha, val_acc = search_alpha(val_x, val_y, text, weights, bias)
     return top1(ensemble_logits(test_x, text, weights, bias, alpha), test_y), alpha, val_acc
 

@@ -47,6 +47,31 @@ def zeroshot_top1(image_emb: np.ndarray, labels: np.ndarray, class_text_emb: np.
     return float(np.mean(np.argmax(logits, axis=1) == np.asarray(labels)))
 
 
+def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Fraction of rows whose label is among the k highest logits (ties rank the lower class index first, as
+    argmax does)."""
+    order = np.argsort(-np.asarray(logits), axis=1, kind="stable")[:, :k]  # (N, k)
+    return float(np.mean(np.any(order == np.asarray(labels)[:, None], axis=1)))
+
+
+def mean_per_class_recall(predicted: np.ndarray, labels: np.ndarray) -> float:
+    """The mean over the classes present in `labels` of the share of their rows predicted right (sklearn's
+    balanced_accuracy_score, which CLIP_benchmark reports as mean_per_class_recall)."""
+    predicted, labels = np.asarray(predicted), np.asarray(labels)
+    return float(np.mean([np.mean(predicted[labels == c] == c) for c in np.unique(labels)]))
+
+
+def classification_scores(logits: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:
+    """CLIP_benchmark's classification metrics of (N, C) logits: acc1, acc5 (None below five classes, where
+    CLIP_benchmark writes NaN: JSON has no NaN) and mean_per_class_recall."""
+    logits, labels = np.asarray(logits), np.asarray(labels)
+    if len(labels) == 0:
+        raise ValueError("no rows to score")
+    return {"acc1": topk_accuracy(logits, labels, 1),
+            "acc5": topk_accuracy(logits, labels, 5) if logits.shape[1] >= 5 else None,
+            "mean_per_class_recall": mean_per_class_recall(np.argmax(logits, axis=1), labels)}
+
+
 def _ranks(sims: np.ndarray, correct: np.ndarray) -> np.ndarray:
     # Pessimistic rank of each row's best correct candidate: every wrong candidate scoring at least
     # as high counts as ahead, so a constant (collapsed) encoder gets chance-level recall, not 1.0.
@@ -85,16 +110,16 @@ def choice_accuracy(image_emb: np.ndarray, choice_embs: Sequence[np.ndarray], an
     return float(np.mean(right > others))
 
 
-def knn_top1(
+def knn_predict(
     train_emb: np.ndarray,
     train_labels: np.ndarray,
     test_emb: np.ndarray,
-    test_labels: np.ndarray,
     k: int = 10,
     temperature: float = 0.07,
     batch_size: int = 1024,
-) -> float:
-    """Cosine kNN: the k nearest training rows vote with weight exp(sim / temperature) (DINO)."""
+) -> np.ndarray:
+    """Cosine kNN labels of the test rows: the k nearest training rows vote with weight exp(sim / temperature)
+    (DINO); a tied vote goes to the smallest label."""
     classes, train_idx = np.unique(np.asarray(train_labels), return_inverse=True)
     k = min(k, len(train_emb))
     train_emb, test_emb = normalize(train_emb), normalize(test_emb)
@@ -106,7 +131,7 @@ def knn_top1(
         votes = np.zeros((len(sims), len(classes)))
         np.add.at(votes, (np.arange(len(sims))[:, None], train_idx[top]), weights)
         predicted[start:start + len(sims)] = classes[np.argmax(votes, axis=1)]
-    return float(np.mean(predicted == np.asarray(test_labels)))
+    return predicted
 
 
 @contextmanager
@@ -124,11 +149,11 @@ def _one_torch_thread() -> Iterator[None]:
 Linear = tuple[torch.Tensor, torch.Tensor]  # (weight (C, D), bias (C,))
 
 
-def _fit_logreg(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float) -> Linear:
+def _fit_logreg(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float, max_iter: int) -> Linear:
     # Full-batch L-BFGS on a convex loss from a zero start: no seed needed, no global RNG touched.
     weight = torch.zeros(num_classes, x.shape[1], dtype=x.dtype, requires_grad=True)
     bias = torch.zeros(num_classes, dtype=x.dtype, requires_grad=True)
-    opt = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=100, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -141,74 +166,49 @@ def _fit_logreg(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay
     return weight.detach(), bias.detach()
 
 
-def _predict(model: Linear, x: torch.Tensor) -> torch.Tensor:
-    weight, bias = model
-    return (x @ weight.T + bias).argmax(dim=1)  # (N,)
-
-
 def _probe_accuracy(model: Linear, x: torch.Tensor, y: torch.Tensor) -> float:
-    return float((_predict(model, x) == y).double().mean())
+    weight, bias = model
+    return float(((x @ weight.T + bias).argmax(dim=1) == y).double().mean())
 
 
-def _select_weight_decay(
-    x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decays: Sequence[float], seed: int
-) -> float:
-    # CLIP sweeps the L2 penalty on a validation split of the training set; we hold out a quarter.
-    order = np.random.default_rng(seed).permutation(len(x))
-    n_val = max(1, len(x) // 4)
-    val, fit = torch.from_numpy(order[:n_val]), torch.from_numpy(order[n_val:])
-    scores = [
-        _probe_accuracy(_fit_logreg(x[fit], y[fit], num_classes, wd), x[val], y[val]) for wd in weight_decays
-    ]
-    return weight_decays[int(np.argmax(scores))]  # ties go to the first (smallest) penalty listed
-
-
-def linear_probe_top1(
+def linear_probe_logits(
     train_emb: np.ndarray,
     train_labels: np.ndarray,
     test_emb: np.ndarray,
-    test_labels: np.ndarray,
+    num_classes: int,
     seed: int,
     weight_decays: Sequence[float] = (1e-4, 1e-3, 1e-2),
     validation: tuple[np.ndarray, np.ndarray] | None = None,
-) -> float:
-    """Logistic-regression probe: penalty picked on `validation` (embeddings, labels) or, without one, on a
-    seeded held-out quarter of the training rows; then refit on all training (and validation) rows."""
+    max_iter: int = 100,
+) -> tuple[np.ndarray, float]:
+    """Logistic-regression probe on normalised features: (test logits (N, num_classes), the chosen penalty).
+
+    The penalty is picked by top-1 on `validation` (embeddings, labels) or, without one, on a seeded held-out
+    quarter of the training rows, never on the test rows; the probe then refits on every training (and
+    validation) row with it. Labels are class indices in [0, num_classes).
+    """
+    if validation is None:
+        order = np.random.default_rng(seed).permutation(len(train_emb))
+        held = order[:max(1, len(train_emb) // 4)] if len(train_emb) > 1 else order[:0]
+        fit = np.setdiff1d(np.arange(len(train_emb)), held)
+        validation = (np.asarray(train_emb)[held], np.asarray(train_labels)[held])
+        fit_emb, fit_labels = np.asarray(train_emb)[fit], np.asarray(train_labels)[fit]
+    else:
+        fit_emb, fit_labels = train_emb, train_labels
     with _one_torch_thread():
-        if validation is None:
-            return _linear_probe(train_emb, train_labels, test_emb, test_labels, seed, weight_decays)
-        return _linear_probe_validated(train_emb, train_labels, validation, test_emb, test_labels, weight_decays)
+        x, y = _tensors(fit_emb, fit_labels)
+        val_x, val_y = _tensors(*validation)
+        if len(weight_decays) == 1 or len(val_y) == 0:
+            wd = weight_decays[0]
+        else:
+            scores = [_probe_accuracy(_fit_logreg(x, y, num_classes, wd, max_iter), val_x, val_y)
+                      for wd in weight_decays]
+            wd = weight_decays[int(np.argmax(scores))]  # ties go to the first (smallest) penalty listed
+        weight, bias = _fit_logreg(torch.cat([x, val_x]), torch.cat([y, val_y]), num_classes, wd, max_iter)
+        logits = _tensors(test_emb, np.zeros(len(test_emb), dtype=np.int64))[0] @ weight.T + bias
+    return logits.numpy(), wd
 
 
-def _linear_probe(
-    train_emb: np.ndarray, train_labels: np.ndarray, test_emb: np.ndarray, test_labels: np.ndarray,
-    seed: int, weight_decays: Sequence[float],
-) -> float:
-    classes, y_idx = np.unique(np.asarray(train_labels), return_inverse=True)
-    x = torch.from_numpy(normalize(train_emb).astype(np.float64))
-    y = torch.from_numpy(y_idx.astype(np.int64))
-    wd = weight_decays[0] if len(weight_decays) == 1 else _select_weight_decay(
-        x, y, len(classes), weight_decays, seed)
-    return _refit_and_score(x, y, classes, wd, test_emb, test_labels)
-
-
-def _linear_probe_validated(
-    train_emb: np.ndarray, train_labels: np.ndarray, validation: tuple[np.ndarray, np.ndarray],
-    test_emb: np.ndarray, test_labels: np.ndarray, weight_decays: Sequence[float],
-) -> float:
-    val_emb, val_labels = validation
-    emb = np.concatenate([train_emb, val_emb])
-    classes, y_idx = np.unique(np.concatenate([np.asarray(train_labels), np.asarray(val_labels)]), return_inverse=True)
-    x = torch.from_numpy(normalize(emb).astype(np.float64))
-    y = torch.from_numpy(y_idx.astype(np.int64))
-    fit, val = slice(0, len(train_emb)), slice(len(train_emb), len(emb))
-    scores = [_probe_accuracy(_fit_logreg(x[fit], y[fit], len(classes), wd), x[val], y[val]) for wd in weight_decays]
-    wd = weight_decays[int(np.argmax(scores))]  # ties go to the first (smallest) penalty listed
-    return _refit_and_score(x, y, classes, wd, test_emb, test_labels)
-
-
-def _refit_and_score(x: torch.Tensor, y: torch.Tensor, classes: np.ndarray, weight_decay: float,
-                     test_emb: np.ndarray, test_labels: np.ndarray) -> float:
-    model = _fit_logreg(x, y, len(classes), weight_decay)
-    predicted = classes[_predict(model, torch.from_numpy(normalize(test_emb).astype(np.float64))).numpy()]
-    return float(np.mean(predicted == np.asarray(test_labels)))
+def _tensors(emb: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.from_numpy(normalize(emb).astype(np.float64)),
+            torch.from_numpy(np.asarray(labels).astype(np.int64)))

@@ -1,78 +1,95 @@
-"""Which datasets a run is scored on: `eval.datasets` resolved against the pool, and the providers that build them.
+"""Which datasets a run is scored on: `eval.datasets` resolved against the pool, and the providers that load them.
 
-`eval.datasets` is `auto` (the default) or a list of provider names. `auto` means the pool's own evaluation
-sets: the synthetic world's when every ingest source is the synthetic world, none otherwise. A run on real
-data is never scored on the synthetic world: with `auto` its eval stage is skipped, with the reason in the
-eval manifest and the run report, until it names datasets of its own; naming `synthetic` for it is an error.
-
-A resolved dataset is a ``DatasetSource``: a provider name and that provider's config (the WorldConfig
-for `synthetic`). A later issue adds providers for image folders and CSV/TSV or WebDataset files, each with
-its own config block, under new names in PROVIDERS.
+`eval.datasets` is `auto` (the default) or a list of dataset sources (``synthetic``, ``folder:DIR``,
+``csv:FILE``, ``wds:URL``), each a string or a :class:`eval.config.DatasetSpec` mapping. `auto` means the
+pool's own evaluation sets: the synthetic world's when every ingest source is the synthetic world, none
+otherwise. A run on real data is never scored on the synthetic world: with `auto` its eval stage is skipped,
+with the reason in the eval manifest and the run report, until it names datasets of its own; naming
+`synthetic` for it is an error.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple
 
 from curation.world.pool import WorldConfig
-from eval.config import EvalConfig
+from eval.config import DatasetSpec, EvalConfig
 from eval.datasets import EvalDataset
+from eval.loaders import PREFIXES, load_dataset
+from eval.suite import tasks_for
 from eval.synthetic_world import synthetic_datasets
 
 AUTO = "auto"
-
-PROVIDERS: dict[str, Callable[[Any, EvalConfig], list[EvalDataset]]] = {"synthetic": synthetic_datasets}
-"""Provider name -> builder(provider config, eval config) of its datasets."""
+SYNTHETIC = "synthetic"
 
 
 class DatasetSource(NamedTuple):
-    """One provider to build datasets from, with its config."""
+    """One dataset entry to load: its spec, and the world config when it is the synthetic world's sets."""
 
-    provider: str
-    config: Any
+    spec: DatasetSpec
+    world: WorldConfig | None = None
 
 
-def dataset_names(choice: str | Sequence[str]) -> tuple[str, ...]:
-    """`eval.datasets` as a tuple of names ('auto' or 'synthetic' alone become one-name tuples)."""
+def as_spec(item: str | DatasetSpec) -> DatasetSpec:
+    """A config entry as a DatasetSpec; its source checked for a known form."""
+    spec = item if isinstance(item, DatasetSpec) else DatasetSpec(source=item)
+    kind, _, rest = spec.source.partition(":")
+    if spec.source != SYNTHETIC and (kind not in PREFIXES or not rest):
+        raise ValueError(f"eval dataset {spec.source!r}: expected {SYNTHETIC!r} or one of "
+                         f"{', '.join(p + ':PATH' for p in PREFIXES)}")
+    return spec
+
+
+def dataset_names(choice: str | Sequence[str | DatasetSpec]) -> tuple[str | DatasetSpec, ...]:
+    """`eval.datasets` as a tuple ('auto' or a single source alone become one-item tuples)."""
     return (choice,) if isinstance(choice, str) else tuple(choice)
 
 
-def resolve_sources(choice: str | Sequence[str], pool_formats: Sequence[str], world: WorldConfig
+def resolve_sources(choice: str | Sequence[str | DatasetSpec], pool_formats: Sequence[str], world: WorldConfig
                     ) -> tuple[tuple[DatasetSource, ...], str | None]:
-    """(sources to score on, why there are none or None). Raises ValueError for an unknown name, or for the
+    """(sources to score on, why there are none or None). Raises ValueError for an unknown form, or for the
     synthetic sets named on a pool that is not the synthetic world."""
     synthetic_pool = bool(pool_formats) and all(f == "synthetic" for f in pool_formats)
-    names = dataset_names(choice)
-    if AUTO in names:
-        if len(names) > 1:
-            raise ValueError(f"eval.datasets: {AUTO!r} stands alone, got {list(names)}")
-        names = ("synthetic",) if synthetic_pool else ()
-    unknown = sorted(set(names) - set(PROVIDERS))
-    if unknown:
-        raise ValueError(f"eval.datasets: unknown dataset {unknown[0]!r}; choose from {AUTO!r}, "
-                         f"{', '.join(repr(p) for p in sorted(PROVIDERS))}")
-    if "synthetic" in names and not synthetic_pool:
+    items = dataset_names(choice)
+    if AUTO in items:
+        if len(items) > 1:
+            raise ValueError(f"eval.datasets: {AUTO!r} stands alone, got {list(items)}")
+        items = (SYNTHETIC,) if synthetic_pool else ()
+    specs = [as_spec(item) for item in items]
+    if any(s.source == SYNTHETIC for s in specs) and not synthetic_pool:
         raise ValueError(f"eval.datasets names 'synthetic' but the pool is {'+'.join(pool_formats)}, not the "
                          "synthetic world: a run on real data is never scored on the synthetic world")
-    if not names:
+    if not specs:
         reason = ("the pool is not the synthetic world (sources: " + "+".join(pool_formats) + ") and eval.datasets "
                   "names no datasets of its own" if AUTO in dataset_names(choice) else "eval.datasets is empty")
         return (), reason
-    configs = {"synthetic": world}
-    return tuple(DatasetSource(name, configs[name]) for name in names), None
+    return tuple(DatasetSource(s, world if s.source == SYNTHETIC else None) for s in specs), None
 
 
-def build_datasets(sources: Sequence[DatasetSource], cfg: EvalConfig) -> list[EvalDataset]:
-    """Every source's datasets, in source order."""
-    return [ds for source in sources for ds in PROVIDERS[source.provider](source.config, cfg)]
+def build_datasets(source: DatasetSource, cfg: EvalConfig) -> list[tuple[EvalDataset, tuple[str, ...]]]:
+    """The source's datasets, each with the tasks to run on it (the spec's, else eval.tasks)."""
+    spec = source.spec
+    if spec.source == SYNTHETIC:
+        datasets = synthetic_datasets(source.world, cfg)
+        if spec.name:
+            raise ValueError("the synthetic sets keep their own names (synthetic-shapes, ...); drop 'name'")
+    else:
+        datasets = load_dataset(spec, cfg)
+    chosen = [(ds, tasks_for(ds, spec.tasks or cfg.tasks, explicit=False)) for ds in datasets]
+    ran = {task for _, tasks in chosen for task in tasks}
+    if unfit := [task for task in spec.tasks if task not in ran]:  # asked of this dataset by name: must run
+        kinds = ", ".join(sorted({type(ds).__name__ for ds in datasets}))
+        raise ValueError(f"eval dataset {spec.source!r} ({kinds}) cannot run {unfit[0]!r}")
+    return [(ds, tasks) for ds, tasks in chosen if tasks]
 
 
 def eval_key_config(cfg: EvalConfig, sources: Sequence[DatasetSource]) -> tuple:
-    """What the eval stage's key hashes: the suite settings and what the datasets resolved to (each source's
-    config), not how they were named, so `auto` and `[synthetic]` on a synthetic pool are one artifact (and
-    the key is the one it was before `eval.datasets` existed)."""
+    """What the eval stage's key hashes: the suite settings and what the datasets resolved to (each spec, and
+    the world config for the synthetic sets), not how they were named, so `auto` and `[synthetic]` on a
+    synthetic pool are one artifact. A dataset's files are taken as immutable under their path, as ingest
+    takes its sources; `curaclip eval`'s feature cache, keyed on file sizes and times, is not."""
     settings = json.loads(json.dumps({k: v for k, v in dataclasses.asdict(cfg).items() if k != "datasets"}))
-    return (settings, *(source.config for source in sources))
+    return (settings, *((dataclasses.asdict(s.spec), s.world) for s in sources))

@@ -1,110 +1,210 @@
-"""The evaluation suite: zero-shot classification, retrieval, compositionality, kNN and linear probe.
+"""The evaluation suite: each task of each dataset, one CLIP_benchmark-shaped result per (dataset, task).
 
-Model-agnostic: a model enters only as two batch encoders (image bytes -> embeddings, strings ->
-embeddings), so the same suite scores an open_clip checkpoint, a baseline, or a fake in tests.
-Data-agnostic too: it scores the dataset protocol's objects (:mod:`eval.datasets`), whoever built them.
-Protocols follow CLIP (prompt-ensembled zero-shot, logistic-regression probe), CLIP_benchmark
-(retrieval recall@k) and ARO (caption choice); see eval/metrics.py.
+Model-agnostic: a model enters as an :class:`eval.encoders.Encoder`, so the same suite scores an open_clip
+checkpoint, a baseline, or a fake in tests. Data-agnostic too: it scores the dataset protocol's objects
+(:mod:`eval.datasets`), whoever built them. Image features are computed once per dataset and model
+(:mod:`eval.features`) and shared by every task on that dataset.
+
+Tasks and what they report (CLIP_benchmark's metric names where it has the task):
+
+- ``zeroshot_classification``: prompt-ensembled zero-shot (CLIP Sec. 3.1.4) with CLIP_benchmark's
+  ``acc1``, ``acc5``, ``mean_per_class_recall``, over the rows the set's ``zeroshot_split`` names;
+- ``zeroshot_retrieval``: ``image_retrieval_recall@k`` (text -> image) and ``text_retrieval_recall@k``
+  (image -> texts), a hit when any positive is in the top k; positives are the pairs of the set (an image's
+  own captions), as in CLIP_benchmark's zeroshot_retrieval.evaluate;
+- ``linear_probe``: logistic regression on frozen, normalised features fitted on 'train', its penalty chosen
+  on 'validation' (or a seeded quarter of 'train'), scored on 'test': ``lp_acc1``, ``lp_acc5``,
+  ``lp_mean_per_class_recall`` (CLIP_benchmark's names; its optimiser differs: full-batch L-BFGS here);
+- ``knn``: cosine kNN on the same split (DINO's weighted vote): ``knn_acc1``, ``knn_mean_per_class_recall``;
+- ``compositional``: ARO-style caption choice, ``acc`` and ``acc_<kind>`` per subset;
+- ``fewshot_gda``: training-free GDA few-shot adaptation ensembled with zero-shot (:mod:`eval.fewshot`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
-from eval import metrics
-from eval.config import EvalConfig
+from eval import fewshot, metrics
+from eval.config import TASKS, EvalConfig
 from eval.datasets import ClassificationSet, CompositionalSet, EvalDataset, RetrievalSet
+from eval.encoders import Encoder
+from eval.features import FeatureCache, encode_batched
 
-ImageEncoder = Callable[[Sequence[bytes]], np.ndarray]
-TextEncoder = Callable[[Sequence[str]], np.ndarray]
-
-
-def encode_batched(encode: Callable[[Sequence], np.ndarray], items: Sequence, batch_size: int) -> np.ndarray:
-    """Run an encoder over items in batches; returns (N, D) float32 with unit rows."""
-    if len(items) == 0:
-        raise ValueError("nothing to encode")
-    parts = [np.asarray(encode(items[i:i + batch_size])) for i in range(0, len(items), batch_size)]
-    return metrics.normalize(np.concatenate(parts))
+TASKS_OF_KIND: dict[type, tuple[str, ...]] = {
+    ClassificationSet: ("zeroshot_classification", "linear_probe", "knn", "fewshot_gda"),
+    RetrievalSet: ("zeroshot_retrieval",),
+    CompositionalSet: ("compositional",),
+}
+"""Dataset kind -> the tasks it supports, in report order."""
 
 
-def classification_metrics(encode_image: ImageEncoder, encode_text: TextEncoder, ds: ClassificationSet,
-                           cfg: EvalConfig) -> dict:
-    """Zero-shot top-1 over every image, then kNN and linear probe fitted on 'train' and scored on 'test'."""
-    labels = np.asarray(ds.labels, dtype=np.int64)
-    images = encode_batched(encode_image, list(ds.images), cfg.batch_size)
-    text_encoder = lambda prompts: encode_batched(encode_text, prompts, cfg.batch_size)  # noqa: E731
-    class_emb = metrics.class_embeddings(text_encoder, ds.classnames, ds.templates)  # (C, D)
-    out = {
-        "zeroshot_top1": metrics.zeroshot_top1(images, labels, class_emb),
-        "num_classes": len(ds.classnames),
-        "chance": 1.0 / len(ds.classnames),
-        "num_zeroshot_images": len(labels),
-    }
-    train, test = ds.splits["train"], ds.splits["test"]
-    out["knn_top1"] = metrics.knn_top1(images[train], labels[train], images[test], labels[test], k=cfg.knn_k)
-    validation = ds.splits.get("validation")
-    held_out = None if validation is None else (images[validation], labels[validation])
-    out["linear_probe_top1"] = metrics.linear_probe_top1(
-        images[train], labels[train], images[test], labels[test], seed=cfg.seed, validation=held_out)
-    return out
+def tasks_for(ds: EvalDataset, requested: Sequence[str], explicit: bool) -> tuple[str, ...]:
+    """The tasks to run on `ds`: `requested` (every task its kind supports when empty), in report order.
+
+    A task the kind cannot run is an error when it was asked of this dataset by name (`explicit`), and
+    skipped when it came from a run-wide list."""
+    supported = TASKS_OF_KIND[type(ds)]
+    if unknown := sorted(set(requested) - set(TASKS)):
+        raise ValueError(f"unknown eval task {unknown[0]!r}; choose from {', '.join(TASKS)}")
+    if not requested:
+        return supported
+    if explicit and (unfit := [t for t in requested if t not in supported]):
+        raise ValueError(f"dataset {ds.name!r} ({type(ds).__name__}) cannot run {unfit[0]!r}; it runs "
+                         f"{', '.join(supported)}")
+    return tuple(t for t in supported if t in requested)
 
 
-def retrieval_metrics(encode_image: ImageEncoder, encode_text: TextEncoder, ds: RetrievalSet,
-                      cfg: EvalConfig) -> dict:
-    """Recall@k both ways; a text is a hit for every image it captions (identical captions count as one)."""
-    texts = [caption for captions in ds.captions for caption in captions]
-    images = encode_batched(encode_image, list(ds.images), cfg.batch_size)
-    text_emb = encode_batched(encode_text, texts, cfg.batch_size)
-    distinct = {text: k for k, text in enumerate(dict.fromkeys(texts))}
-    owned = np.zeros((len(ds.images), len(distinct)), dtype=bool)  # (N images, distinct texts)
-    for i, captions in enumerate(ds.captions):
-        owned[i, [distinct[c] for c in captions]] = True
-    correct = owned[:, [distinct[t] for t in texts]]  # (N images, T texts)
-    recalls = metrics.recall_at_k(images, text_emb, correct, cfg.retrieval_ks)
-    out = {f"retrieval_{name}": value for name, value in recalls.items()}
-    out["num_retrieval_pairs"] = len(ds.images)
-    return out
+@dataclass
+class Scoring:
+    """One dataset being scored: its features, computed when a task first needs them."""
+
+    encoder: Encoder
+    ds: EvalDataset
+    cfg: EvalConfig
+    cache: FeatureCache = field(default_factory=lambda: FeatureCache(None))
+
+    @cached_property
+    def images(self) -> np.ndarray:
+        """(N, D) unit rows of every image of the set."""
+        return self.cache.image_features(self.encoder, self.ds.fingerprint, self.ds.images, self.cfg.batch_size)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return encode_batched(self.encoder.texts, list(texts), self.cfg.batch_size)
+
+    @cached_property
+    def class_weights(self) -> np.ndarray:
+        """(C, D) prompt-ensembled class embeddings of a classification set."""
+        return metrics.class_embeddings(self.encode_texts, self.ds.classnames, self.ds.templates)
+
+    @cached_property
+    def fit_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """(train, validation) row indices: the set's own validation split, else a seeded quarter of 'train'
+        held out per class (at least one row stays in 'train' for every class)."""
+        train = np.asarray(self.ds.splits["train"])
+        if (validation := self.ds.splits.get("validation")) is not None and len(validation):
+            return train, np.asarray(validation)
+        rng = np.random.default_rng([self.cfg.seed, 1])
+        held = []
+        for c in np.unique(self.ds.labels[train]):
+            rows = rng.permutation(train[self.ds.labels[train] == c])
+            held.append(rows[:len(rows) // 4])
+        held_rows = np.sort(np.concatenate(held))
+        return np.setdiff1d(train, held_rows), held_rows
 
 
-def compositional_metrics(encode_image: ImageEncoder, encode_text: TextEncoder, ds: CompositionalSet,
-                          cfg: EvalConfig) -> dict:
-    """ARO-style accuracy (the true caption beats every other choice), overall and per kind."""
-    images = encode_batched(encode_image, list(ds.images), cfg.batch_size)
-    # one choice position at a time: the batches are those of the true and the false column before
-    choices = [encode_batched(encode_text, [c[j] for c in ds.choices], cfg.batch_size)
-               for j in range(len(ds.choices[0]))]
-    answers = np.asarray(ds.answers, dtype=np.int64)
-    kinds = np.asarray(ds.kinds or ("all",) * len(ds.images), dtype=object)
-    by_kind = {}
-    for kind in sorted(set(kinds.tolist())):
-        rows = kinds == kind
-        by_kind[str(kind)] = metrics.choice_accuracy(images[rows], [c[rows] for c in choices], answers[rows])
-    return {
-        "compositional_acc": metrics.choice_accuracy(images, choices, answers),
-        "compositional_by_kind": by_kind,
-        "num_compositional_pairs": len(ds.images),
-    }
+def zeroshot_classification(s: Scoring) -> dict:
+    rows = s.ds.zeroshot_rows()
+    logits = s.images[rows] @ s.class_weights.T  # (N, C)
+    return {**metrics.classification_scores(logits, s.ds.labels[rows]),
+            "num_classes": len(s.ds.classnames), "num_images": len(rows)}
 
 
-SCORERS = {ClassificationSet: classification_metrics, RetrievalSet: retrieval_metrics,
-           CompositionalSet: compositional_metrics}
-"""Dataset kind -> the function that scores it."""
+def linear_probe(s: Scoring) -> dict:
+    (train, validation), test = s.fit_rows, s.ds.splits["test"]
+    logits, wd = metrics.linear_probe_logits(
+        s.images[train], s.ds.labels[train], s.images[test], len(s.ds.classnames), seed=s.cfg.seed,
+        weight_decays=s.cfg.probe.weight_decays, validation=(s.images[validation], s.ds.labels[validation]),
+        max_iter=s.cfg.probe.max_iter)
+    scores = metrics.classification_scores(logits, s.ds.labels[test])
+    return {**{f"lp_{name}": value for name, value in scores.items()}, "lp_weight_decay": wd,
+            "num_train": len(train), "num_validation": len(validation), "num_test": len(test)}
 
 
-def run_suite(encode_image: ImageEncoder, encode_text: TextEncoder, datasets: Sequence[EvalDataset],
-              cfg: EvalConfig) -> dict:
-    """Every metric of every dataset, in one flat dict (CLIP_benchmark-shaped keys).
+def knn(s: Scoring) -> dict:
+    train, test = s.ds.splits["train"], s.ds.splits["test"]
+    predicted = metrics.knn_predict(s.images[train], s.ds.labels[train], s.images[test], k=s.cfg.knn_k)
+    labels = s.ds.labels[test]
+    return {"knn_acc1": float(np.mean(predicted == labels)),
+            "knn_mean_per_class_recall": metrics.mean_per_class_recall(predicted, labels),
+            "knn_k": min(s.cfg.knn_k, len(train)), "num_train": len(train), "num_test": len(test)}
 
-    One dataset per kind for now: two sets of a kind would report the same keys (a later issue that adds
-    file and folder datasets namespaces them)."""
-    if not datasets:
-        raise ValueError("run_suite needs at least one dataset")
-    kinds = [type(ds) for ds in datasets]
-    if len(set(kinds)) != len(kinds):
-        raise ValueError(f"one dataset per kind, got {[k.__name__ for k in kinds]}")
-    out: dict = {}
-    for ds in datasets:
-        out.update(SCORERS[type(ds)](encode_image, encode_text, ds, cfg))
-    return out
+
+def fewshot_gda(s: Scoring) -> dict:
+    (train, validation), test = s.fit_rows, s.ds.splits["test"]
+    if len(validation) == 0:
+        raise ValueError(f"{s.ds.name}: fewshot_gda needs validation rows to choose alpha (give the set a "
+                         "'validation' split or more than three training images per class)")
+    views = None
+    if (n_views := s.cfg.fewshot.augment_views) > 0:
+        lookup = s.cache.view_features(s.encoder, s.ds.fingerprint, s.ds.images, n_views, s.cfg.seed)
+
+        def views(rows: np.ndarray) -> np.ndarray:  # fewshot indexes the train rows; the cache, the set's rows
+            return lookup(train[rows])
+    out = fewshot.fewshot_gda(
+        s.images[train], s.ds.labels[train], s.images[validation], s.ds.labels[validation],
+        s.images[test], s.ds.labels[test], s.class_weights, shots=s.cfg.fewshot.shots,
+        draws=s.cfg.fewshot.draws, seed=s.cfg.seed, train_views=views)
+    return {**out, "fewshot_augment_views": n_views, "num_train": len(train), "num_validation": len(validation),
+            "num_test": len(test)}
+
+
+def zeroshot_retrieval(s: Scoring) -> dict:
+    texts = [caption for captions in s.ds.captions for caption in captions]
+    owner = np.repeat(np.arange(len(s.ds.captions)), [len(c) for c in s.ds.captions])  # (T,) image of each text
+    correct = owner[None, :] == np.arange(len(s.ds.images))[:, None]  # (N images, T texts)
+    recalls = metrics.recall_at_k(s.images, s.encode_texts(texts), correct, s.cfg.retrieval_ks)
+    out = {}
+    for k in s.cfg.retrieval_ks:
+        out[f"image_retrieval_recall@{k}"] = recalls[f"t2i_r{k}"]
+        out[f"text_retrieval_recall@{k}"] = recalls[f"i2t_r{k}"]
+    return {**out, "num_images": len(s.ds.images), "num_texts": len(texts)}
+
+
+def compositional(s: Scoring) -> dict:
+    # one choice position at a time: the true and the false columns batch alike
+    choices = [s.encode_texts([c[j] for c in s.ds.choices]) for j in range(len(s.ds.choices[0]))]
+    answers = np.asarray(s.ds.answers, dtype=np.int64)
+    out = {"acc": metrics.choice_accuracy(s.images, choices, answers)}
+    kinds = np.asarray(s.ds.kinds or ("all",) * len(s.ds.images), dtype=object)
+    if len(set(kinds.tolist())) > 1:
+        for kind in sorted(set(kinds.tolist())):
+            rows = kinds == kind
+            out[f"acc_{kind}"] = metrics.choice_accuracy(s.images[rows], [c[rows] for c in choices], answers[rows])
+    return {**out, "num_images": len(s.ds.images), "num_choices": len(choices), "chance": 1.0 / len(choices)}
+
+
+TASK_FUNCTIONS: dict[str, Callable[[Scoring], dict]] = {
+    "zeroshot_classification": zeroshot_classification, "zeroshot_retrieval": zeroshot_retrieval,
+    "linear_probe": linear_probe, "knn": knn, "compositional": compositional, "fewshot_gda": fewshot_gda,
+}
+"""Task name -> the function that scores it on a dataset being scored."""
+
+
+def evaluate_dataset(encoder: Encoder, ds: EvalDataset, tasks: Sequence[str], cfg: EvalConfig,
+                     cache: FeatureCache | None = None) -> list[dict]:
+    """One result per task, {"dataset", "task", "metrics"}, every task sharing the set's image features."""
+    scoring = Scoring(encoder, ds, cfg, cache or FeatureCache(None))
+    results = []
+    for task in tasks:
+        out = TASK_FUNCTIONS[task](scoring)
+        if ds.rejected:
+            out["num_rejected"] = len(ds.rejected)
+        results.append({"dataset": ds.name, "task": task, "metrics": out})
+    return results
+
+
+def run_suite(encoder: Encoder, datasets: Sequence[tuple[EvalDataset, tuple[str, ...]]], cfg: EvalConfig,
+              cache: FeatureCache | None = None) -> list[dict]:
+    """Every (dataset, tasks) pair scored, in order. Two datasets of one name would write one result file."""
+    names = [ds.name for ds, _ in datasets]
+    if duplicated := sorted({n for n in names if names.count(n) > 1}):
+        raise ValueError(f"two eval datasets are named {duplicated[0]!r}: give one a name of its own")
+    cache = cache or FeatureCache(None)
+    return [result for ds, tasks in datasets for result in evaluate_dataset(encoder, ds, tasks, cfg, cache)]
+
+
+def headline(result: dict) -> dict[str, float | None]:
+    """The metrics a summary shows of one result: accuracy and recall figures, no counts or spreads."""
+    m, task = result["metrics"], result["task"]
+    if task == "fewshot_gda":
+        keys = [k for k in m if k.startswith("fewshot_gda_") and k.endswith("_acc1_mean") and "val" not in k]
+        keys.append("fewshot_zeroshot_acc1")
+    elif task == "zeroshot_retrieval":
+        keys = [k for k in m if "recall@" in k]
+    else:
+        keys = [k for k in m if k.startswith(("acc", "lp_acc", "knn_acc")) or "mean_per_class_recall" in k]
+    return {k: m[k] for k in keys}

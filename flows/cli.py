@@ -1,4 +1,4 @@
-"""The ``curaclip`` command line: ``run``, ``stats`` and ``show-config``."""
+"""The ``curaclip`` command line: ``run``, ``eval``, ``stats`` and ``show-config``."""
 
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", default="default", choices=sorted(PRESETS),
                      help="overrides applied before --set: 'smoke' runs every stage on a few hundred samples")
 
+    _eval_parser(sub)
+
     stats = sub.add_parser("stats", help="read-only SQL over the catalog (default: per-stage row counts)")
     stats.add_argument("sql", nargs="?", help="one SELECT statement; views: samples, quarantine, filtered, <stage>...")
     stats.add_argument("--workdir", default=DEFAULT_WORKDIR)
@@ -40,6 +42,65 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     show.add_argument("--preset", default="default", choices=sorted(PRESETS))
     return parser
+
+
+def _eval_parser(sub: argparse._SubParsersAction) -> None:
+    from eval.config import TASKS
+    from eval.jobs import OUTPUT_TEMPLATE
+
+    ev = sub.add_parser("eval", help="score any open_clip checkpoint on datasets; CLIP_benchmark-shaped JSON",
+                        description="Score an open_clip checkpoint (ours or any other) on datasets, one JSON per "
+                        "(dataset, task) in CLIP_benchmark's shape.")
+    ev.add_argument("--checkpoint", required=True, help="open_clip checkpoint (state dict, or open_clip_train's)")
+    ev.add_argument("--model", required=True, help="open_clip model name or a JSON model config")
+    ev.add_argument("--dataset", nargs="+", required=True, metavar="SOURCE",
+                    help="synthetic | folder:DIR (one sub-folder per class) | csv:FILE (image, caption rows) | "
+                    "wds:DIR (CLIP_benchmark's WebDataset layout)")
+    ev.add_argument("--task", nargs="+", default=[], choices=TASKS, metavar="TASK",
+                    help=f"tasks to run (default: every task each dataset supports): {', '.join(TASKS)}")
+    ev.add_argument("--classnames", help="class names, one per line, for the classification datasets")
+    ev.add_argument("--templates", help="a JSON list of prompt strings with {c}, for the classification datasets")
+    ev.add_argument("--batch-size", type=int, default=256)
+    ev.add_argument("--amp", action="store_true", help="encode under autocast (bf16 on CPU, fp16 on CUDA)")
+    ev.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
+    ev.add_argument("--output", default=OUTPUT_TEMPLATE,
+                    help=f"result file or CLIP_benchmark template (default {OUTPUT_TEMPLATE})")
+    ev.add_argument("--cache-dir", help="keep image features here; a later eval of the same checkpoint and files "
+                    "encodes nothing (default: features are kept only while the command runs)")
+    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override an eval setting, e.g. --set fewshot.shots=1,4,16 (repeatable)")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from curation.world.pool import WorldConfig
+    from eval.config import DatasetSpec, EvalConfig
+    from eval.features import FeatureCache
+    from eval.jobs import clip_benchmark_dump, load_encoder, score_sources, write_dumps
+    from eval.providers import SYNTHETIC, DatasetSource, as_spec
+    from eval.suite import headline
+    from flows.config import eval_config
+
+    cfg = dataclasses.replace(eval_config(args.overrides), tasks=tuple(args.task), batch_size=args.batch_size,
+                              amp=args.amp)
+    sources = []
+    for source in args.dataset:
+        files = {} if source == SYNTHETIC else {"classnames": args.classnames, "templates": args.templates}
+        spec = as_spec(DatasetSpec(source=source, **files))
+        sources.append(DatasetSource(spec, WorldConfig() if source == SYNTHETIC else None))
+    encoder = load_encoder(args.model, args.checkpoint, cfg, args.device)
+    results, datasets = score_sources(encoder, sources, cfg, FeatureCache(args.cache_dir))
+    if not results:
+        raise ValueError(f"no dataset runs the tasks asked ({', '.join(args.task)})")
+    dumps = [clip_benchmark_dump(r, args.model, args.checkpoint) for r in results]
+    for d in datasets:
+        rejected = f", {d['rejected']} rejected (e.g. {d['rejected_examples'][0]})" if d["rejected"] else ""
+        print(f"{d['dataset']}: {d['kind']}, {d['images']} images{rejected}; tasks {', '.join(d['tasks'])}")
+    for dump, path in zip(dumps, write_dumps(dumps, args.output), strict=True):
+        figures = ", ".join(f"{k} {'n/a' if v is None else format(v, '.4f')}" for k, v in headline(dump).items())
+        print(f"  {dump['dataset']} {dump['task']}: {figures}\n    -> {path}")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -61,10 +122,11 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  {stage}: {t['requests']} requests, {t['cached']} cached, {t['sent']} sent, failed: {failed}")
     if report.get("eval_skipped"):
         print(f"  eval: skipped, {report['eval_skipped']}")
-    if report.get("eval"):
-        e = report["eval"]
-        print(f"  eval: zero-shot top-1 {e['zeroshot_top1']:.3f} over {e['num_classes']} classes, "
-              f"retrieval R@1 i2t {e['retrieval_i2t_r1']:.3f} t2i {e['retrieval_t2i_r1']:.3f}")
+    for result in report.get("eval") or []:
+        from eval.suite import headline
+
+        figures = ", ".join(f"{k} {'n/a' if v is None else format(v, '.3f')}" for k, v in headline(result).items())
+        print(f"  eval {result['dataset']} {result['task']}: {figures}")
     return 0
 
 
@@ -88,7 +150,7 @@ def _show_config(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"run": _run, "stats": _stats, "show-config": _show_config}
+    commands = {"run": _run, "eval": _eval, "stats": _stats, "show-config": _show_config}
     from curation.captions.runner import CaptionFailureError
     from tasks.stages.common import MissingArtifactError
     from tasks.store.catalog import QueryError

@@ -221,6 +221,16 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     return resolve(from_dict(RunConfig, data))
 
 
+def eval_config(overrides: typing.Sequence[str] = ()) -> EvalConfig:
+    """The eval settings alone, from `key=value` overrides relative to the eval section (`curaclip eval --set
+    fewshot.shots=1,4`)."""
+    data: dict[str, Any] = {}
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(data, key, value)
+    return from_dict(EvalConfig, data, "eval")
+
+
 def resolve(cfg: RunConfig) -> RunConfig:
     """Fill the settings one stage takes from another (MLCD's classifier has one row per cluster center), and
     check the eval datasets against the pool (a real-data run is never scored on the synthetic world)."""

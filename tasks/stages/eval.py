@@ -27,12 +27,14 @@ def evaluate(ctx: RunContext, cfg: EvalConfig, ingest_cfg: IngestConfig, train_c
 
     def compute(run: StageRun, manifest: dict[str, Any]) -> None:
         manifest["counts"] = {"rows_in": 0, "rows_out": 0, "filtered": 0, "quarantined": 0}
-        manifest["datasets"] = [source.provider for source in sources]
+        manifest["datasets"] = [source.spec.source for source in sources]
         if skipped:
             manifest["skipped"] = skipped
             return
         checkpoint = str(Path(upstream.path) / ctx.store.manifest("train", upstream.key)["train"]["checkpoint"])
-        job = EvalJob(tuple(sources), cfg, train_cfg.model, checkpoint, str(run.tmp / L.EVAL_RESULTS))
-        manifest["eval"] = run.job("suite", job)
+        job = EvalJob(tuple(sources), cfg, train_cfg.model, checkpoint, str(run.tmp),
+                      str(Path(ctx.workdir) / L.FEATURE_CACHE))
+        out = run.job("suite", job)
+        manifest["eval"], manifest["eval_datasets"] = out["results"], out["datasets"]
 
     return run_stage(ctx, "eval", CODE_VERSIONS["eval"], eval_key_config(cfg, sources), [upstream], compute)

@@ -50,8 +50,18 @@ def _stage_sources(ref: ArtifactRef) -> str | None:
         return f"read_json_auto({_lit(metrics)})" if metrics.exists() else None
     if ref.stage == "eval":
         results = path / L.EVAL_RESULTS
-        return f"read_json_auto({_lit(results)})" if results.exists() else None
+        return f"({_eval_rows(results)})" if results.exists() else None
     return _parquet(path / L.PARTS)
+
+
+def _eval_rows(results: Path) -> str:
+    """CLIP_benchmark-shaped results as rows (dataset, task, model, pretrained, language, metric, value): one
+    row per metric, so one query compares a metric across datasets and runs (a metric CLIP_benchmark writes as
+    NaN, acc5 below five classes, is NULL)."""
+    columns = ("{dataset: 'VARCHAR', model: 'VARCHAR', pretrained: 'VARCHAR', task: 'VARCHAR', "
+               "metrics: 'MAP(VARCHAR, JSON)', language: 'VARCHAR'}")
+    return (f"SELECT dataset, task, model, pretrained, language, e.key AS metric, TRY_CAST(e.value AS DOUBLE) AS value"
+            f" FROM read_json({_lit(results)}, columns={columns}), unnest(map_entries(metrics)) AS t(e)")
 
 
 def _dropped_union(refs: Mapping[str, ArtifactRef], folder: str) -> str:

@@ -52,8 +52,11 @@ RAY_TRAIN = "ray_train"
 TRAIN_METRICS = _METRICS_FILE
 """train: one JSON line per logged step (training.progress writes it; the name is training.METRICS_FILE)"""
 EVAL_RESULTS = "results.json"
+"""eval: every (dataset, task) result in CLIP_benchmark's shape, in a list; results/ holds one file each"""
 
 # --- beside the artifacts (workdir level) ---
 CAPTION_CACHE = "cache/captions"
 """the caption stages' per-sample answer cache (curation.captions.cache), one folder per (stage, backend, model);
 it outlives artifacts, so a forced or changed rerun asks a model only for what it has not answered"""
+FEATURE_CACHE = "cache/features"
+"""eval image features per (checkpoint, preprocessing, dataset) (eval/features.py): a rerun encodes nothing."""

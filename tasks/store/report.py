@@ -7,7 +7,7 @@ report of a fully cached run is the same as the one of the run that computed it,
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +19,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
+from eval.suite import headline  # noqa: E402
 from tasks.store import layout as L  # noqa: E402
 from tasks.store.artifacts import ArtifactRef, ArtifactStore  # noqa: E402
-
-EVAL_KEYS = ("zeroshot_top1", "num_classes", "chance", "retrieval_i2t_r1", "retrieval_t2i_r1",
-             "retrieval_i2t_r5", "retrieval_t2i_r5", "compositional_acc", "knn_top1", "linear_probe_top1")
 
 
 def stage_summary(ref: ArtifactRef) -> dict[str, Any]:
@@ -78,15 +76,18 @@ def plot_loss(metrics: Path, out: Path) -> Path:
     return out
 
 
-def plot_eval(results: Mapping[str, Any], out: Path) -> Path:
-    names = [k for k in EVAL_KEYS if k not in ("num_classes", "chance") and isinstance(results.get(k), (int, float))]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.bar(names, [results[k] for k in names])
-    if "chance" in results:
-        ax.axhline(results["chance"], color="grey", linestyle="--", label="zero-shot chance")
-        ax.legend()
-    ax.set(ylim=(0, 1), title="Evaluation")
-    ax.tick_params(axis="x", rotation=30)
+def plot_eval(results: Sequence[Mapping[str, Any]], out: Path) -> Path:
+    """One bar per headline metric of every (dataset, task) result, grouped by result."""
+    bars = [(f"{r['dataset']}\n{r['task']}", metric, value) for r in results
+            for metric, value in headline(r).items() if isinstance(value, (int, float))]
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.35 * len(bars)), 4.5))
+    groups = list(dict.fromkeys(g for g, _, _ in bars))
+    colours = plt.get_cmap("tab10")
+    for i, (group, _, value) in enumerate(bars):
+        ax.bar(i, value, color=colours(groups.index(group) % 10))
+        ax.text(i, value, f"{value:.2f}", ha="center", va="bottom", fontsize=6)
+    ax.set_xticks(range(len(bars)), [f"{g.split(chr(10))[0]} {m}" for g, m, _ in bars], rotation=75, fontsize=6)
+    ax.set(ylim=(0, 1.05), title="Evaluation (one colour per dataset and task)")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
@@ -125,12 +126,24 @@ def _markdown(report: Mapping[str, Any], manifests: Mapping[str, dict]) -> str:
         lines += ["", f"**embed** model: {manifests['embed'].get('model')}"]
     if report.get("eval_skipped"):
         lines += ["", "## Evaluation", "", f"Skipped: {report['eval_skipped']}."]
-    if report.get("eval"):
-        lines += ["", "## Evaluation", "", "| metric | value |", "|---|---:|"]
-        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
-                  for k, v in report["eval"].items() if not isinstance(v, dict)]
+    lines += _eval_markdown(report.get("eval") or [], manifests.get("eval", {}).get("eval_datasets", []))
     lines += [""] + [f"![{name}]({file})" for name, file in report.get("plots", {}).items()]
     return "\n".join(lines) + "\n"
+
+
+def _eval_markdown(results: Sequence[Mapping[str, Any]], datasets: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The headline metric of every (dataset, task), and each dataset's size and rejected rows."""
+    if not results:
+        return []
+    lines = ["", "## Evaluation", "", "| dataset | task | metric | value |", "|---|---|---|---:|"]
+    for r in results:
+        lines += [f"| {r['dataset']} | {r['task']} | {metric} | "
+                  f"{'n/a' if value is None else format(value, '.4f')} |" for metric, value in headline(r).items()]
+    if datasets:
+        lines += ["", "| dataset | kind | images | rejected | tasks |", "|---|---|---:|---:|---|"]
+        lines += [f"| {d['dataset']} | {d['kind']} | {d['images']} | {d['rejected']} | {', '.join(d['tasks'])} |"
+                  for d in datasets]
+    return lines
 
 
 def _captions_markdown(manifests: Mapping[str, dict], dry_run: Mapping[str, dict]) -> list[str]:
@@ -183,13 +196,13 @@ def write_report(workdir: str | Path, run_id: str, config_hash: str, refs: Mappi
     workdir = Path(workdir)
     store = ArtifactStore(workdir)
     manifests = {stage: store.manifest(stage, ref.key) for stage, ref in refs.items()}
-    evaluation = manifests.get("eval", {}).get("eval", {})
+    evaluation = manifests.get("eval", {}).get("eval", [])
     report: dict[str, Any] = {
         "run_id": run_id,
         "config_hash": config_hash,
         "seconds": round(seconds, 3),
         "stages": {stage: stage_summary(ref) for stage, ref in refs.items()},
-        "eval": dict(evaluation),
+        "eval": list(evaluation),
         "eval_skipped": manifests.get("eval", {}).get("skipped"),
         "simulated": simulated_stages(manifests),
         "captions": {stage: m["captions"] for stage, m in manifests.items() if "captions" in m},

@@ -10,12 +10,25 @@ from hypothesis import strategies as st
 from eval.metrics import (
     choice_accuracy,
     class_embeddings,
-    knn_top1,
-    linear_probe_top1,
+    classification_scores,
+    knn_predict,
+    linear_probe_logits,
+    mean_per_class_recall,
     normalize,
     recall_at_k,
+    topk_accuracy,
     zeroshot_top1,
 )
+
+
+def knn_top1(train, train_labels, test, test_labels, **kw) -> float:
+    return float(np.mean(knn_predict(train, train_labels, test, **kw) == test_labels))
+
+
+def linear_probe_top1(train, train_labels, test, test_labels, seed, validation=None) -> float:
+    logits, _ = linear_probe_logits(train, train_labels, test, int(max(train_labels.max(), test_labels.max())) + 1,
+                                    seed=seed, validation=validation)
+    return float(np.mean(logits.argmax(axis=1) == test_labels))
 
 
 # The pairwise forms the suite used before eval took datasets: one text per image (aligned by row) and one
@@ -134,15 +147,17 @@ def test_knn_separable_blobs_and_batching():
     assert knn_top1(x[::2], y[::2], x[1::2], y[1::2], k=5, batch_size=7) == 1.0
 
 
-def test_linear_probe_separable_deterministic_and_arbitrary_labels():
+def test_linear_probe_separable_deterministic_and_classes_absent_from_train():
     rng = np.random.default_rng(1)
     y = np.repeat(np.arange(4), 30)
     x = _blobs(rng, y, noise=0.1)
-    y_named = np.array([3, 8, 11, 40])[y]  # non-contiguous label values
-    args = (x[::2], y_named[::2], x[1::2], y_named[1::2])
+    args = (x[::2], y[::2], x[1::2], y[1::2])
     acc = linear_probe_top1(*args, seed=0)
     assert acc == 1.0
     assert linear_probe_top1(*args, seed=0) == acc
+    # a class the probe never saw gets logits but is never predicted over the classes it knows
+    logits, wd = linear_probe_logits(x[::2], y[::2], x[1::2], num_classes=6, seed=0)
+    assert logits.shape == (60, 6) and set(logits.argmax(axis=1)) <= {0, 1, 2, 3} and wd in (1e-4, 1e-3, 1e-2)
 
 
 def test_linear_probe_beats_chance_only_with_signal():
@@ -214,3 +229,39 @@ def test_linear_probe_with_a_validation_split():
     acc = linear_probe_top1(x[train], labels[train], x[test], labels[test], seed=0,
                             validation=(x[val], labels[val]))
     assert acc == 1.0
+
+
+def test_topk_accuracy_by_hand_ties_go_to_the_lower_class():
+    logits = np.array([[0.1, 0.5, 0.4], [0.3, 0.3, 0.2], [0.0, 0.1, 0.9]])
+    labels = np.array([2, 1, 2])
+    assert topk_accuracy(logits, labels, 1) == pytest.approx(1 / 3)  # row 1 ties 0/1: argmax says 0
+    assert topk_accuracy(logits, labels, 2) == 1.0
+    assert topk_accuracy(logits, labels, 3) == 1.0
+
+
+def test_mean_per_class_recall_is_balanced_accuracy():
+    # class 0: 3 rows, 2 right; class 1: 1 row, right; class 2 only predicted, never a label: not averaged
+    predicted, labels = np.array([0, 0, 2, 1]), np.array([0, 0, 0, 1])
+    assert mean_per_class_recall(predicted, labels) == pytest.approx((2 / 3 + 1) / 2)
+    assert mean_per_class_recall(np.zeros(4, int), np.zeros(4, int)) == 1.0  # one class
+
+
+def test_classification_scores_degenerate_inputs():
+    # all-equal logits: every row predicts class 0, top-5 of five classes holds every label
+    out = classification_scores(np.zeros((5, 5)), np.arange(5))
+    assert out == {"acc1": 0.2, "acc5": 1.0, "mean_per_class_recall": 0.2}
+    assert classification_scores(np.zeros((2, 1)), np.zeros(2, int))["acc5"] is None  # one class
+    one_each = classification_scores(np.eye(6), np.arange(6))  # one sample per class
+    assert one_each["acc1"] == 1.0 and one_each["mean_per_class_recall"] == 1.0
+    with pytest.raises(ValueError, match="no rows"):
+        classification_scores(np.zeros((0, 3)), np.zeros(0, int))
+
+
+def test_knn_and_probe_with_one_sample_per_class_and_equal_features():
+    x = np.eye(3)
+    assert knn_top1(x, np.arange(3), x, np.arange(3), k=1) == 1.0
+    same = np.ones((6, 3))
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    assert knn_top1(same, labels, same, labels, k=3) == pytest.approx(1 / 3)  # a tied vote goes to label 0
+    logits, _ = linear_probe_logits(same, labels, same, 3, seed=0)
+    assert np.all(np.isfinite(logits))

@@ -29,8 +29,15 @@ def test_first_run_computes_every_stage(first_run):
     assert statuses(report) == {stage: "computed" for stage in STAGES}
     on_disk = json.loads((workdir / "report.json").read_text())
     assert set(on_disk["stages"]) == set(STAGES)
-    for key in ("zeroshot_top1", "num_classes", "retrieval_i2t_r1", "retrieval_t2i_r1"):
-        assert key in on_disk["eval"]
+    # one CLIP_benchmark-shaped row per (dataset, task) of the synthetic sets, as in the eval artifact
+    tasks = {(r["dataset"], r["task"]) for r in on_disk["eval"]}
+    assert {("synthetic-shapes", "zeroshot_classification"), ("synthetic-shapes", "fewshot_gda"),
+            ("synthetic-scenes", "zeroshot_retrieval")} <= tasks
+    eval_dir = workdir / "artifacts" / "eval" / report["stages"]["eval"]["key"]
+    assert json.loads((eval_dir / "results.json").read_text()) == on_disk["eval"]
+    assert len(list((eval_dir / "results").glob("*.json"))) == len(on_disk["eval"])
+    assert (workdir / "eval.png").exists() and "| synthetic-shapes | zeroshot_classification | acc1 |" in (
+        workdir / "report.md").read_text()
     assert (workdir / "report.md").exists() and (workdir / "entry_counts.png").exists()
     # which stages ran simulated, and what the stand-in could see, in the report and the manifests
     assert set(on_disk["simulated"]) == {"rewrite", "longcap"}
@@ -130,3 +137,36 @@ def test_cli_trains_the_objectives_combined_from_the_cached_stages(first_run, ca
     assert manifest["train"]["steps"] > 0
     assert ("curate" in manifest["inputs"]) == ("negclip" in objectives)  # the metadata NegCLIP's swaps read
     assert manifest["train"]["optimizer"]["lr"] == 5e-4  # flows/default.yaml's, recorded as used
+
+
+def test_the_eval_results_view_has_a_row_per_metric(first_run):
+    from tasks.store.catalog import query
+
+    workdir, report = first_run
+    columns, rows = query(str(workdir), "SELECT dataset, task, metric, value FROM eval_results "
+                                        "WHERE metric IN ('acc1', 'image_retrieval_recall@1') ORDER BY dataset")
+    assert columns == ["dataset", "task", "metric", "value"]
+    expected = {(r["dataset"], r["task"], m): v for r in report["eval"] for m, v in r["metrics"].items()
+                if m in ("acc1", "image_retrieval_recall@1")}
+    assert {tuple(row[:3]): row[3] for row in rows} == pytest.approx(expected)
+    assert ("synthetic-scenes", "zeroshot_retrieval", "image_retrieval_recall@1") in expected
+
+
+def test_curaclip_eval_of_the_trained_checkpoint_gives_the_eval_stages_figures(first_run, tmp_path):
+    """`curaclip eval` on the checkpoint the train stage wrote, with the eval settings of the run, writes the
+    same results the pipeline's eval stage did: one code path, whoever calls it."""
+    workdir, report = first_run
+    train_dir = workdir / "artifacts" / "train" / report["stages"]["train"]["key"]
+    manifest = json.loads((train_dir / "manifest.json").read_text())
+    checkpoint = train_dir / manifest["train"]["checkpoint"]
+    overrides = [o.removeprefix("eval.") for o in TINY if o.startswith("eval.")]
+    out = tmp_path / "{dataset}_{task}.json"
+    code = main(["eval", "--checkpoint", str(checkpoint), "--model", "curaclip-vit-tiny", "--dataset", "synthetic",
+                 "--task", "zeroshot_classification", "zeroshot_retrieval", "--output", str(out)]
+                + sum([["--set", o] for o in overrides], []))
+    assert code == 0
+    mine = {(d["dataset"], d["task"]): d for p in tmp_path.glob("*.json") for d in [json.loads(p.read_text())]}
+    assert set(mine) == {("synthetic-shapes", "zeroshot_classification"), ("synthetic-scenes", "zeroshot_retrieval")}
+    for row in report["eval"]:
+        if (row["dataset"], row["task"]) in mine:
+            assert mine[row["dataset"], row["task"]]["metrics"] == row["metrics"]

@@ -35,7 +35,7 @@ def test_eval_of_a_parquet_pool_is_skipped_with_its_reason(tmp_path):
     assert not (Path(ref.path) / "results.json").exists()
 
     report = write_report(tmp_path / "work", "t", "h", {"ingest": ingest_ref, "eval": ref}, 1.0)
-    assert report["eval"] == {} and report["eval_skipped"] == manifest["skipped"]
+    assert report["eval"] == [] and report["eval_skipped"] == manifest["skipped"]
     assert f"Skipped: {manifest['skipped']}." in (tmp_path / "work" / "report.md").read_text()
     assert evaluate.fn(ctx, cfg.eval, cfg.ingest, cfg.train, train_ref).status == "cached"
 
@@ -43,4 +43,6 @@ def test_eval_of_a_parquet_pool_is_skipped_with_its_reason(tmp_path):
 def test_eval_on_the_local_executor(local_run):
     _, refs = local_run
     results = json.loads((Path(refs["eval"].path) / L.EVAL_RESULTS).read_text())
-    assert results == manifest(refs["eval"])["eval"] and 0.0 <= results["zeroshot_top1"] <= 1.0
+    assert results == manifest(refs["eval"])["eval"]
+    zeroshot = next(r for r in results if r["task"] == "zeroshot_classification")
+    assert zeroshot["dataset"] == "synthetic-shapes" and 0.0 <= zeroshot["metrics"]["acc1"] <= 1.0
