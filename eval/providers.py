@@ -18,7 +18,7 @@ from typing import NamedTuple
 from curation.world.pool import WorldConfig
 from eval.config import DatasetSpec, EvalConfig
 from eval.datasets import EvalDataset
-from eval.loaders import PREFIXES, load_dataset
+from eval.loaders import LOADERS, load_dataset
 from eval.suite import tasks_for
 from eval.synthetic_world import synthetic_datasets
 
@@ -37,9 +37,9 @@ def as_spec(item: str | DatasetSpec) -> DatasetSpec:
     """A config entry as a DatasetSpec; its source checked for a known form."""
     spec = item if isinstance(item, DatasetSpec) else DatasetSpec(source=item)
     kind, _, rest = spec.source.partition(":")
-    if spec.source != SYNTHETIC and (kind not in PREFIXES or not rest):
+    if spec.source != SYNTHETIC and (kind not in LOADERS or not rest):
         raise ValueError(f"eval dataset {spec.source!r}: expected {SYNTHETIC!r} or one of "
-                         f"{', '.join(p + ':PATH' for p in PREFIXES)}")
+                         f"{', '.join(p + ':PATH' for p in LOADERS)}")
     return spec
 
 

@@ -58,8 +58,9 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
                     "wds:DIR (CLIP_benchmark's WebDataset layout)")
     ev.add_argument("--task", nargs="+", default=[], choices=TASKS, metavar="TASK",
                     help=f"tasks to run (default: every task each dataset supports): {', '.join(TASKS)}")
-    ev.add_argument("--classnames", help="class names, one per line, for the classification datasets")
-    ev.add_argument("--templates", help="a JSON list of prompt strings with {c}, for the classification datasets")
+    ev.add_argument("--classnames", help="class names, one per line, for the folder: and wds: datasets")
+    ev.add_argument("--templates", help="a JSON list of prompt strings with {c}, for the folder: and wds: datasets "
+                    "(default: a wds set's own file, else 'a photo of a {c}.')")
     ev.add_argument("--batch-size", type=int, default=256)
     ev.add_argument("--amp", action="store_true", help="encode under autocast (bf16 on CPU, fp16 on CUDA)")
     ev.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
@@ -75,7 +76,7 @@ def _eval(args: argparse.Namespace) -> int:
     import dataclasses
 
     from curation.world.pool import WorldConfig
-    from eval.config import DatasetSpec, EvalConfig
+    from eval.config import DatasetSpec
     from eval.features import FeatureCache
     from eval.jobs import clip_benchmark_dump, load_encoder, score_sources, write_dumps
     from eval.providers import SYNTHETIC, DatasetSource, as_spec
@@ -86,7 +87,8 @@ def _eval(args: argparse.Namespace) -> int:
                               amp=args.amp)
     sources = []
     for source in args.dataset:
-        files = {} if source == SYNTHETIC else {"classnames": args.classnames, "templates": args.templates}
+        classifies = source.startswith(("folder:", "wds:"))  # the kinds that can hold classification sets
+        files = {"classnames": args.classnames, "templates": args.templates} if classifies else {}
         spec = as_spec(DatasetSpec(source=source, **files))
         sources.append(DatasetSource(spec, WorldConfig() if source == SYNTHETIC else None))
     encoder = load_encoder(args.model, args.checkpoint, cfg, args.device)
