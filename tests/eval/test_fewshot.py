@@ -142,6 +142,32 @@ def test_alpha_logits_and_accuracy_equal_the_reference_on_the_same_draw(shots):
                                rtol=1e-9, atol=1e-7)
 
 
+def test_augmented_views_are_fitted_as_their_augment_epoch_loop_does():
+    """With views, the classifier is the reference's on the V views of the drawn rows (their run() lines 45-53
+    stack augment_epoch passes over the k-shot loader), and 1 shot is no longer the zero-shot classifier."""
+    means, [(tx, ty), (vx, vy), (sx, sy)] = gaussian_clusters(seed=8, noise=0.5)
+    rng = np.random.default_rng(0)
+    bank = unit64(tx[None] + 0.2 * rng.normal(size=(4, *tx.shape)))  # (V=4, N, D): fixed views per row
+    asked = []
+
+    def views(rows):
+        asked.append(rows.copy())
+        return bank[:, rows]
+
+    text = np.roll(means, 1, axis=0)
+    out = fewshot_gda(tx, ty, vx, vy, sx, sy, text, shots=(1,), draws=1, seed=3, train_views=views)
+    rows = sample_shots(ty, 5, 1, np.random.default_rng([3, 1, 0]))
+    np.testing.assert_array_equal(asked[0], rows)
+    stacked = bank[:, rows].reshape(-1, bank.shape[-1])  # augment pass 0 over the loader, then pass 1, ...
+    ref_w, ref_b = ref.estimate(t64(stacked), t64(np.tile(ty[rows], 4)), 5)
+    assert np.abs(ref_w.numpy()).max() > 0  # views spread the single shot: the precision is no longer zero
+    alpha, val_acc, test_acc = ref.search_and_test(t64(unit64(vx)), t64(vy), t64(unit64(sx)), t64(sy),
+                                                   t64(unit64(text).T), ref_w, ref_b, dtype=torch.float64)
+    assert out["fewshot_gda_1shot_alpha_mean"] == alpha
+    assert out["fewshot_gda_1shot_acc1_mean"] == pytest.approx(test_acc / 100)
+    assert out["fewshot_gda_1shot_acc1_mean"] > out["fewshot_zeroshot_acc1"] + 0.2
+
+
 # --- hand-computed ----------------------------------------------------------------------------------------------
 
 
