@@ -2,7 +2,8 @@
 
 The sets come from :mod:`curation.world.evaluation` (seeds apart from the pool's), sized by EvalConfig;
 the classification split is the seeded stratified one the suite has always used, so the same seeds give
-the same figures. Only a run whose pool is the synthetic world is scored on these sets
+the same figures; the compositional sets are ARO's three subsets (VG-Attribution, VG-Relation, Order), one
+CompositionalSet each. Only a run whose pool is the synthetic world is scored on these sets
 (:mod:`eval.providers`).
 """
 
@@ -11,8 +12,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 
 import numpy as np
+import pyarrow as pa
 
 from curation.world import evaluation
 from curation.world.pool import WorldConfig
@@ -20,7 +23,7 @@ from curation.world.shapes import SHAPES
 from eval.config import EvalConfig
 from eval.datasets import ClassificationSet, CompositionalSet, EvalDataset, RetrievalSet
 
-SET_VERSION = 2
+SET_VERSION = 3
 """Bumped when the sets' drawing code changes, so cached features of older sets are never reused."""
 
 
@@ -57,16 +60,28 @@ def retrieval(world: WorldConfig, cfg: EvalConfig) -> RetrievalSet:
                         fingerprint=_fingerprint(world, "retrieval", cfg.synthetic.retrieval_pairs))
 
 
-def compositional(world: WorldConfig, cfg: EvalConfig) -> CompositionalSet:
-    """cfg.synthetic.compositional_pairs two-object scenes; choice 0 is the true caption, choice 1 its swap."""
-    table = evaluation.compositional_set(world, cfg.synthetic.compositional_pairs)
-    choices = tuple(zip(table.column("positive").to_pylist(), table.column("negative").to_pylist(), strict=True))
+COMPOSITIONAL_SUBSETS: dict[str, Callable[[WorldConfig, int], pa.Table]] = {
+    "vg_attribution": evaluation.vg_attribution_set,
+    "vg_relation": evaluation.vg_relation_set,
+    "order": evaluation.order_set,
+}
+"""ARO's three subsets, by the name each set's rows carry as their kind."""
+
+
+def compositional(world: WorldConfig, cfg: EvalConfig, subset: str) -> CompositionalSet:
+    """cfg.synthetic.compositional_pairs images of one ARO subset; choice 0 is the true caption, the rest its
+    negatives (one for the VG subsets, four for Order). A tie with a negative scores as a failure."""
+    table = COMPOSITIONAL_SUBSETS[subset](world, cfg.synthetic.compositional_pairs)
+    choices = tuple((caption, *negatives) for caption, negatives in
+                    zip(table.column("caption").to_pylist(), table.column("negatives").to_pylist(), strict=True))
     return CompositionalSet(images=table.column("image").to_pylist(), choices=choices,
-                            answers=np.zeros(table.num_rows, dtype=np.int64),
-                            kinds=tuple(table.column("kind").to_pylist()), name="synthetic-pairs",
-                            fingerprint=_fingerprint(world, "compositional", cfg.synthetic.compositional_pairs))
+                            answers=np.zeros(table.num_rows, dtype=np.int64), kinds=(subset,) * table.num_rows,
+                            name="synthetic-" + subset.replace("_", "-"),
+                            fingerprint=_fingerprint(world, subset, cfg.synthetic.compositional_pairs))
 
 
 def synthetic_datasets(world: WorldConfig, cfg: EvalConfig) -> list[EvalDataset]:
-    """The three sets of the world, in the order the suite reports them."""
-    return [classification(world, cfg), retrieval(world, cfg), compositional(world, cfg)]
+    """The world's five sets, in the order the suite reports them: classification, retrieval, then VG-Attribution,
+    VG-Relation and Order."""
+    return [classification(world, cfg), retrieval(world, cfg),
+            *(compositional(world, cfg, subset) for subset in COMPOSITIONAL_SUBSETS)]

@@ -4,7 +4,8 @@ The simulated captioner stands in for a multimodal model looking at the image, s
 ground truth, with an error rate: a wrong caption describes the scene with one attribute changed (a
 hallucination). What it must not do is write in the evaluation's
 words: if its captions reused the zero-shot prompt forms ("a photo of a {}.", "a drawing of a {}.") or the
-retrieval and compositional captions ("a red star left of a blue ring on grass"), a model trained on them
+retrieval and compositional captions ("a red star left of a blue ring on grass", "the star is left of the
+ring"), a model trained on them
 would score by template matching, not by what it learned (issue 8). So every frame here is its own: objects
 are "set against" a backdrop rather than "on a background", relations are sentences ("The red star lies to
 the left of the blue ring."), and the backdrop has names of its own. `tests/curation/world/test_captioner.py`

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from curation.world.shapes import SHAPES
 
-__all__ = ["BACKGROUNDS", "BACKGROUND_MEAN", "BACKGROUND_PHRASES", "COLOURS", "COLOUR_RGB", "DISTRACTOR_ENTRIES",
-           "RELATIONS", "SIZES", "TEXTURES", "metadata_entries"]
+__all__ = ["ADJECTIVES", "BACKGROUNDS", "BACKGROUND_MEAN", "BACKGROUND_NOUNS", "BACKGROUND_PHRASES", "COLOURS",
+           "COLOUR_RGB", "DISTRACTOR_ENTRIES", "NOUNS", "RELATIONS", "SIZES", "TEXTURES", "metadata_entries"]
 
 COLOUR_RGB: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30), "orange": (245, 140, 20), "yellow": (245, 220, 30), "green": (40, 170, 60),
@@ -34,6 +34,15 @@ BACKGROUNDS: tuple[str, ...] = tuple(BACKGROUND_PHRASES)
 SIZES: tuple[str, ...] = ("small", "medium", "large")
 TEXTURES: tuple[str, ...] = ("solid", "striped", "dotted", "outlined")
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
+
+BACKGROUND_NOUNS: tuple[str, ...] = ("background", "stripes", "checkerboard", "gradient", "dots", "grass", "sand",
+                                     "water")
+"""The nouns of BACKGROUND_PHRASES (their other words are colours, 'smooth', 'a' and 'of')."""
+NOUNS: frozenset[str] = frozenset({*SHAPES, *BACKGROUND_NOUNS})
+"""Caption words that are nouns: what ARO's spaCy tagger marks NN/NNS, known here from the vocabulary."""
+ADJECTIVES: frozenset[str] = frozenset({*COLOURS, *SIZES, *TEXTURES, "smooth"})
+"""Caption words that are adjectives (ARO's JJ): colours, sizes, textures and the gradient's 'smooth'. Relation
+words ('left', 'of', 'above') and function words are neither."""
 
 BACKGROUND_MEAN: dict[str, tuple[int, int, int]] = {
     "white": (245, 245, 242), "gray": (128, 128, 128), "black": (25, 25, 25), "stripes": (215, 215, 215),

@@ -7,7 +7,7 @@ from curation.world.pool import WorldConfig
 from curation.world.shapes import SHAPES
 from eval.config import EvalConfig, SyntheticSetsConfig
 from eval.datasets import ClassificationSet, CompositionalSet, RetrievalSet
-from eval.synthetic_world import synthetic_datasets
+from eval.synthetic_world import SET_VERSION, _fingerprint, synthetic_datasets
 
 WORLD = WorldConfig(num_images=100, seed=2)
 CFG = EvalConfig(synthetic=SyntheticSetsConfig(train_per_class=3, validation_per_class=1, test_per_class=2,
@@ -15,8 +15,8 @@ CFG = EvalConfig(synthetic=SyntheticSetsConfig(train_per_class=3, validation_per
 
 
 def test_the_sets_are_the_worlds_tables_sized_by_the_config():
-    cls, ret, comp = synthetic_datasets(WORLD, CFG)
-    assert isinstance(cls, ClassificationSet) and isinstance(ret, RetrievalSet) and isinstance(comp, CompositionalSet)
+    cls, ret, *aro = synthetic_datasets(WORLD, CFG)
+    assert isinstance(cls, ClassificationSet) and isinstance(ret, RetrievalSet)
     table = evaluation.classification_set(WORLD, 6)
     assert cls.images == table.column("image").to_pylist() and cls.classnames == SHAPES
     np.testing.assert_array_equal(cls.labels, table.column("label").to_pylist())
@@ -28,7 +28,31 @@ def test_the_sets_are_the_worlds_tables_sized_by_the_config():
     np.testing.assert_array_equal(cls.zeroshot_rows(), cls.splits["test"])
     table = evaluation.retrieval_set(WORLD, 12)
     assert ret.captions == tuple((c,) for c in table.column("caption").to_pylist())
-    table = evaluation.compositional_set(WORLD, 6)
-    assert [c[0] for c in comp.choices] == table.column("positive").to_pylist()
-    assert [c[1] for c in comp.choices] == table.column("negative").to_pylist()
-    assert comp.kinds == tuple(table.column("kind").to_pylist()) and not comp.answers.any()
+    assert [ds.name for ds in aro] == ["synthetic-vg-attribution", "synthetic-vg-relation", "synthetic-order"]
+
+
+ARO = {"vg_attribution": (evaluation.vg_attribution_set, 2), "vg_relation": (evaluation.vg_relation_set, 2),
+       "order": (evaluation.order_set, 5)}
+"""subset -> (its table, choices per image)."""
+
+
+def test_the_aro_subsets_are_the_worlds_tables_in_protocol_form():
+    _, _, *aro = synthetic_datasets(WORLD, CFG)
+    for ds, (subset, (make, width)) in zip(aro, ARO.items(), strict=True):
+        assert isinstance(ds, CompositionalSet)
+        table = make(WORLD, 6)  # compositional_pairs images per subset
+        assert ds.images == table.column("image").to_pylist()
+        assert [c[0] for c in ds.choices] == table.column("caption").to_pylist()  # the true caption first
+        assert [list(c[1:]) for c in ds.choices] == table.column("negatives").to_pylist()
+        assert {len(c) for c in ds.choices} == {width}
+        assert ds.answers.dtype == np.int64 and ds.answers.tolist() == [0] * 6
+        assert ds.kinds == (subset,) * 6
+        assert ds.fingerprint == _fingerprint(WORLD, subset, 6)
+
+
+def test_fingerprints_name_the_subset_its_size_and_the_world():
+    fingerprints = [ds.fingerprint for ds in synthetic_datasets(WORLD, CFG)]
+    assert len(set(fingerprints)) == 5 and all(fingerprints)
+    assert SET_VERSION == 3
+    assert _fingerprint(WORLD, "order", 7) != _fingerprint(WORLD, "order", 6)
+    assert _fingerprint(WorldConfig(num_images=100, seed=3), "order", 6) != _fingerprint(WORLD, "order", 6)

@@ -1,6 +1,6 @@
 """The simulated captioner writes in phrasings of its own: nothing it says reuses the text the evaluation
-generates (zero-shot prompts, retrieval captions, compositional choices), so eval scores measure learning, not
-template matching (issue 8)."""
+generates (zero-shot prompts, retrieval captions, every choice of the three ARO-style compositional sets), so
+eval scores measure learning, not template matching (issue 8)."""
 
 import copy
 import re
@@ -9,7 +9,7 @@ import numpy as np
 
 from curation.captions import SimulatedBackend
 from curation.world import captioner
-from curation.world.evaluation import compositional_set, retrieval_set
+from curation.world.evaluation import order_set, retrieval_set, vg_attribution_set, vg_relation_set
 from curation.world.pool import WorldConfig
 from curation.world.scenes import sample_scene
 from curation.world.shapes import SHAPES
@@ -40,8 +40,9 @@ def eval_texts() -> list[str]:
     world, cfg = WorldConfig(), EvalConfig()
     prompts = [fill_template(t, c) for t in cfg.synthetic.templates for c in SHAPES]
     retrieval = retrieval_set(world, 150).column("caption").to_pylist()
-    pairs = compositional_set(world, 150)
-    return prompts + retrieval + pairs.column("positive").to_pylist() + pairs.column("negative").to_pylist()
+    choices = [text for make in (vg_attribution_set, vg_relation_set, order_set)
+               for row in make(world, 150).to_pylist() for text in (row["caption"], *row["negatives"])]
+    return prompts + retrieval + choices
 
 
 def captioner_texts(n: int = 400) -> list[str]:
@@ -74,6 +75,11 @@ def test_the_check_catches_the_old_phrasings():
     eval_grams = set().union(*(grams(skeleton(t)) for t in evals))
     assert grams(skeleton("a photo of a small red star")) & eval_grams
     assert grams(skeleton("a red star left of a blue ring on a white background")) & eval_grams
+    # ARO's attribution and relation forms, and every Order perturbation, are among the eval texts checked
+    assert grams(skeleton("the red star and the blue ring")) & eval_grams
+    assert grams(skeleton("the star is left of the ring")) & eval_grams
+    for negative in order_set(WorldConfig(), 3).column("negatives").to_pylist()[2]:
+        assert grams(skeleton(negative)) <= eval_grams, negative
 
 
 def test_captioner_frames_name_no_shape_or_colour():
