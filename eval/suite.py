@@ -83,7 +83,7 @@ class Scoring:
     @cached_property
     def fit_rows(self) -> tuple[np.ndarray, np.ndarray]:
         """(train, validation) row indices: the set's own validation split, else a seeded quarter of 'train'
-        held out per class (at least one row stays in 'train' for every class)."""
+        held out per class, at least one row of a class with two or more (one always stays in 'train')."""
         train = np.asarray(self.ds.splits["train"])
         if (validation := self.ds.splits.get("validation")) is not None and len(validation):
             return train, np.asarray(validation)
@@ -91,7 +91,7 @@ class Scoring:
         held = []
         for c in np.unique(self.ds.labels[train]):
             rows = rng.permutation(train[self.ds.labels[train] == c])
-            held.append(rows[:len(rows) // 4])
+            held.append(rows[:max(1, len(rows) // 4) if len(rows) > 1 else 0])
         held_rows = np.sort(np.concatenate(held))
         return np.setdiff1d(train, held_rows), held_rows
 

@@ -224,7 +224,7 @@ def test_eval_datasets_take_a_name_or_a_list_and_refuse_the_world_for_real_data(
     assert load_config(overrides=[real]).eval.datasets == "auto"  # auto: the eval stage will be skipped
     with pytest.raises(ConfigError, match="never scored on the synthetic world"):
         load_config(overrides=[real, "eval.datasets=synthetic"])
-    with pytest.raises(ConfigError, match="unknown dataset 'imagenet'"):
+    with pytest.raises(ConfigError, match="eval dataset 'imagenet': expected 'synthetic' or one of folder:PATH"):
         load_config(overrides=["eval.datasets=imagenet"])
 
 

@@ -46,3 +46,37 @@ def test_eval_on_the_local_executor(local_run):
     assert results == manifest(refs["eval"])["eval"]
     zeroshot = next(r for r in results if r["task"] == "zeroshot_classification")
     assert zeroshot["dataset"] == "synthetic-shapes" and 0.0 <= zeroshot["metrics"]["acc1"] <= 1.0
+
+
+def test_a_real_pool_is_scored_on_the_datasets_its_config_names(local_run, tmp_path):
+    """A parquet pool with eval.datasets naming a folder and a CSV: the stage scores exactly those (never the
+    synthetic world), one CLIP_benchmark-shaped result per (dataset, task), with the rejected rows counted."""
+    from PIL import Image
+
+    base, refs = local_run
+    folder = tmp_path / "pets"
+    for c, name in enumerate(["tabby_cat", "beagle", "parrot"]):
+        (folder / name).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (20, 20), (80 * c, 40 * i, 100)).save(folder / name / f"{i}.png")
+    (folder / "beagle" / "broken.png").write_bytes(b"not a png")
+    for i in range(4):
+        Image.new("RGB", (20, 20), (60 * i, 0, 0)).save(tmp_path / f"p{i}.png")
+    (tmp_path / "pairs.csv").write_text("filepath,title\n" + "".join(f"p{i}.png,a red square {i}\n" for i in range(4)))
+    cfg = from_dict(RunConfig, {
+        "ingest": {"sources": [{"format": "parquet", "path": str(tmp_path / "raw"), "text_column": "caption"}]},
+        "eval": {"datasets": [f"folder:{folder}", f"csv:{tmp_path / 'pairs.csv'}"],
+                 "fewshot": {"shots": [1, 2], "draws": 1, "augment_views": 2}}})
+    workdir = Path(refs["train"].path).parents[2]  # the shared run's store, which holds the train artifact
+    ctx = RunContext(workdir=str(workdir), run_id="t", ray_num_cpus=1, executor="local")
+    ref = evaluate.fn(ctx, cfg.eval, cfg.ingest, base.train, refs["train"])
+    results = json.loads((Path(ref.path) / L.EVAL_RESULTS).read_text())
+    assert {(r["dataset"], r["task"]) for r in results} == {
+        ("pets", t) for t in ("zeroshot_classification", "linear_probe", "knn", "fewshot_gda")} | {
+        ("pairs", "zeroshot_retrieval")}
+    assert not any(r["dataset"].startswith("synthetic") for r in results)
+    zeroshot = next(r for r in results if r["task"] == "zeroshot_classification")
+    assert zeroshot["metrics"]["num_images"] == 18 and zeroshot["metrics"]["num_rejected"] == 1
+    sets = {d["dataset"]: d for d in manifest(ref)["eval_datasets"]}
+    assert sets["pets"]["rejected"] == 1 and "broken.png" in sets["pets"]["rejected_examples"][0][0]
+    assert len(list((Path(ref.path) / "results").glob("*.json"))) == len(results)
