@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -105,7 +106,15 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+EPHEMERAL_STARTUP_SECONDS = "180"
+"""How long `curaclip run` waits for Prefect's temporary server when no PREFECT_API_URL is set (unless
+PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS is). Prefect's default, 20 s, was too short on a fresh machine:
+the first start creates and migrates ~/.prefect/prefect.db, and on two loaded cores `make run` failed there with
+"Timed out while attempting to connect to ephemeral Prefect API server" (measured 2026-12-02)."""
+
+
 def _run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_SECONDS)
     from flows.config import load_config
     from flows.pipeline import pipeline
 
