@@ -6,7 +6,7 @@ Free of Ray and Prefect: the in-process executor, the stage plumbing and the tes
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 Result = dict[str, Any]
@@ -29,8 +29,9 @@ class Resources:
 
     cpus: float = 1.0
     """CPUs per unit or actor."""
-    gpus: float = 0.0
-    """GPUs per unit or actor (fractions share a GPU)."""
+    gpus: float | None = 0.0
+    """GPUs per unit or actor (fractions share a GPU); None ("auto"): one per unit or actor, and a node's all for
+    a whole-data job, when the Ray cluster has GPUs, none otherwise (see resolve_gpus)."""
     memory_gb: float | None = None
     """memory Ray reserves per unit or actor, in GiB; None reserves none (Ray's default)."""
     actors: int | None = None
@@ -52,13 +53,26 @@ class StageResources:
     curate: Resources = field(default_factory=Resources)
     rewrite: Resources = field(default_factory=Resources)
     longcap: Resources = field(default_factory=Resources)
-    embed: Resources = field(default_factory=Resources)
-    cluster: Resources = field(default_factory=Resources)
+    embed: Resources = field(default_factory=lambda: Resources(gpus=None))
+    """the embedding actors: a GPU each when the cluster has GPUs."""
+    cluster: Resources = field(default_factory=lambda: Resources(gpus=None))
+    """the k-means fit (a node's GPUs, faiss shards across them) and the assignment tasks (a GPU each)."""
     shard: Resources = field(default_factory=Resources)
-    eval: Resources = field(default_factory=Resources)
+    eval: Resources = field(default_factory=lambda: Resources(gpus=None))
+    """the eval job: a node's GPUs when present (it encodes on the first)."""
 
     def of(self, stage: str) -> Resources:
         return getattr(self, stage, Resources())
+
+
+def resolve_gpus(resources: Resources, node_gpus: Sequence[float], whole_job: bool) -> Resources:
+    """``resources`` with ``gpus`` decided: an explicit number stays; None becomes 0 on a cluster without GPUs,
+    else 1 per unit or actor, or for a whole-data job the GPUs of the cluster's largest GPU node (a task runs on
+    one node). ``node_gpus``: the GPUs of each alive node."""
+    if resources.gpus is not None:
+        return resources
+    most = max(node_gpus, default=0.0)
+    return replace(resources, gpus=0.0 if most <= 0 else (float(most) if whole_job else 1.0))
 
 
 ExecutorKind = Literal["ray", "local"]

@@ -40,6 +40,11 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         )
 
 
+def node_gpus() -> list[float]:
+    """GPUs of each alive node of the Ray cluster (empty or zeros on a cluster without GPUs)."""
+    return [float(node["Resources"].get("GPU", 0)) for node in ray.nodes() if node.get("Alive")]
+
+
 def cluster_cpus() -> int:
     """CPUs Ray can schedule on (at least 1)."""
     return max(1, int(ray.cluster_resources().get("CPU", 1)))

@@ -15,8 +15,8 @@ from typing import Any
 
 import ray
 
-from tasks.executors.base import Resources, Result, Unit, Worker
-from tasks.executors.ray_cluster import cluster_cpus, ensure_ray
+from tasks.executors.base import Resources, Result, Unit, Worker, resolve_gpus
+from tasks.executors.ray_cluster import cluster_cpus, ensure_ray, node_gpus
 
 
 def ray_options(resources: Resources) -> dict[str, Any]:
@@ -92,7 +92,7 @@ class RayExecutor:
         ensure_ray(address, num_cpus)
 
     def map(self, units: Sequence[Unit], resources: Resources) -> Iterator[tuple[int, Result]]:
-        remote = ray.remote(**ray_options(resources))(run_unit)
+        remote = ray.remote(**ray_options(resolve_gpus(resources, node_gpus(), whole_job=False)))(run_unit)
         stripped, names, refs = split_shared(units)
         pending = {remote.remote(unit, names, *refs): i for i, unit in enumerate(stripped)}
         yield from drain(pending, lambda index: None)
@@ -101,6 +101,7 @@ class RayExecutor:
                      ) -> Iterator[tuple[int, Result]]:
         if not units:
             return
+        resources = resolve_gpus(resources, node_gpus(), whole_job=False)
         actor_cls = ray.remote(**ray_options(resources))(PoolActor)
         actors = [actor_cls.remote(worker) for _ in range(self.pool_size(len(units), resources))]
         queue = list(enumerate(units))
@@ -135,6 +136,7 @@ class RayExecutor:
         return max(1, min(units, int(min(fits)) if fits else units))
 
     def job_resources(self, resources: Resources) -> Resources:
+        resources = resolve_gpus(resources, node_gpus(), whole_job=True)
         return dataclasses.replace(resources, cpus=resources.job_cpus or float(cluster_cpus()))
 
     def train(self, cfg: Any, shards: str, out_dir: str) -> Result:

@@ -63,6 +63,12 @@ def test_a_job_reserves_the_cluster_unless_told(executor):
     assert executor.job_resources(Resources(job_cpus=1)).cpus == 1
 
 
+def test_auto_gpus_request_none_on_a_cluster_without_gpus(executor):
+    assert executor.job_resources(Resources(gpus=None)).gpus == 0
+    results = dict(executor.map([Sees([], 0)], Resources(gpus=None)))
+    assert "GPU" not in results[0]["resources"]
+
+
 def test_a_failed_unit_on_an_actor_pool_lets_the_queue_finish(executor):
     seen = []
     with pytest.raises(ValueError, match="unit 1 fails"):

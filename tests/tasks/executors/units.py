@@ -36,7 +36,8 @@ class Sees:
         import ray
 
         return {"payload": len(self.payload), "x": self.x,
-                "resources": ray.get_runtime_context().get_assigned_resources()}
+                "resources": ray.get_runtime_context().get_assigned_resources(),
+                "cuda_visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 
 class Counter:
