@@ -12,6 +12,16 @@ Both loaders yield the same batch dict, so every objective reads one format:
   negatives per caption, with "negative_mask" (B, M) marking the real ones (NegCLIP); "cluster_label_ids"
   (B, k) the first k cluster labels, -1 padded (MLCD).
 
+NegCLIP's hard negative images (BatchFields.neighbour_choices > 0): each sample may bring one of its nearest
+images (the shard json's `neighbours`: uids, nearest first) with that image's own caption, as vinid/neg_clip's
+`CsvDataset.__getitem__` does. The M pairs found (M <= B) are appended after the B samples as whole samples, so
+every key above then holds B + M rows (images and captions of pair j at row B + j, each its own positive; its
+negatives, sub-captions and labels likewise), in the order of the samples that brought them, and
+"neighbour_pair" (B + M,) bool marks them (training.objectives.negclip tells how the loss and the other
+objectives read them). The shard loader finds neighbours in a bounded window of recently read samples
+(`attach_neighbours`), the table loader by random access over the table's `neighbours` column; a table without
+that column, or a listed neighbour that is in neither, brings no pair.
+
 The shard pipeline follows open_clip_train's `get_wds_dataset`: shard lists split across ranks and
 dataloader workers, a sample shuffle buffer, decode, transform, batch. Shards are drawn in passes: each
 pass is a fresh seeded permutation of all shards, so an epoch sees every sample about once without the
@@ -24,7 +34,8 @@ import copy
 import io
 import json
 import random
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import count
@@ -42,7 +53,7 @@ from training.config import TrainConfig
 from training.models import transform_for
 from training.objectives.dreamlip import sample_subcaption_ids, split_sentences
 from training.objectives.negatives import NegativeVocabulary, draw_negative
-from training.objectives.negclip import NegCLIPConfig
+from training.objectives.negclip import PAIR_KEY, NegCLIPConfig
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 """Image members a shard sample may hold (open_clip's image_key "jpg;png;jpeg;webp")."""
@@ -60,7 +71,10 @@ META_DEFAULTS: dict[str, Any] = {
 
 LIST_FIELDS = ("uid", "raw_text", "caption", "rewrites", "long_caption", "synthetic_caption",
                "cluster_labels", "cluster_scores")
-"""Batch keys holding a Python list of length B."""
+"""Batch keys holding a Python list of length B (B + M with NegCLIP's hard negative image pairs)."""
+
+NEIGHBOUR_STREAM = 1
+"""Extra seed word of the neighbour draws, so they never share a random stream with the captions'."""
 
 TEXT_INPUTS: dict[str, str] = {
     "text": "text_features",
@@ -84,6 +98,13 @@ class BatchFields:
     """the words NegCLIP's swaps recognise (negclip_vocabulary); None with no negatives."""
     num_labels: int = 0
     """cluster labels kept per sample as a (B, k) tensor (MLCD's top-k positives); 0 keeps none."""
+    neighbour_choices: int = 0
+    """NegCLIP's hard negative images: a sample's pair is drawn among the first this-many of its listed neighbours
+    found (NegCLIPConfig.neighbour_choices); 0 appends no pairs."""
+    neighbour_lookups: int = 0
+    """how far down a sample's `neighbours` list the loaders look (NegCLIPConfig.neighbour_lookups)."""
+    neighbour_window: int = 0
+    """recent shard samples kept by uid to find neighbours in (NegCLIPConfig.neighbour_window)."""
 
 
 NO_FIELDS = BatchFields()
@@ -105,11 +126,18 @@ def batch_fields(cfg: TrainConfig) -> BatchFields:
     """What the loaders must build for `cfg.objectives` (nothing beyond image and text for plain CLIP)."""
     names = set(cfg.objectives)
     negclip = "negclip" in names and bool(cfg.negclip.kinds)
+    pairs = "negclip" in names and cfg.negclip.hard_negative_images
+    if pairs and "protoclip" in names:  # its episodes index B samples per batch (training.episodes)
+        raise ValueError("negclip.hard_negative_images grows each batch past protoclip's episode slots; set "
+                         "negclip.hard_negative_images: false to train negclip with protoclip")
     return BatchFields(synthetic="alip" in names,
                        num_subcaptions=cfg.dreamlip.num_text if "dreamlip" in names else 0,
                        negatives=tuple(cfg.negclip.kinds) if negclip else (),
                        vocabulary=negclip_vocabulary(cfg.negclip) if negclip else None,
-                       num_labels=cfg.mlcd.top_k if "mlcd" in names else 0)
+                       num_labels=cfg.mlcd.top_k if "mlcd" in names else 0,
+                       neighbour_choices=cfg.negclip.neighbour_choices if pairs else 0,
+                       neighbour_lookups=cfg.negclip.neighbour_lookups if pairs else 0,
+                       neighbour_window=cfg.negclip.neighbour_window if pairs else 0)
 
 
 @dataclass(frozen=True)
@@ -207,16 +235,98 @@ def collate_objective_inputs(samples: Sequence[dict], fields: BatchFields, token
     return batch
 
 
+def with_pairs(samples: Sequence[dict]) -> list[dict]:
+    """The B samples, then the M hard negative image pairs they brought (`sample["neighbour"]`), in their order."""
+    return [*samples, *(s["neighbour"] for s in samples if s.get("neighbour") is not None)]
+
+
 def collate(samples: Sequence[dict], tokenizer: Callable, fields: BatchFields = NO_FIELDS) -> dict:
-    """Stack images, tokenize the drawn captions (and the objectives' extra texts), keep other fields as lists."""
+    """Stack images, tokenize the drawn captions (and the objectives' extra texts), keep other fields as lists;
+    with hard negative images, over the B samples and their M pairs (B + M rows)."""
+    rows = with_pairs(samples) if fields.neighbour_choices else list(samples)
     batch: dict[str, Any] = {
-        "image": torch.stack([s["image"] for s in samples]),  # (B, 3, H, W)
-        "text": tokenizer([s["caption"] for s in samples]).long(),  # (B, L)
-        **collate_objective_inputs(samples, fields, tokenizer),
+        "image": torch.stack([s["image"] for s in rows]),  # (B + M, 3, H, W)
+        "text": tokenizer([s["caption"] for s in rows]).long(),  # (B + M, L)
+        **collate_objective_inputs(rows, fields, tokenizer),
     }
     for key in LIST_FIELDS:
-        batch[key] = [s[key] for s in samples]
+        batch[key] = [s[key] for s in rows]
+    if fields.neighbour_choices:
+        batch[PAIR_KEY] = torch.arange(len(rows)) >= len(samples)  # (B + M,)
     return batch
+
+
+# --- NegCLIP's hard negative images ---------------------------------------------------------------
+
+def neighbour_candidates(neighbours: Sequence[str] | None, own: str, found: Container[str],
+                         fields: BatchFields) -> list[str]:
+    """Of the first neighbour_lookups listed neighbours (nearest first), the first neighbour_choices that `found`
+    holds, the sample itself left out."""
+    listed = [str(u) for u in list(neighbours or [])[:fields.neighbour_lookups]]
+    return [u for u in listed if u != own and u in found][:fields.neighbour_choices]
+
+
+def pick_neighbour(neighbours: Sequence[str] | None, own: str, found: Container[str], fields: BatchFields,
+                   rng: np.random.Generator) -> str | None:
+    """NegCLIP's draw (`random.choice` over a sample's nearest images), among the candidates found; None if none."""
+    options = neighbour_candidates(neighbours, own, found, fields)
+    return options[int(rng.integers(len(options)))] if options else None
+
+
+class SampleWindow:
+    """The last `size` samples read, by uid (oldest evicted first): what the shard loader finds neighbours in."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.samples = size, OrderedDict()
+
+    def add(self, uid: str, sample: dict) -> None:
+        self.samples.pop(uid, None)
+        self.samples[uid] = sample
+        while len(self.samples) > self.size:
+            self.samples.popitem(last=False)
+
+    def __contains__(self, uid: object) -> bool:
+        return uid in self.samples
+
+    def __getitem__(self, uid: str) -> dict:
+        return self.samples[uid]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+def with_meta(raw: dict) -> dict:
+    """A raw tar sample with its json parsed once into "__meta__" (uid defaulting to the tar key)."""
+    meta = json.loads(raw["json"]) if "json" in raw else {}
+    meta.setdefault("uid", raw["__key__"])
+    return {**raw, "__meta__": meta}
+
+
+def attach_neighbours(samples: Iterable[dict], fields: BatchFields, seed: int, rank: int) -> Iterator[dict]:
+    """Raw samples, each with "__neighbour__" (a raw sample) when one of its neighbours is in the window, drawn
+    from a stream seeded per rank and worker (apart from the captions').
+
+    The window holds the last neighbour_window samples read; a sample leaves once neighbour_window // 2 later
+    ones have been read, so neighbours up to that far before or after it in the stream are found (the shard
+    stage writes a cluster's samples together). Memory: the window's raw samples, and the neighbours the
+    shuffle buffer's samples carry."""
+    rng = np.random.default_rng([worker_seed(seed, rank), NEIGHBOUR_STREAM])
+    window, waiting, ahead = SampleWindow(fields.neighbour_window), deque(), fields.neighbour_window // 2
+    for raw in samples:
+        raw = with_meta(raw)
+        window.add(str(raw["__meta__"]["uid"]), raw)
+        waiting.append(raw)
+        if len(waiting) > ahead:
+            yield paired(waiting.popleft(), window, fields, rng)
+    while waiting:
+        yield paired(waiting.popleft(), window, fields, rng)
+
+
+def paired(raw: dict, window: SampleWindow, fields: BatchFields, rng: np.random.Generator) -> dict:
+    """`raw` with its drawn neighbour from `window` attached (a copy: the window's samples carry none)."""
+    meta = raw["__meta__"]
+    uid = pick_neighbour(meta.get("neighbours"), str(meta["uid"]), window, fields, rng)
+    return raw if uid is None else {**raw, "__neighbour__": window[uid]}
 
 
 def dataloader_worker() -> tuple[int, int]:
@@ -262,17 +372,28 @@ def shuffle_samples(samples: Iterable[dict], bufsize: int, seed: int, rank: int)
     yield from buf
 
 
+def decode_raw(raw: dict, transform: Callable, sampler: str, rng: np.random.Generator,
+               fields: BatchFields) -> dict | None:
+    """One raw tar sample -> a decoded sample; None without an image or caption."""
+    ext = next((e for e in IMAGE_EXTENSIONS if e in raw), None)
+    if ext is None or "txt" not in raw:
+        return None
+    meta = raw["__meta__"] if "__meta__" in raw else with_meta(raw)["__meta__"]
+    return make_sample(raw[ext], raw["txt"].decode("utf-8"), meta, transform, sampler, rng, fields)
+
+
 def decode_samples(samples: Iterable[dict], transform: Callable, sampler: str, seed: int, rank: int,
                    fields: BatchFields = NO_FIELDS) -> Iterator[dict]:
-    """Raw tar members -> decoded samples; members without an image or caption are skipped."""
+    """Raw tar members -> decoded samples (with their decoded "neighbour" when one is attached); members without
+    an image or caption are skipped."""
     rng = np.random.default_rng(worker_seed(seed, rank))
     for raw in samples:
-        ext = next((e for e in IMAGE_EXTENSIONS if e in raw), None)
-        if ext is None or "txt" not in raw:
+        sample = decode_raw(raw, transform, sampler, rng, fields)
+        if sample is None:
             continue
-        meta = json.loads(raw["json"]) if "json" in raw else {}
-        meta.setdefault("uid", raw["__key__"])
-        yield make_sample(raw[ext], raw["txt"].decode("utf-8"), meta, transform, sampler, rng, fields)
+        if "__neighbour__" in raw:
+            sample["neighbour"] = decode_raw(raw["__neighbour__"], transform, sampler, rng, fields)
+        yield sample
 
 
 def shard_loader(
@@ -292,10 +413,13 @@ def shard_loader(
 ) -> Iterable[dict]:
     """Batches from WebDataset tars. Training: ceil(num_samples / (batch_size x world_size)) full batches for
     this rank (rounded up to a multiple of `workers`), from endless shard passes. Evaluation: one ordered
-    pass, last batch partial. `transform` defaults to open_clip's transform of the default model."""
+    pass, last batch partial. `transform` defaults to open_clip's transform of the default model. With
+    fields.neighbour_choices, each batch of batch_size samples also holds the hard negative image pairs found."""
     transform = transform or default_transform(train)
     pipeline = [partial(shard_passes, list(urls), seed, train, rank, world_size),
                 wds.tarfile_to_samples(handler=wds.warn_and_continue)]
+    if fields.neighbour_choices:  # before the shuffle, while a cluster's samples are still together
+        pipeline.append(partial(attach_neighbours, fields=fields, seed=seed, rank=rank))
     if train:
         pipeline.append(partial(shuffle_samples, bufsize=shuffle_buffer, seed=seed, rank=rank))
     pipeline += [partial(decode_samples, transform=transform, sampler=text_sampler, seed=seed, rank=rank,
@@ -342,20 +466,54 @@ def table_loader(
     stop_batch: int | None = None,
 ) -> Iterator[dict]:
     """One epoch of batches from a table with `image` (encoded bytes) and `text` columns (other contract
-    columns - uid, rewrites, long_caption, ... - travel along when present). Decodes in this process.
-    Batches [start_batch, stop_batch) of the epoch's order are yielded."""
+    columns - uid, rewrites, long_caption, neighbours, ... - travel along when present). Decodes in this process.
+    Batches [start_batch, stop_batch) of the epoch's order are yielded. With fields.neighbour_choices and a
+    `neighbours` column, each sample's hard negative image pair is drawn among its neighbours in the table."""
     transform = transform or default_transform(train)
     order = row_order(table.num_rows, batch_size, train, seed, rank, world_size)
+    index = uid_index(table) if fields.neighbour_choices and "neighbours" in table.column_names else None
     for b in range(start_batch, len(order) if stop_batch is None else min(stop_batch, len(order))):
-        idx = order[b]
-        rows = table.take(pa.array(idx)).to_pylist()
-        for i, row in zip(idx, rows, strict=True):
-            row["uid"] = row.get("uid") or str(i)  # tables without uids (the bootstrap's) use the row number
+        rows = table_rows(table, order[b])
         # Captions and augmentations drawn from per-batch seeds (torchvision's crops use torch's global RNG,
         # forked here and left as it was): batch b is the same whenever it is drawn, so a resumed run, or
         # one that draws a ProtoCLIP episode ahead, sees exactly the batches of an uninterrupted run.
         rng = np.random.default_rng([seed, rank, b])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(rng.integers(2**63)))
-            samples = [make_sample(r["image"], r["text"], r, transform, text_sampler, rng, fields) for r in rows]
+            make = partial(table_sample, transform=transform, sampler=text_sampler, rng=rng, fields=fields)
+            samples = [make(r) for r in rows]
+            if index is not None:
+                add_table_pairs(samples, rows, table, index, fields, make,
+                                np.random.default_rng([seed, rank, b, NEIGHBOUR_STREAM]))
         yield collate(samples, tokenizer, fields)
+
+
+def table_rows(table: pa.Table, idx: np.ndarray | list[int]) -> list[dict]:
+    """Rows `idx` as dicts; tables without uids (the bootstrap's) use the row number."""
+    rows = table.take(pa.array(idx, type=pa.int64())).to_pylist()
+    for i, row in zip(idx, rows, strict=True):
+        row["uid"] = row.get("uid") or str(i)
+    return rows
+
+
+def table_sample(row: dict, transform: Callable, sampler: str, rng: np.random.Generator,
+                 fields: BatchFields) -> dict:
+    return make_sample(row["image"], row["text"], row, transform, sampler, rng, fields)
+
+
+def uid_index(table: pa.Table) -> dict[str, int]:
+    """uid -> row number (the row number itself for rows without a uid, as table_rows names them)."""
+    uids = table.column("uid").to_pylist() if "uid" in table.column_names else [None] * table.num_rows
+    return {str(u or i): i for i, u in enumerate(uids)}
+
+
+def add_table_pairs(samples: list[dict], rows: list[dict], table: pa.Table, index: dict[str, int],
+                    fields: BatchFields, make: Callable[[dict], dict], rng: np.random.Generator) -> None:
+    """Give each sample its hard negative image pair (`sample["neighbour"]`), drawn among its neighbours in the
+    table (random access, as vinid/neg_clip's CsvDataset)."""
+    picks = [pick_neighbour(r.get("neighbours"), r["uid"], index, fields, rng) for r in rows]
+    found = [index[u] for u in picks if u is not None]
+    pairs = iter(table_rows(table, found) if found else [])
+    for sample, uid in zip(samples, picks, strict=True):
+        if uid is not None:
+            sample["neighbour"] = make(next(pairs))

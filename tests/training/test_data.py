@@ -3,6 +3,7 @@ from collections import Counter
 from dataclasses import replace
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 import webdataset as wds
@@ -11,12 +12,17 @@ from training.config import TrainConfig
 from training.data import (
     LIST_FIELDS,
     BatchFields,
+    SampleWindow,
     ShardData,
+    attach_neighbours,
     batch_fields,
     collate,
+    decode_image,
     label_matrix,
     laclip_text,
     make_sample,
+    neighbour_candidates,
+    pick_neighbour,
     row_order,
     shard_loader,
     shard_passes,
@@ -226,3 +232,124 @@ def test_resumed_table_batches_draw_the_same_subcaptions(micro, colour_table):
 
     full = draws()
     assert draws(start_batch=2) == full[2:] and draws(start_batch=1, stop_batch=3) == full[1:3]
+
+
+# --- NegCLIP's hard negative images ---------------------------------------------------------------------
+
+PAIRS = BatchFields(neighbour_choices=3, neighbour_lookups=3, neighbour_window=8)
+
+
+def raw(i: int, neighbours: list[str]) -> dict:
+    """A raw tar sample as tarfile_to_samples yields it (no image: the window never decodes)."""
+    return {"__key__": f"k{i}", "json": json.dumps({"uid": f"u{i}", "neighbours": neighbours}).encode()}
+
+
+def attached(raws, fields=PAIRS, seed=0):
+    return {r["__meta__"]["uid"]: (r["__neighbour__"]["__meta__"]["uid"] if "__neighbour__" in r else None)
+            for r in attach_neighbours(raws, fields, seed, 0)}
+
+
+def test_the_sample_window_keeps_only_the_last_samples_read():
+    window = SampleWindow(3)
+    for i in range(10):
+        window.add(f"u{i}", {"i": i})
+    assert len(window) == 3 and [u for u in ("u6", "u7", "u8", "u9") if u in window] == ["u7", "u8", "u9"]
+    window.add("u7", {"i": 70})  # read again: now the newest, nothing evicted but the oldest
+    window.add("u10", {"i": 10})
+    assert "u8" not in window and window["u7"] == {"i": 70} and len(window) == 3
+
+
+def test_neighbours_in_the_window_are_found_absent_ones_skipped():
+    """Window 8: a sample leaves after 4 later ones are read, so it sees 3 samples back and 4 ahead."""
+    lists = {i: [] for i in range(40)}
+    lists[10] = ["gone", "u14"]  # a filtered-out uid, then one 4 ahead
+    lists[11] = ["u8"]  # 3 behind
+    lists[20] = ["u25"]  # 5 ahead: not read yet when u20 leaves
+    lists[30] = ["u26", "u30"]  # 4 behind (evicted) and itself
+    lists[39] = ["u36", "u38"]  # the stream's end: the waiting samples still leave, with what is there
+    got = attached([raw(i, lists[i]) for i in range(40)])
+    assert list(got) == [f"u{i}" for i in range(40)]  # every sample once, in order
+    assert got["u10"] == "u14" and got["u11"] == "u8" and got["u20"] is None and got["u30"] is None
+    assert got["u39"] in {"u36", "u38"}
+    assert sum(v is not None for v in got.values()) == 3
+
+
+def test_the_drawn_neighbour_is_uniform_among_the_first_choices_found():
+    listed = ["a", "b", "c", "d", "e"]
+    fields = BatchFields(neighbour_choices=2, neighbour_lookups=4, neighbour_window=8)
+    assert neighbour_candidates(listed, "x", {"b", "c", "d", "e"}, fields) == ["b", "c"]  # a absent, e too far
+    assert neighbour_candidates(listed, "c", {"c", "e"}, fields) == []  # itself, and e past the lookups
+    negclip_rule = BatchFields(neighbour_choices=3, neighbour_lookups=3, neighbour_window=8)
+    rng = np.random.default_rng(0)
+    drawn = Counter(pick_neighbour(listed, "x", set(listed), negclip_rule, rng) for _ in range(3000))
+    assert set(drawn) == {"a", "b", "c"} and min(drawn.values()) > 900  # random.choice over the 3 nearest
+
+
+def neighbour_rows(n: int) -> list[dict]:
+    """colour_rows whose first 12 samples list the sample 4 later (the same colour) after a filtered-out uid."""
+    rows = colour_rows(n)
+    for i, row in enumerate(rows):
+        row["neighbours"] = ["gone", f"u{i + 4:04d}"] if i < 12 else ["gone"]
+    return rows
+
+
+def check_pairs(batch, rows, anchors, tokenizer, transform):
+    """Rows B + j hold the j-th anchor's neighbour: its image, its caption as positive, its own negative."""
+    by_uid, size = {r["uid"]: r for r in rows}, len(anchors)
+    b = len(batch["neighbour_pair"]) - size
+    assert batch["neighbour_pair"].tolist() == [False] * b + [True] * size
+    assert batch["image"].shape[0] == batch["text"].shape[0] == len(batch["uid"]) == b + size
+    assert batch["negative_text"].shape[0] == b + size and batch["negative_mask"].shape == (b + size, 1)
+    for j, anchor in enumerate(anchors):
+        uid = batch["uid"][b + j]
+        assert uid in by_uid[anchor]["neighbours"] and batch["raw_text"][b + j] == by_uid[uid]["text"]
+        assert torch.equal(batch["text"][b + j], tokenizer([by_uid[uid]["text"]])[0])
+        assert torch.equal(batch["image"][b + j], transform(decode_image(by_uid[uid]["image"])))
+        words = batch["negative_text"][b + j]
+        assert sorted(words.tolist()) == sorted(batch["text"][b + j].tolist())  # a word shuffle of its caption
+        assert not torch.equal(words, batch["text"][b + j])
+
+
+def test_shard_batches_grow_by_the_pairs_found_each_image_with_its_own_caption(micro, tmp_path):
+    tokenizer, _, val_tf = micro
+    rows = neighbour_rows(16)
+    data = write_shards(tmp_path, rows, 16)
+    fields = replace(PAIRS, negatives=("word_shuffle",), vocabulary=NegativeVocabulary())
+    # one shard and a one-sample buffer keep the stream's order: batch 1 is u0..u7, batch 2 u8..u15
+    first, second = list(shard_loader(data.urls, 8, 16, tokenizer, True, workers=0, seed=0, transform=val_tf,
+                                      shuffle_buffer=1, fields=fields))
+    assert first["uid"][:8] == [r["uid"] for r in rows[:8]] and second["uid"][:8] == [r["uid"] for r in rows[8:]]
+    check_pairs(first, rows, first["uid"][:8], tokenizer, val_tf)  # every u0..u7 finds u(i+4): 8 + 8 rows
+    check_pairs(second, rows, second["uid"][:4], tokenizer, val_tf)  # u8..u11 do, u12..u15 list none: 8 + 4
+    plain = next(iter(shard_loader(data.urls, 8, 16, tokenizer, True, workers=0, seed=0, transform=val_tf,
+                                   shuffle_buffer=1, fields=replace(fields, neighbour_choices=0))))
+    assert plain["image"].shape[0] == 8 and "neighbour_pair" not in plain
+
+
+def test_table_batches_draw_pairs_from_the_neighbours_column(micro):
+    tokenizer, _, val_tf = micro
+    rows = neighbour_rows(16)
+    table = pa.Table.from_pylist(rows)
+    fields = replace(PAIRS, negatives=("word_shuffle",), vocabulary=NegativeVocabulary())
+    first, second = list(table_loader(table, 8, tokenizer, False, seed=0, transform=val_tf, fields=fields))
+    check_pairs(first, rows, first["uid"][:8], tokenizer, val_tf)
+    check_pairs(second, rows, second["uid"][:4], tokenizer, val_tf)
+    again = next(table_loader(table, 8, tokenizer, True, seed=3, transform=val_tf, fields=fields, start_batch=1))
+    whole = list(table_loader(table, 8, tokenizer, True, seed=3, transform=val_tf, fields=fields))[1]
+    assert again["uid"] == whole["uid"] and torch.equal(again["image"], whole["image"])  # seeded per batch
+    without = next(table_loader(table.drop_columns(["neighbours"]), 8, tokenizer, False, seed=0, transform=val_tf,
+                                fields=fields))
+    assert without["image"].shape[0] == 8 and not bool(without["neighbour_pair"].any())
+
+
+def test_hard_negative_images_are_on_for_negclip_as_negclip_trains():
+    fields = batch_fields(TrainConfig(objectives={"negclip": 1.0}))
+    assert (fields.neighbour_choices, fields.neighbour_lookups, fields.neighbour_window) == (3, 3, 4096)
+    off = NegCLIPConfig(hard_negative_images=False)
+    assert batch_fields(TrainConfig(objectives={"negclip": 1.0}, negclip=off)).neighbour_choices == 0
+    assert batch_fields(TrainConfig(objectives={"siglip": 1.0})).neighbour_choices == 0
+    with pytest.raises(ValueError, match="protoclip"):
+        batch_fields(TrainConfig(objectives={"negclip": 1.0, "protoclip": 1.0}))
+    assert batch_fields(TrainConfig(objectives={"negclip": 1.0, "protoclip": 1.0}, negclip=off)).negatives
+    with pytest.raises(ValueError, match="neighbour_window"):
+        NegCLIPConfig(neighbour_window=1)

@@ -2,7 +2,9 @@
 config), and here the registry of weighted terms the training loop sums.
 
 `LOSSES` names each objective's factory; `WeightedObjectives` is the loss the loop optimises, sum of weight x
-term over the configured objectives, with the plain CLIP loss on the raw caption logged beside them.
+term over the configured objectives, with the plain CLIP loss on the raw caption logged beside them. A batch grown
+by NegCLIP's hard negative image pairs (training.objectives.negclip) reaches only the terms that say
+`reads_pairs`; every other term, and the logged CLIP loss, sees the batch's own rows (`own_rows`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from training.objectives.common import CONTRASTIVE_READS
 from training.objectives.dcl import DCLObjective, dcl_loss
 from training.objectives.dreamlip import DreamLIPObjective, dreamlip_multi_positive_gathered
 from training.objectives.mlcd import MLCDObjective, mlcd_loss
-from training.objectives.negclip import NegCLIPObjective, negclip_loss
+from training.objectives.negclip import NegCLIPObjective, negclip_loss, own_rows
 from training.objectives.protoclip import ProtoCLIPObjective
 from training.objectives.siglip import SigLIPObjective, siglip_loss
 
@@ -99,9 +101,11 @@ class WeightedObjectives(nn.Module):
 
     def forward(self, out: dict[str, torch.Tensor], batch: dict, dist: DistContext
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        terms = {name: term(out, batch, dist) for name, term in self.terms.items()}
+        own_out, own_batch = own_rows(out, batch)  # without NegCLIP's neighbour pairs, B rows on every rank
+        terms = {name: term(out, batch, dist) if getattr(term, "reads_pairs", False) else term(own_out, own_batch, dist)
+                 for name, term in self.terms.items()}
         total = sum(self.weights[name] * value for name, value in terms.items())
-        self._monitor = {"clip_raw_unweighted": raw_caption_clip_loss(out, dist)} if "text_features" in out else {}
+        self._monitor = {"clip_raw_unweighted": raw_caption_clip_loss(own_out, dist)} if "text_features" in out else {}
         return total, terms
 
     def metrics(self) -> dict[str, torch.Tensor]:
