@@ -20,11 +20,12 @@ decision) tables both have this schema."""
 
 STAGE_COLUMNS: dict[str, tuple[pa.Field, ...]] = {
     "curate": (pa.field("matched_entries", pa.list_(pa.int32())), pa.field("keep_prob", pa.float32())),
+    "embed": (pa.field("image_emb", pa.list_(pa.float16())), pa.field("text_emb", pa.list_(pa.float16()))),
+    "cluster": (pa.field("cluster_labels", pa.list_(pa.int32())), pa.field("cluster_scores", pa.list_(pa.float32())),
+                pa.field("neighbours", pa.list_(pa.string()))),
     "rewrite": (pa.field("rewrites", pa.list_(pa.string())),),
     "longcap": (pa.field("long_caption", pa.string()), pa.field("long_captions", pa.list_(pa.string())),
                 pa.field("long_caption_sentences", pa.list_(pa.string())), pa.field("synthetic_caption", pa.string())),
-    "embed": (pa.field("image_emb", pa.list_(pa.float32())),),
-    "cluster": (pa.field("cluster_labels", pa.list_(pa.int32())), pa.field("cluster_scores", pa.list_(pa.float32()))),
     "shard": (pa.field("shard", pa.string()), pa.field("key", pa.string())),
 }
 """The columns each stage adds to the sample table, in order (the shard stage's are in its Parquet sidecars)."""

@@ -21,7 +21,8 @@ import yaml
 
 from curation.balancing import CurateConfig
 from curation.captions import LongcapConfig, RewriteConfig
-from curation.clustering import ClusterConfig
+from curation.cluster_units import ClusterStageConfig
+from curation.embedding_filters import require_pretrained
 from curation.filters import FilterConfig
 from curation.sharding import ShardConfig
 from curation.sources import IngestConfig
@@ -33,7 +34,7 @@ from training.config import TrainConfig
 from training.embedding import EmbedConfig
 
 STAGES: tuple[str, ...] = (
-    "ingest", "filter", "curate", "rewrite", "longcap", "embed", "cluster", "shard", "train", "eval",
+    "ingest", "filter", "curate", "embed", "cluster", "rewrite", "longcap", "shard", "train", "eval",
 )
 
 
@@ -72,7 +73,7 @@ class RunConfig:
     """DreamLIP long captions and ALIP synthetic captions."""
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     """open_clip image/text embeddings for clustering."""
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    cluster: ClusterStageConfig = field(default_factory=ClusterStageConfig)
     """MLCD k-means multi-labels."""
     shard: ShardConfig = field(default_factory=ShardConfig)
     """WebDataset shard writing."""
@@ -232,23 +233,25 @@ def eval_config(overrides: typing.Sequence[str] = ()) -> EvalConfig:
 
 
 def resolve(cfg: RunConfig) -> RunConfig:
-    """Fill the settings one stage takes from another (MLCD's classifier has one row per cluster center), and
-    check the eval datasets against the pool (a real-data run is never scored on the synthetic world)."""
+    """Check the settings one stage takes from another (MLCD's labels come from the cluster stage, its class count
+    from the cluster artifact's centers.npy, read by the train stage), and the eval datasets against the pool (a
+    real-data run is never scored on the synthetic world)."""
     try:
         resolve_sources(cfg.eval.datasets, [s.format for s in cfg.ingest.sources], cfg.ingest.world)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    if cfg.cluster.clip_score.enabled:
+        try:
+            require_pretrained(cfg.embed.checkpoint, "cluster.clip_score")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     mlcd = cfg.train.mlcd
-    if "mlcd" in cfg.train.objectives:
-        if mlcd.num_centers is None:
-            mlcd = dataclasses.replace(mlcd, num_centers=cfg.cluster.num_centers)
-        if mlcd.num_centers != cfg.cluster.num_centers:
-            raise ConfigError(f"train.mlcd.num_centers={mlcd.num_centers} but cluster.num_centers="
-                              f"{cfg.cluster.num_centers}: the labels index the cluster stage's centers")
-        if mlcd.top_k > cfg.cluster.top_k:
-            raise ConfigError(f"train.mlcd.top_k={mlcd.top_k} exceeds cluster.top_k={cfg.cluster.top_k}: "
-                              "the shards carry only cluster.top_k labels per sample")
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, mlcd=mlcd))
+    if mlcd.num_centers is not None:
+        raise ConfigError(f"train.mlcd.num_centers={mlcd.num_centers}: MLCD's class count is read from the cluster "
+                          "artifact's centers.npy (one row per center); set cluster.num_centers instead")
+    if "mlcd" in cfg.train.objectives and mlcd.top_k > cfg.cluster.top_k:
+        raise ConfigError(f"train.mlcd.top_k={mlcd.top_k} exceeds cluster.top_k={cfg.cluster.top_k}: "
+                          "the shards carry only cluster.top_k labels per sample")
     return cfg
 
 

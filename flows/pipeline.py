@@ -27,23 +27,31 @@ from tasks.store.report import write_report
 
 Refs = dict[str, ArtifactRef]
 
+
+def synthetic_pool(cfg: RunConfig) -> bool:
+    """Whether every ingest source is the synthetic world (its truth then feeds curate's metadata and the
+    cluster stage's agreement with the true classes)."""
+    return all(s.format == "synthetic" for s in cfg.ingest.sources)
+
+
 STEPS: dict[str, Callable[[RunContext, RunConfig, Refs], ArtifactRef]] = {
     "ingest": lambda ctx, cfg, refs: ingest.ingest(ctx, cfg.ingest),
     "filter": lambda ctx, cfg, refs: filter_stage.filter_(ctx, cfg.filter, refs["ingest"]),
-    "curate": lambda ctx, cfg, refs: curate.curate(ctx, cfg.curate, refs["filter"],
-                                              all(s.format == "synthetic" for s in cfg.ingest.sources)),
-    "rewrite": lambda ctx, cfg, refs: captions.rewrite(ctx, cfg.rewrite, refs["curate"]),
+    "curate": lambda ctx, cfg, refs: curate.curate(ctx, cfg.curate, refs["filter"], synthetic_pool(cfg)),
+    "embed": lambda ctx, cfg, refs: embed.embed(ctx, cfg.embed, cfg.train, refs["curate"]),
+    "cluster": lambda ctx, cfg, refs: cluster.cluster(ctx, cfg.cluster, refs["embed"], cfg.embed,
+                                                      refs["ingest"] if synthetic_pool(cfg) else None),
+    "rewrite": lambda ctx, cfg, refs: captions.rewrite(ctx, cfg.rewrite, refs["cluster"]),
     "longcap": lambda ctx, cfg, refs: captions.longcap(ctx, cfg.longcap, refs["rewrite"], refs["ingest"]),
-    "embed": lambda ctx, cfg, refs: embed.embed(ctx, cfg.embed, cfg.train, refs["longcap"]),
-    "cluster": lambda ctx, cfg, refs: cluster.cluster(ctx, cfg.cluster, refs["embed"]),
-    "shard": lambda ctx, cfg, refs: shard.shard(ctx, cfg.shard, refs["cluster"]),
-    "train": lambda ctx, cfg, refs: train.train(ctx, cfg.train, refs["shard"], refs.get("curate")),
+    "shard": lambda ctx, cfg, refs: shard.shard(ctx, cfg.shard, refs["longcap"]),
+    "train": lambda ctx, cfg, refs: train.train(ctx, cfg.train, refs["shard"], refs.get("curate"),
+                                              refs.get("cluster")),
     "eval": lambda ctx, cfg, refs: eval_stage.evaluate(ctx, cfg.eval, cfg.ingest, cfg.train, refs["train"]),
 }
 """How each stage's task is called from the config and the references of the stages before it."""
 
 DRY_RUNS: dict[str, Callable[[RunContext, RunConfig, Refs], dict]] = {
-    "rewrite": lambda ctx, cfg, refs: captions.dry_run(ctx, "rewrite", cfg.rewrite, refs["curate"]),
+    "rewrite": lambda ctx, cfg, refs: captions.dry_run(ctx, "rewrite", cfg.rewrite, refs["cluster"]),
     "longcap": lambda ctx, cfg, refs: captions.dry_run(ctx, "longcap", cfg.longcap, refs["rewrite"]),
 }
 """Stages with a dry run (``--set rewrite.dry_run=true``): the run estimates the stage's requests and stops there,

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from training.checkpoints import CHECKPOINT_DIR, checkpoint_step
 from training.config import DataConfig, DistConfig, TrainConfig
-from training.data import ShardData
-from training.embedding import EmbedConfig, encode_images
+from training.data import ShardData, decode_image
+from training.embedding import EmbedConfig, embed_device, encode_images, encode_texts
 from training.loop import configure_threads, train
 from training.models import create_model
 
@@ -108,28 +109,85 @@ def omp_threads(threads: int) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class EmbedPart:
-    """One part to embed: ``out`` gets ``source``'s rows plus ``image_emb``."""
+    """One part to embed: ``out`` gets ``source``'s rows plus ``image_emb`` and ``text_emb``."""
 
     source: str
     out: str
 
 
-class PartEmbedder:
-    """The embed stage's stateful worker: loads the model once, then adds the ``image_emb`` column
-    (L2-normalised image features, list<float32>) to each part it is given (the Ray executor runs one per
-    actor of a pool)."""
+def float16_lists(emb: np.ndarray) -> pa.ListArray:
+    """(N, D) embeddings as a list<halffloat> column, one list of D values per row."""
+    values = pa.array(emb.astype(np.float16).reshape(-1), pa.float16())
+    offsets = pa.array(np.arange(len(emb) + 1, dtype=np.int32) * emb.shape[1], pa.int32())
+    return pa.ListArray.from_arrays(offsets, values)
 
-    def __init__(self, model_name: str, checkpoint: str | None, batch_size: int):
+
+class PartEmbedder:
+    """The embed stage's stateful worker: loads the model once (on its GPU when it has one), then adds
+    ``image_emb`` and ``text_emb`` (L2-normalised image and caption features, list<float16>) to each part it is
+    given (the Ray executor runs one per actor of a pool)."""
+
+    def __init__(self, cfg: EmbedConfig, checkpoint: str | None):
         configure_threads()
-        self.model, self.preprocess, _tokenizer = create_model(model_name, checkpoint)
-        self.batch_size = batch_size
+        self.device = embed_device(cfg.device)
+        self.model, self.preprocess, self.tokenizer = create_model(cfg.model, checkpoint, device=self.device)
+        self.batch_size, self.precision = cfg.batch_size, cfg.precision
 
     def __call__(self, unit: EmbedPart) -> dict:
         table = pq.read_table(unit.source)
-        emb = encode_images(self.model, self.preprocess, table.column("image").to_pylist(), self.batch_size)
-        values = pa.array(emb.reshape(-1), pa.float32())
-        offsets = pa.array([i * emb.shape[1] for i in range(len(emb) + 1)], pa.int32())
-        table = table.append_column("image_emb", pa.ListArray.from_arrays(offsets, values))
+        images = encode_images(self.model, self.preprocess, table.column("image").to_pylist(), self.batch_size,
+                               self.precision)  # (N, D)
+        texts = encode_texts(self.model, self.tokenizer, table.column("text").to_pylist(), self.batch_size,
+                             self.precision)  # (N, D)
+        table = table.append_column("image_emb", float16_lists(images))
+        table = table.append_column("text_emb", float16_lists(texts))
         Path(unit.out).parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, unit.out)
-        return {"rows_in": table.num_rows, "rows_out": table.num_rows, "dim": int(emb.shape[1])}
+        return {"rows_in": table.num_rows, "rows_out": table.num_rows, "dim": int(images.shape[1]),
+                "device": str(self.device)}
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+"""Files an image folder's embedding job reads (the image-based filter's target set)."""
+
+
+def image_files(root: str) -> list[Path]:
+    """Every image file under `root`, sorted; a file (or a link) resolving outside `root` is an error, so nothing
+    is read outside the folder the config names."""
+    base = Path(root).resolve()
+    if not base.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist or is not a folder")
+    files = sorted(p for p in base.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    outside = [p for p in files if not p.resolve().is_relative_to(base)]
+    if outside:
+        raise ValueError(f"{outside[0]} resolves outside the image folder {root}: refusing to read it")
+    if not files:
+        raise ValueError(f"image folder {root} holds no {'/'.join(IMAGE_SUFFIXES)} files")
+    return files
+
+
+@dataclass(frozen=True)
+class EmbedImageFolder:
+    """The image-based filter's target set: L2-normalised image embeddings of every image under ``folder``,
+    saved as float32 .npy (rows in sorted file order), by the embed stage's model."""
+
+    folder: str
+    cfg: EmbedConfig
+    checkpoint: str | None
+    out: str
+
+    def run(self) -> dict:
+        files = image_files(self.folder)
+        images = []
+        for path in files:
+            data = path.read_bytes()
+            try:
+                decode_image(data)
+            except Exception as err:  # noqa: BLE001  (any decoder error names the file)
+                raise ValueError(f"target image {path} cannot be decoded: {err}") from None
+            images.append(data)
+        embedder = PartEmbedder(self.cfg, self.checkpoint)
+        emb = encode_images(embedder.model, embedder.preprocess, images, self.cfg.batch_size, self.cfg.precision)
+        with open(self.out, "wb") as f:
+            np.save(f, emb.astype(np.float32))
+        return {"images": len(files)}

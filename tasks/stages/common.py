@@ -31,7 +31,7 @@ from tasks.store.artifacts import ArtifactRef, ArtifactStore, Staging, config_ha
 
 CODE_VERSIONS = {
     "ingest": "2", "filter": "2", "curate": "1", "rewrite": "2", "longcap": "2",
-    "embed": "3", "cluster": "1", "shard": "1", "train": "3", "eval": "2",
+    "embed": "4", "cluster": "2", "shard": "1", "train": "3", "eval": "2",
 }
 """Part of every stage's key: bump a stage's entry whenever its output changes for the same config, so the stage
 and everything below it recompute."""

@@ -29,10 +29,11 @@ def embed(ctx: RunContext, cfg: EmbedConfig, train_cfg: TrainConfig, upstream: A
         stored = str(Path(checkpoint).relative_to(tmp)) if checkpoint.startswith(str(tmp)) else checkpoint
         manifest["model"] = {"name": cfg.model, "checkpoint": stored,
                              "source": "config" if cfg.checkpoint else "bootstrap training on the curated data"}
-        worker = partial(PartEmbedder, cfg.model, checkpoint, cfg.batch_size)
+        worker = partial(PartEmbedder, cfg, checkpoint)
         results = run.map_stateful("embed", worker, [EmbedPart(p, out(L.PARTS, i)) for i, p in enumerate(parts)])
         manifest["counts"] = passthrough_counts(results)
         manifest["dim"] = results[0]["dim"] if results else 0
+        manifest["devices"] = sorted({r["device"] for r in results})
 
     key_config = (cfg, bootstrap_config(cfg, train_cfg)) if cfg.checkpoint is None else cfg
     return run_stage(ctx, "embed", CODE_VERSIONS["embed"], key_config, [upstream], compute)

@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -16,13 +17,24 @@ from tasks.store.artifacts import ArtifactRef
 from training.config import TrainConfig
 
 
+def center_count(cluster_ref: ArtifactRef) -> int:
+    """K, the rows of the cluster artifact's centers.npy (read from its header: no centers are loaded)."""
+    return int(np.load(Path(cluster_ref.path) / L.CENTERS, mmap_mode="r").shape[0])
+
+
 @task(name="train", cache_policy=NO_CACHE)
-def train(ctx: RunContext, cfg: TrainConfig, upstream: ArtifactRef, curate_ref: ArtifactRef | None = None
-          ) -> ArtifactRef:
-    """`curate_ref` gives NegCLIP the pool's metadata entries (its vocabulary), when negclip asks for them."""
+def train(ctx: RunContext, cfg: TrainConfig, upstream: ArtifactRef, curate_ref: ArtifactRef | None = None,
+          cluster_ref: ArtifactRef | None = None) -> ArtifactRef:
+    """`curate_ref` gives NegCLIP the pool's metadata entries (its vocabulary), when negclip asks for them;
+    `cluster_ref` gives MLCD its class count, the rows of the cluster artifact's centers.npy."""
     metadata = Path(curate_ref.path) / L.METADATA if curate_ref is not None else None
     uses_metadata = "negclip" in cfg.objectives and cfg.negclip.use_metadata and metadata is not None
     run_cfg = replace(cfg, negclip=replace(cfg.negclip, metadata_file=str(metadata))) if uses_metadata else cfg
+    uses_centers = "mlcd" in cfg.objectives
+    if uses_centers:
+        if cluster_ref is None:
+            raise ValueError("the mlcd objective needs the cluster stage's artifact (its centers.npy)")
+        run_cfg = replace(run_cfg, mlcd=replace(run_cfg.mlcd, num_centers=center_count(cluster_ref)))
 
     def compute(run: StageRun, manifest: dict[str, Any]) -> None:
         tmp = run.tmp
@@ -33,5 +45,5 @@ def train(ctx: RunContext, cfg: TrainConfig, upstream: ArtifactRef, curate_ref: 
         rows = upstream.counts.get("rows_out", 0)
         manifest["counts"] = {"rows_in": rows, "rows_out": rows, "filtered": 0, "quarantined": 0}
 
-    inputs = [upstream, curate_ref] if uses_metadata else [upstream]
+    inputs = [upstream, *([curate_ref] if uses_metadata else []), *([cluster_ref] if uses_centers else [])]
     return run_stage(ctx, "train", CODE_VERSIONS["train"], cfg, inputs, compute)

@@ -3,7 +3,8 @@
 Views: one per stage (its sample table, or what the stage produced), ``samples`` (the latest sample
 table with every column so far, plus ``shard``/``key`` once sharded), ``quarantine`` and
 ``filtered`` (dropped rows of every stage with their reasons), ``entry_counts`` (MetaCLIP counts
-before and after balancing), ``train_metrics``, ``eval_results``; and tables ``stages`` (rows in,
+before and after balancing), ``cluster_sizes`` (samples per k-means center), ``semdedup_pairs`` (SemDeDup's
+dropped samples and what each duplicates), ``train_metrics``, ``eval_results``; and tables ``stages`` (rows in,
 out, filtered, quarantined, status and seconds per stage) and ``caption_requests`` (the caption stages'
 requests: sent, cached, answered, failed per reason, rejected by the cleaning rules).
 
@@ -24,7 +25,7 @@ from tasks.store import layout as L
 from tasks.store.artifacts import ArtifactRef, ArtifactStore
 
 CATALOG = "catalog.duckdb"
-TABLE_STAGES = ("cluster", "embed", "longcap", "rewrite", "curate", "filter", "ingest")
+TABLE_STAGES = ("longcap", "rewrite", "cluster", "embed", "curate", "filter", "ingest")
 """Stages whose artifact is a sample table, latest first."""
 DROPPED_COLUMNS = "NULL::VARCHAR AS uid, NULL::VARCHAR AS stage, NULL::VARCHAR AS reason, NULL::VARCHAR AS detail"
 
@@ -108,6 +109,23 @@ def _caption_rows(store: ArtifactStore, refs: Mapping[str, ArtifactRef]) -> list
     return rows
 
 
+NO_PAIRS = "SELECT NULL::VARCHAR AS uid, NULL::VARCHAR AS duplicate_of, NULL::FLOAT AS similarity WHERE false"
+
+
+def _artifact_file_views(refs: Mapping[str, ArtifactRef]) -> dict[str, str]:
+    """Views over the files of one artifact: curate's entry counts and stats, cluster's sizes and SemDeDup pairs."""
+    files = {"entry_counts": ("curate", L.ENTRY_COUNTS, "read_parquet"),
+             "curate_stats": ("curate", L.CURATE_STATS, "read_json_auto"),
+             "cluster_sizes": ("cluster", L.CLUSTER_SIZES, "read_parquet")}
+    views = {name: f"SELECT * FROM {reader}({_lit(Path(refs[stage].path) / file)})"
+             for name, (stage, file, reader) in files.items()
+             if stage in refs and (Path(refs[stage].path) / file).exists()}
+    if "cluster" in refs:
+        pairs = _parquet(Path(refs["cluster"].path) / L.SEMDEDUP_PAIRS)
+        views["semdedup_pairs"] = f"SELECT * FROM {pairs}" if pairs else NO_PAIRS
+    return views
+
+
 def build_catalog(workdir: str | Path, refs: Mapping[str, ArtifactRef]) -> Path:
     """(Re)create the catalog's views for the artifacts of ``refs`` (the latest run)."""
     path = Path(workdir) / CATALOG
@@ -120,11 +138,7 @@ def build_catalog(workdir: str | Path, refs: Mapping[str, ArtifactRef]) -> Path:
         views["samples"] = samples
     views["quarantine"] = _dropped_union(refs, L.QUARANTINE)
     views["filtered"] = _dropped_union(refs, L.FILTERED)
-    if "curate" in refs and (Path(refs["curate"].path) / L.ENTRY_COUNTS).exists():
-        counts = Path(refs["curate"].path) / L.ENTRY_COUNTS
-        views["entry_counts"] = f"SELECT * FROM read_parquet({_lit(counts)})"
-    if "curate" in refs and (stats := Path(refs["curate"].path) / L.CURATE_STATS).exists():
-        views["curate_stats"] = f"SELECT * FROM read_json_auto({_lit(stats)})"
+    views.update(_artifact_file_views(refs))
     if "train" in views:
         views["train_metrics"] = views.pop("train")
     if "eval" in views:

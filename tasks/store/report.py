@@ -94,8 +94,24 @@ def plot_eval(results: Sequence[Mapping[str, Any]], out: Path) -> Path:
     return out
 
 
+def plot_cluster_sizes(sizes: Path, out: Path) -> Path:
+    """Samples per k-means center: sorted sizes (log scale) and their histogram."""
+    counts = np.sort(pq.read_table(sizes).column("size").to_numpy())[::-1]
+    fig, (ax, hist) = plt.subplots(1, 2, figsize=(10, 4))
+    ax.plot(np.arange(1, len(counts) + 1), np.maximum(counts, 0.5))
+    ax.set(xlabel="center rank", ylabel="samples (top-1)", yscale="log", title="Cluster sizes, sorted")
+    hist.hist(counts, bins=min(50, max(1, len(np.unique(counts)))))
+    hist.set(xlabel="samples per center", ylabel="centers", title=f"{int((counts == 0).sum())} empty of {len(counts)}")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def _plots(workdir: Path, refs: Mapping[str, ArtifactRef], evaluation: Mapping[str, Any]) -> dict[str, str]:
     plots = {}
+    if "cluster" in refs and (sizes := Path(refs["cluster"].path) / L.CLUSTER_SIZES).exists():
+        plots["cluster_sizes"] = plot_cluster_sizes(sizes, workdir / "cluster_sizes.png").name
     if "curate" in refs and (counts := Path(refs["curate"].path) / L.ENTRY_COUNTS).exists():
         plots["entry_counts"] = plot_entry_counts(counts, workdir / "entry_counts.png").name
     if "train" in refs and (metrics := Path(refs["train"].path) / L.TRAIN_METRICS).exists():
@@ -117,6 +133,7 @@ def _markdown(report: Mapping[str, Any], manifests: Mapping[str, dict]) -> str:
             if reasons:
                 lines += ["", f"**{stage}, {kind}:** " + ", ".join(f"{r} {n}" for r, n in reasons.items())]
     lines += _curation_markdown(manifests.get("curate", {}))
+    lines += _cluster_markdown(manifests.get("cluster", {}))
     if report.get("simulated"):
         lines += ["", "## Simulated stages", "", "| stage | backend | what it could see |", "|---|---|---|"]
         lines += [f"| {stage} | {b['name']} (error rate {b.get('error_rate')}) | {b['sees']} |"
@@ -180,6 +197,26 @@ def _curation_markdown(manifest: Mapping[str, Any]) -> list[str]:
               "| top entry | before | after |", "|---|---:|---:|"]
     lines += [f"| {e['entry']} | {e['count_before']} | {e['count_after']} |"
               for e in manifest.get("top_entries", [])[:10]]
+    return lines
+
+
+def _cluster_markdown(manifest: Mapping[str, Any]) -> list[str]:
+    sizes = manifest.get("sizes")
+    if not sizes:
+        return []
+    centers = manifest["centers"]
+    lines = ["", "## Clusters (MLCD)", "",
+             f"{centers['num_centers']} centers ({centers['method']} k-means on {manifest['points']} points, "
+             f"{centers['assign']} assignment); samples per center: min {sizes['min']:.0f}, median "
+             f"{sizes['median']:.0f}, max {sizes['max']:.0f}; {sizes['empty']:.0f} empty; imbalance "
+             f"{sizes['imbalance']:.2f}."]
+    if agreement := manifest.get("agreement"):
+        lines += ["", f"Agreement with the synthetic world's {agreement['classes']} shape classes (top-1 cluster): NMI "
+                  f"{agreement['nmi']:.3f} (random assignment of the same sizes {agreement['nmi_random']:.3f}), purity "
+                  f"{agreement['purity']:.3f} (random {agreement['purity_random']:.3f})."]
+    if semdedup := manifest.get("semdedup"):
+        counts = ", ".join(f"eps {eps}: {n}" for eps, n in semdedup["dropped_by_eps"].items())
+        lines += ["", f"SemDeDup (eps {semdedup['eps']} applied, keep {semdedup['keep']}): dropped per eps {counts}."]
     return lines
 
 

@@ -93,15 +93,14 @@ def test_every_moved_key_is_an_error_naming_its_new_path(tmp_path):
 
 
 
-def test_mlcd_takes_its_classes_from_the_cluster_stage():
+def test_mlcd_s_class_count_is_never_a_config_value():
     import pytest
 
     from flows.config import ConfigError, load_config
 
     cfg = load_config(overrides=["train.objectives=clip,mlcd", "cluster.num_centers=40"])
-    assert cfg.train.mlcd.num_centers == 40
-    assert load_config().train.mlcd.num_centers is None  # untouched when MLCD is off
-    with pytest.raises(ConfigError, match="cluster.num_centers"):
+    assert cfg.train.mlcd.num_centers is None  # the train stage reads it from the cluster artifact's centers.npy
+    with pytest.raises(ConfigError, match="centers.npy.*cluster.num_centers"):
         load_config(overrides=["train.objectives=mlcd", "train.mlcd.num_centers=7"])
     with pytest.raises(ConfigError, match="top_k"):
         load_config(overrides=["train.objectives=mlcd", "train.mlcd.top_k=9"])
@@ -238,3 +237,17 @@ def test_executor_and_resources_load_from_the_config():
         load_config(overrides=["resources.embed.gpu=1"])
     with pytest.raises(ConfigError, match="executor: 'dask' is not one of 'ray', 'local'"):
         load_config(overrides=["executor=dask"])
+
+
+def test_the_clip_score_filter_needs_a_pretrained_embedding_checkpoint(tmp_path):
+    import pytest
+
+    from flows.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="cluster.clip_score needs embeddings from a pretrained model.*checkpoint"):
+        load_config(overrides=["cluster.clip_score.enabled=true", "cluster.clip_score.fraction=0.3"])
+    cfg = load_config(overrides=["cluster.clip_score.enabled=true", "cluster.clip_score.fraction=0.3",
+                                 f"embed.checkpoint={tmp_path / 'model.pt'}"])
+    assert cfg.cluster.clip_score.fraction == 0.3 and not cfg.cluster.semdedup.enabled
+    assert load_config(overrides=["cluster.semdedup.enabled=true", "cluster.semdedup.eps=0.05"]).cluster.semdedup.eps \
+        == 0.05

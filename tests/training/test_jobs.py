@@ -4,24 +4,42 @@ import pyarrow.parquet as pq
 import torch
 
 from training.config import TrainConfig
-from training.embedding import EmbedConfig
+from training.embedding import EmbedConfig, embed_autocast, embed_device, encode_images, encode_texts
 from training.jobs import BootstrapJob, EmbedPart, PartEmbedder
 from training.models import create_model
 
 from .conftest import colour_rows, train_config
 
 
-def test_part_embedder_appends_image_embeddings(micro_model, tmp_path):
+def test_part_embedder_appends_float16_image_and_text_embeddings(micro_model, tmp_path):
     rows = colour_rows(6)
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
     out = tmp_path / "out" / "part-00000.parquet"
-    summary = PartEmbedder(micro_model, None, 4)(EmbedPart(str(tmp_path / "in.parquet"), str(out)))
-    assert summary == {"rows_in": 6, "rows_out": 6, "dim": 32}
+    torch.manual_seed(0)  # the random initialisation of the embedder's model
+    summary = PartEmbedder(EmbedConfig(model=micro_model, batch_size=4), None)(
+        EmbedPart(str(tmp_path / "in.parquet"), str(out)))
+    assert summary == {"rows_in": 6, "rows_out": 6, "dim": 32, "device": "cpu"}
     table = pq.read_table(out)
     assert table.column("uid").to_pylist() == [r["uid"] for r in rows]
-    assert pa.types.is_list(table.schema.field("image_emb").type)
-    emb = np.array(table.column("image_emb").to_pylist(), np.float32)
-    assert emb.shape == (6, 32) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    torch.manual_seed(0)  # the same initialisation, for the float32 reference
+    model, preprocess, tokenizer = create_model(micro_model)
+    expected = {"image_emb": encode_images(model, preprocess, [r["image"] for r in rows], 4),
+                "text_emb": encode_texts(model, tokenizer, [r["text"] for r in rows], 4)}
+    for column, reference in expected.items():
+        assert table.schema.field(column).type == pa.list_(pa.float16())
+        emb = np.array(table.column(column).to_pylist(), np.float32)  # (6, 32)
+        assert emb.shape == (6, 32) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=2e-3)
+        assert np.abs(emb - reference).max() < 1e-3  # float16 storage of the fp32 embeddings
+
+
+def test_embed_autocast_is_off_on_the_cpu_by_default_and_bf16_when_asked():
+    cpu = torch.device("cpu")
+    assert not torch.is_autocast_enabled("cpu")
+    with embed_autocast("auto", cpu):
+        assert not torch.is_autocast_enabled("cpu")
+    with embed_autocast("bf16", cpu):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    assert embed_device("cpu") == cpu
 
 
 def test_bootstrap_job_trains_and_keeps_only_the_final_weights(micro_model, tmp_path):

@@ -33,7 +33,8 @@ class MLCDConfig:
     Learning")."""
 
     num_centers: int | None = None
-    """classifier rows, one per cluster center; None means the cluster stage's K (the flow fills it in)."""
+    """classifier rows, one per cluster center: not a config key; the train stage sets it from the cluster
+    artifact's centers.npy (the one source of the class count)."""
     top_k: int = 3
     """positive labels per sample: the first top_k of its `cluster_labels` (the cluster stage keeps top_k too)."""
     scale: float = 32.0

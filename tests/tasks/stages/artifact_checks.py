@@ -7,9 +7,8 @@ import pyarrow.parquet as pq
 
 from curation import partitions as P
 from curation.schema import SAMPLE_SCHEMA, STAGE_COLUMNS
+from flows.config import STAGES as ORDER
 from tasks.store import layout as L
-
-ORDER = ("ingest", "filter", "curate", "rewrite", "longcap", "embed", "cluster", "shard", "train", "eval")
 
 
 def manifest(ref) -> dict:

@@ -33,12 +33,12 @@ def local_run(tmp_path_factory):
     refs["ingest"] = ingest.ingest.fn(ctx, cfg.ingest)
     refs["filter"] = filter_stage.filter_.fn(ctx, cfg.filter, refs["ingest"])
     refs["curate"] = curate.curate.fn(ctx, cfg.curate, refs["filter"], True)
-    refs["rewrite"] = captions.rewrite.fn(ctx, cfg.rewrite, refs["curate"])
+    refs["embed"] = embed.embed.fn(ctx, cfg.embed, cfg.train, refs["curate"])
+    refs["cluster"] = cluster.cluster.fn(ctx, cfg.cluster, refs["embed"], cfg.embed, refs["ingest"])
+    refs["rewrite"] = captions.rewrite.fn(ctx, cfg.rewrite, refs["cluster"])
     refs["longcap"] = captions.longcap.fn(ctx, cfg.longcap, refs["rewrite"], refs["ingest"])
-    refs["embed"] = embed.embed.fn(ctx, cfg.embed, cfg.train, refs["longcap"])
-    refs["cluster"] = cluster.cluster.fn(ctx, cfg.cluster, refs["embed"])
-    refs["shard"] = shard.shard.fn(ctx, cfg.shard, refs["cluster"])
-    refs["train"] = train.train.fn(ctx, cfg.train, refs["shard"], refs["curate"])
+    refs["shard"] = shard.shard.fn(ctx, cfg.shard, refs["longcap"])
+    refs["train"] = train.train.fn(ctx, cfg.train, refs["shard"], refs["curate"], refs["cluster"])
     refs["eval"] = eval_stage.evaluate.fn(ctx, cfg.eval, cfg.ingest, cfg.train, refs["train"])
     assert not ray.is_initialized()  # the in-process executor never starts Ray
     return cfg, refs

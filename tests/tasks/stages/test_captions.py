@@ -69,7 +69,7 @@ def test_both_stages_on_openai_count_requests_and_never_write_the_key(local_run,
     monkeypatch.setenv("CURACLIP_STAGE_KEY", KEY)
     _, refs = local_run
     ctx = RunContext(workdir=str(tmp_path), run_id="openai", executor="local")
-    rewritten = captions.rewrite.fn(ctx, _openai_cfg(server), refs["curate"])
+    rewritten = captions.rewrite.fn(ctx, _openai_cfg(server), refs["cluster"])
     # longcap names no model: the stage asks the server for the one it serves
     longcap_cfg = LongcapConfig(backend="openai", progress=False,
                                 openai=OpenAIConfig(base_url=server.url, api_key_env="CURACLIP_STAGE_KEY"))
@@ -81,7 +81,7 @@ def test_both_stages_on_openai_count_requests_and_never_write_the_key(local_run,
     assert manifest(longcap)["captions"]["requests"] == 2 * rows  # a long and a short caption per image
     assert manifest(longcap)["config"]["openai"]["model"] == "served-model"  # in the key, as if named
     again = captions.rewrite.fn(RunContext(workdir=str(tmp_path), run_id="forced", executor="local",
-                                           force=frozenset({"rewrite"})), _openai_cfg(server), refs["curate"])
+                                           force=frozenset({"rewrite"})), _openai_cfg(server), refs["cluster"])
     assert manifest(again)["captions"]["cached"] == 4 * rows and manifest(again)["captions"]["sent"] == 0
     assert columns(longcap) == expected_columns("longcap")
     assert {e["authorization"] for e in server.log} == {f"Bearer {KEY}"}  # sent, and only to the server
@@ -97,12 +97,12 @@ def test_the_stage_fails_over_its_failure_share_and_the_rerun_asks_only_for_the_
     server.behave = lambda prompt, attempt: "503" if zlib.crc32(prompt.encode()) % 10 == 0 else "ok"  # ~10%
     cfg = _openai_cfg(server)
     with pytest.raises(CaptionFailureError, match="max_failure_share"):
-        captions.rewrite.fn(ctx, cfg, refs["curate"])
+        captions.rewrite.fn(ctx, cfg, refs["cluster"])
     failed = len([e for e in server.log if e["behaviour"] == "503"]) // 2  # each tried twice (max_retries=1)
     asked = len(server.log)
     assert failed > 0
     server.behave = lambda prompt, attempt: "ok"
-    ref = captions.rewrite.fn(ctx, cfg, refs["curate"])
+    ref = captions.rewrite.fn(ctx, cfg, refs["cluster"])
     assert len(server.log) - asked == failed  # the answered ones came from the cache
     tally = manifest(ref)["captions"]
     assert tally["sent"] == failed and tally["failures"]["http_5xx"] == 0
@@ -140,7 +140,7 @@ def test_a_killed_rewrite_resumes_asking_only_for_what_it_had_not_cached(local_r
     assert on_disk > 0
     rerun_cfg = load_config(overrides=[*preset_overrides("smoke"), *sets])
     ctx = RunContext(workdir=str(workdir), run_id="resume", executor="local")
-    ref = captions.rewrite.fn(ctx, rerun_cfg.rewrite, refs["curate"])
+    ref = captions.rewrite.fn(ctx, rerun_cfg.rewrite, refs["cluster"])
     assert len(server.log) - asked == total - on_disk
     assert manifest(ref)["captions"]["cached"] == on_disk
     assert ref.counts["rows_out"] == refs["curate"].counts["rows_out"]
