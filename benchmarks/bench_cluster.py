@@ -1,8 +1,9 @@
 """Cluster-stage benchmark: two-level against flat spherical k-means, IVF against exact top-k assignment.
 
 Builds, offline and deterministically, clustered unit vectors standing in for CLIP image embeddings:
-a two-scale Gaussian mixture on the sphere (``--groups`` broad topics, ``--modes`` sub-modes scattered
-around them, rows scattered around the sub-modes; see ``clustered_vectors``). Then, in this process,
+a multi-scale Gaussian mixture on the sphere (``--groups`` broad topics, ``--modes`` sub-modes scattered
+around them, rows scattered around the sub-modes in low-dimensional local subspaces; see
+``clustered_vectors``). Then, in this process,
 on the CPU (faiss-cpu, every OpenMP thread):
 
 (1) ``fit_centers`` with ``method="flat"`` (faiss.Kmeans over all K) and ``method="two_level"`` (sqrt(K)
@@ -68,23 +69,29 @@ QUICK = {"rows": 4000, "dim": 16, "centers": 64, "modes": 40, "big_rows": 6000, 
 
 
 def clustered_vectors(n: int, d: int, groups: int, modes: int, seed: int, mode_spread: float = 0.7,
-                      row_spread: float = 0.5) -> np.ndarray:
-    """n unit rows (n, d) float32 of a two-scale mixture on the sphere, seeded.
+                      row_spread: float = 0.5, local_dim: int = 8, bases: int = 64) -> np.ndarray:
+    """n unit rows (n, d) float32 of a multi-scale mixture on the sphere with low local dimension, seeded.
 
-    `groups` unit topic directions; `modes` sub-modes, each a topic plus Gaussian noise of norm
-    ~mode_spread, renormalised; rows, each a uniformly drawn sub-mode plus noise of norm ~row_spread,
-    renormalised (cosine to its sub-mode ~0.9 at 0.5).
+    `groups` unit topic directions; `modes` sub-modes, each a topic plus isotropic Gaussian noise of norm
+    ~mode_spread, renormalised; rows, each a uniformly drawn sub-mode plus Gaussian noise of norm
+    ~row_spread spanning a `local_dim`-dimensional subspace (one of `bases` random ones, by mode), plus
+    isotropic noise a tenth as large, renormalised. Embeddings are locally low-dimensional, so more
+    centers keep lowering the k-means objective instead of meeting an isotropic noise floor.
     """
     rng = np.random.default_rng(seed)
     topics = l2_normalize(rng.standard_normal((groups, d)))
-    scale = 1 / np.sqrt(d)
-    centres = l2_normalize(topics[rng.integers(0, groups, modes)] + mode_spread * scale *
+    centres = l2_normalize(topics[rng.integers(0, groups, modes)] + mode_spread / np.sqrt(d) *
                            rng.standard_normal((modes, d)).astype(np.float32))
+    spans = np.linalg.qr(rng.standard_normal((bases, d, local_dim)))[0].transpose(0, 2, 1)  # (bases, r, d)
+    spans = spans.astype(np.float32) * (row_spread / np.sqrt(local_dim))
     x = np.empty((n, d), dtype=np.float32)
-    for start in range(0, n, 1 << 18):  # chunks keep the float64 noise small at 10^6 rows
+    for start in range(0, n, 1 << 18):  # chunks keep the temporaries small at 10^6 rows
         stop = min(start + (1 << 18), n)
-        noise = rng.standard_normal((stop - start, d)).astype(np.float32)
-        x[start:stop] = l2_normalize(centres[rng.integers(0, modes, stop - start)] + row_spread * scale * noise)
+        mode = rng.integers(0, modes, stop - start)
+        z = rng.standard_normal((stop - start, local_dim)).astype(np.float32)
+        local = np.einsum("nr,nrd->nd", z, spans[mode % bases])
+        iso = (0.1 * row_spread / np.sqrt(d)) * rng.standard_normal((stop - start, d)).astype(np.float32)
+        x[start:stop] = l2_normalize(centres[mode] + local + iso)
     return x
 
 

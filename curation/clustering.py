@@ -86,16 +86,14 @@ class ClusterConfig:
     """image nearest neighbours kept per sample, as NegCLIP hard negatives (0: off)."""
 
 
-METHODS = ("flat", "two_level")
-"""ClusterConfig.method values; FIT_METHODS (below) maps each to its function."""
 ASSIGNERS = ("exact", "ivf")
 """ClusterConfig.assign values."""
 
 
 def check_config(cfg: ClusterConfig) -> None:
     """Raise ValueError on a config no fit or assignment can run with."""
-    if cfg.method not in METHODS:
-        raise ValueError(f"unknown cluster method {cfg.method!r}; expected one of {list(METHODS)}")
+    if cfg.method not in FIT_METHODS:
+        raise ValueError(f"unknown cluster method {cfg.method!r}; expected one of {list(FIT_METHODS)}")
     if cfg.assign not in ASSIGNERS:
         raise ValueError(f"unknown assign {cfg.assign!r}; expected one of {list(ASSIGNERS)}")
     if cfg.num_centers < 1 or cfg.top_k < 1:  # top_k <= K is checked where labels are searched
