@@ -124,7 +124,7 @@ def record(run: StageRun, manifest: dict[str, Any], cfg: C.ClusterStageConfig, a
     rows_in, rows_out = sum(r["rows_in"] for r in assigned), sum(g["rows_out"] for g in grouped)
     manifest["counts"] = {"rows_in": rows_in, "rows_out": rows_out, "filtered": rows_in - rows_out, "quarantined": 0}
     manifest["reasons"] = {"filtered": summed_reasons(assigned + grouped)}
-    manifest["centers"] = {"num_centers": cfg.num_centers, "method": cfg.method, "assign": cfg.assign}
+    manifest["centers"] = {"num_centers": cfg.num_centers, "method": clustering.fit_method(cfg), "assign": cfg.assign}
     if cfg.semdedup.enabled:
         counts: dict[str, int] = {}
         for g in grouped:

@@ -471,3 +471,12 @@ def test_center_index_holds_unit_centers():
     index = center_index(4 * np.eye(3, dtype=np.float32), _cpu(num_centers=3))
     assert isinstance(index, CenterIndex)
     np.testing.assert_allclose(index.centers, np.eye(3))
+
+
+def test_auto_fits_two_level_from_a_hundred_thousand_centers():
+    from curation.clustering import TWO_LEVEL_FROM, fit_method
+
+    assert fit_method(ClusterConfig(num_centers=TWO_LEVEL_FROM - 1)) == "flat"
+    assert fit_method(ClusterConfig(num_centers=TWO_LEVEL_FROM)) == "two_level"
+    assert fit_method(ClusterConfig(num_centers=10, method="two_level")) == "two_level"
+    assert fit_method(ClusterConfig(num_centers=10**6, method="flat")) == "flat"

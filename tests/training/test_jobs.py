@@ -1,6 +1,7 @@
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import torch
 
 from training.config import TrainConfig
@@ -75,3 +76,19 @@ def test_bootstrap_config_ignores_objective_and_distribution_settings():
     assert (boot.optim, boot.data, boot.seed) == (kept.optim, kept.data, 3)
     assert (boot.schedule.epochs, boot.schedule.warmup_steps, boot.model) == (2, 9, embed.model)
     assert boot.objectives == {"clip": 1.0} and boot.distribution == DistConfig()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the GPU embedding path is not exercised")
+def test_part_embedder_runs_on_the_gpu_in_bf16_when_one_is_visible(micro_model, tmp_path):
+    rows = colour_rows(6)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    torch.manual_seed(0)
+    summary = PartEmbedder(EmbedConfig(model=micro_model, batch_size=4), None)(
+        EmbedPart(str(tmp_path / "in.parquet"), str(out)))
+    assert summary["device"].startswith("cuda")
+    torch.manual_seed(0)
+    model, preprocess, _ = create_model(micro_model)
+    reference = encode_images(model, preprocess, [r["image"] for r in rows], 4)  # fp32 on the CPU
+    emb = np.array(pq.read_table(out).column("image_emb").to_pylist(), np.float32)
+    assert np.abs(emb - reference).max() < 5e-2  # bf16 towers: close, not equal

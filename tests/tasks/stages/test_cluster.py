@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation import partitions as P
-from curation.cluster_units import SEMDEDUP_REASON
-from curation.embedding_filters import ClipScoreConfig
+from curation.cluster_units import CLIP_SCORE_REASON, IMAGE_FILTER_REASON, SEMDEDUP_REASON
+from curation.embedding_filters import ClipScoreConfig, ImageFilterConfig
 from curation.semdedup import SemDedupConfig
 from tasks.stages import cluster
 from tasks.stages.common import RunContext
@@ -111,3 +111,51 @@ def test_the_clip_score_filter_refuses_the_bootstrap_model(local_run, tmp_path):
     with pytest.raises(ValueError, match="embed.checkpoint"):
         cluster.cluster.fn(ctx, run_cfg, refs["embed"], cfg.embed)
     assert json.loads((Path(refs["embed"].path) / L.MANIFEST).read_text())["model"]["source"] != "config"
+
+
+def test_the_image_based_filter_keeps_the_clusters_nearest_the_target_images(local_run, tmp_path):
+    cfg, refs = local_run
+    table = parts_table(refs["cluster"])
+    top1 = np.array([row[0] for row in table.column("cluster_labels").to_pylist()])
+    target_cluster = int(np.bincount(top1).argmax())
+    target = tmp_path / "target"
+    target.mkdir()
+    for i in np.flatnonzero(top1 == target_cluster)[:6]:
+        (target / f"{i}.png").write_bytes(table.column("image")[int(i)].as_py())
+    ctx = RunContext(workdir=str(tmp_path / "work"), run_id="image", executor="local", resources=cfg.resources)
+    run_cfg = dataclasses.replace(cfg.cluster, image_filter=ImageFilterConfig(enabled=True, target=str(target)))
+    ref = cluster.cluster.fn(ctx, run_cfg, refs["embed"], cfg.embed)
+    record = manifest(ref)
+    assert record["image_filter"]["target_images"] == 6 and reconciles(ref)
+    kept = parts_table(ref)
+    kept_clusters = {row[0] for row in kept.column("cluster_labels").to_pylist()}
+    assert target_cluster in kept_clusters  # the target images are pool images of that cluster
+    assert len(kept_clusters) == record["image_filter"]["kept_clusters"]
+    sizes = pq.read_table(Path(ref.path) / L.CLUSTER_SIZES).column("size").to_numpy()
+    assert kept.num_rows == sizes[sorted(kept_clusters)].sum()  # whole clusters kept, the others dropped
+    assert record["reasons"]["filtered"] == {IMAGE_FILTER_REASON: ref.counts["rows_in"] - kept.num_rows}
+
+
+def test_the_clip_score_filter_keeps_the_top_fraction_of_the_pool(local_run, tmp_path):
+    cfg, refs = local_run
+    upstream, _ = planted_embed_artifact(refs, tmp_path / "embed", duplicates=0)
+    table = parts_table(upstream)
+    rng = np.random.default_rng(1)
+    image = np.array(table.column("image_emb").to_pylist(), np.float32)
+    noise = rng.normal(size=image.shape)
+    weights = np.linspace(0.0, 1.0, len(image))[:, None]  # row i's caption drifts further from its image
+    text = (1 - weights) * image + weights * noise / np.linalg.norm(noise, axis=1, keepdims=True)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    table = table.set_column(table.schema.get_field_index("text_emb"), "text_emb", float16_lists(text))
+    for i, start in enumerate(range(0, table.num_rows, 100)):
+        P.write_table(table.slice(start, 100), tmp_path / "embed" / L.PARTS / P.part_name(i))
+    scores = (np.array(table.column("image_emb").to_pylist(), np.float32)
+              * np.array(table.column("text_emb").to_pylist(), np.float32)).sum(axis=1)
+    expected = set(np.array(table.column("uid").to_pylist())[scores >= np.sort(scores)[::-1][int(0.3 * len(scores))]])
+    ctx = RunContext(workdir=str(tmp_path / "work"), run_id="clip", executor="local", resources=cfg.resources)
+    embed_cfg = dataclasses.replace(cfg.embed, checkpoint=str(tmp_path / "pretrained.pt"))  # as if pretrained
+    run_cfg = dataclasses.replace(cfg.cluster, clip_score=ClipScoreConfig(enabled=True, fraction=0.3))
+    ref = cluster.cluster.fn(ctx, run_cfg, upstream, embed_cfg)
+    kept = set(parts_table(ref).column("uid").to_pylist())
+    assert kept == expected and reconciles(ref)  # DataComp's rule: the score at index int(0.3 N), ties kept
+    assert manifest(ref)["reasons"]["filtered"] == {CLIP_SCORE_REASON: len(scores) - len(expected)}
