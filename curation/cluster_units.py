@@ -57,10 +57,12 @@ def bucket_of(labels_top1: np.ndarray, num_centers: int, buckets: int) -> np.nda
     return (labels_top1.astype(np.int64) * buckets) // num_centers
 
 
-def part_rows_at(path: str, rows: np.ndarray, column: str = "image_emb") -> np.ndarray:
-    """(len(rows), D) float32 embeddings of the given rows of one part (only that column is read)."""
-    matrix = embedding_matrix(read_table(path, [column]), column)
-    return matrix[rows]
+def part_rows_at(path: str, rows: np.ndarray, column: str = "image_emb") -> np.ndarray | None:
+    """(len(rows), D) float32 embeddings of the given rows of one part (only that column is read); None when no
+    row is asked for (an empty part has no width to give)."""
+    if len(rows) == 0:
+        return None
+    return embedding_matrix(read_table(path, [column]), column)[rows]
 
 
 @dataclass(frozen=True)
@@ -69,13 +71,17 @@ class FitCenters:
     part; ``centers.npy`` is float32, one unit row per center."""
 
     sources: tuple[str, ...]
+    """the embed artifact's parts"""
     part_rows: tuple[int, ...]
+    """their row counts (from the Parquet footers), which alone decide the sample"""
     cfg: ClusterStageConfig
     out: str
+    """centers.npy"""
 
     def run(self) -> Counts:
         picks = clustering.sample_rows(self.part_rows, self.cfg)
-        x = np.concatenate([part_rows_at(p, rows) for p, rows in zip(self.sources, picks, strict=True)])
+        chunks = [part_rows_at(p, rows) for p, rows in zip(self.sources, picks, strict=True)]
+        x = np.concatenate([c for c in chunks if c is not None])
         save_array(clustering.fit_centers(x, self.cfg).astype(np.float32), self.out)
         return {"points": int(x.shape[0])}
 
@@ -85,18 +91,24 @@ class ClipThreshold:
     """DataComp's top-fraction threshold of the CLIP score over the whole pool, from every part's embeddings."""
 
     sources: tuple[str, ...]
+    """the embed artifact's parts"""
     cfg: embedding_filters.ClipScoreConfig
     out: str
+    """a text file holding the threshold"""
 
     def run(self) -> Counts:
-        scores = np.concatenate([part_clip_scores(read_table(p, [self.cfg.image_column, self.cfg.text_column]),
-                                                  self.cfg) for p in self.sources])
+        columns = [self.cfg.image_column, self.cfg.text_column]
+        scores = np.concatenate([np.zeros(0, np.float32)]
+                                + [part_clip_scores(read_table(p, columns), self.cfg) for p in self.sources])
         threshold = embedding_filters.clip_score_threshold(scores, self.cfg.fraction)
         Path(self.out).write_text(repr(float(threshold)))
         return {"scored": int(scores.size)}
 
 
 def part_clip_scores(table: pa.Table, cfg: embedding_filters.ClipScoreConfig) -> np.ndarray:
+    """(N,) cosine of each row's image and text embeddings (0 rows: empty)."""
+    if table.num_rows == 0:
+        return np.zeros(0, np.float32)
     return embedding_filters.clip_scores(embedding_matrix(table, cfg.image_column),
                                          embedding_matrix(table, cfg.text_column))
 
@@ -106,10 +118,15 @@ class AssignPart:
     """One part through the assigner: kept rows into ``buckets/<j>/<name>``, dropped rows into ``filtered``."""
 
     source: str
+    """an embed part"""
     buckets: str
+    """folder of buckets: the part's rows whose top-1 center falls in bucket j go to ``<buckets>/<j>/<name>``"""
     name: str
+    """the part's file name inside each bucket folder"""
     filtered: str
+    """the dropped-row table of the row filters"""
     sizes: str
+    """.npy of the part's rows per center (top-1, before the filters)"""
 
 
 @dataclass(frozen=True)
@@ -117,6 +134,7 @@ class RowFilters:
     """What the row-wise filters need, decided once for the whole pool."""
 
     clip: embedding_filters.ClipScoreConfig
+    """the CLIP-score filter's config (which embedding columns it compares)"""
     clip_threshold: float | None
     """the score a sample must reach (the config's threshold, or the pool's top-fraction threshold)."""
     target_clusters: tuple[int, ...] | None
@@ -151,6 +169,10 @@ class CenterAssigner:
 
     def __call__(self, unit: AssignPart) -> dict:
         table = read_table(unit.source)
+        if table.num_rows == 0:  # an empty part: nothing to bucket, zero sizes, an empty dropped-row table
+            np.save(unit.sizes, np.zeros(len(self.centers), np.int64))
+            write_table(dropped_table([], "cluster", [], []), unit.filtered)
+            return {"rows_in": 0, "rows_out": 0, "reasons": {}}
         labels, scores = clustering.search_topk(self.index, embedding_matrix(table), self.cfg.top_k)  # (N, k)
         top1 = labels[:, 0].astype(np.int64)
         np.save(unit.sizes, clustering.cluster_sizes(top1, len(self.centers)))
@@ -175,11 +197,16 @@ class GroupClusters:
     """One bucket's rows in top-1 center order; SemDeDup and the neighbours inside each cluster."""
 
     bucket: str
+    """the bucket's folder (one file per embed part that had rows in it)"""
     centers: str
+    """centers.npy, for SemDeDup's distance to the center"""
     cfg: ClusterStageConfig
     out: str
+    """the output part (whole clusters, rows in center order)"""
     filtered: str
+    """SemDeDup's dropped rows"""
     pairs: str
+    """SemDeDup's dropped pairs (uid, duplicate_of, similarity)"""
 
     def run(self) -> dict:
         paths = list_parts(self.bucket) if Path(self.bucket).exists() else []
@@ -246,7 +273,9 @@ class ClusterAgreement:
     (clustering.cluster_agreement). ``truth``: the ingest artifact's truth parts."""
 
     sources: tuple[str, ...]
+    """the cluster stage's output parts"""
     truth: tuple[str, ...]
+    """the ingest artifact's truth parts"""
 
     def run(self) -> dict:
         truth = pa.concat_tables([read_table(p, ["uid", "objects"]) for p in self.truth])
@@ -263,10 +292,14 @@ class ClusterAgreement:
 
 
 def total_sizes(paths: Sequence[str]) -> np.ndarray:
-    """Sum of the assign step's per-part cluster sizes (.npy, one count per center)."""
-    return np.sum([np.load(p) for p in paths], axis=0)
+    """Sum of the assign step's per-part cluster sizes (.npy, one count per center), one file at a time."""
+    total = np.load(paths[0]).astype(np.int64)
+    for path in paths[1:]:
+        total += np.load(path)
+    return total
 
 
 def cluster_size_table(sizes: np.ndarray) -> pa.Table:
+    """``cluster, size``: samples per center (top-1 assignment, before the embedding filters)."""
     return pa.table({"cluster": pa.array(np.arange(len(sizes), dtype=np.int32)),
                      "size": pa.array(sizes.astype(np.int64))})

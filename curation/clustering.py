@@ -86,8 +86,9 @@ class ClusterConfig:
     """IVF cells over the centers; None: round(4 * sqrt(K)), capped at K (see ivf_nlist)."""
     nprobe: int = DEFAULT_NPROBE
     """IVF cells probed per query (capped at nlist); recall@8 >= 0.95 on clustered data (see DEFAULT_NPROBE)."""
-    neighbours: int = 0
-    """image nearest neighbours kept per sample, as NegCLIP hard negatives (0: off)."""
+    neighbours: int = 3
+    """image nearest neighbours kept per sample (in its top-1 cluster), for NegCLIP's hard-negative images: it
+    draws among the 3 nearest, so 3 by default (0: off)."""
 
 
 ASSIGNERS = ("exact", "ivf")
@@ -275,6 +276,7 @@ def fine_centers(x: np.ndarray, cell_of: np.ndarray, cells: int, cfg: ClusterCon
 
 
 FIT_METHODS = {"flat": fit_flat, "two_level": fit_two_level}
+"""ClusterConfig.method -> fit function (unit rows (n, D), cfg) -> (K, D) unit centers."""
 
 TWO_LEVEL_FROM = 100_000
 """method="auto" fits two_level from this many centers on: at K = 10k two_level was already 14x faster than flat
@@ -286,7 +288,6 @@ def fit_method(cfg: ClusterConfig) -> str:
     if cfg.method != "auto":
         return cfg.method
     return "two_level" if cfg.num_centers >= TWO_LEVEL_FROM else "flat"
-"""ClusterConfig.method -> fit function (unit rows (n, D), cfg) -> (K, D) unit centers."""
 
 
 def fit_centers(x: np.ndarray, cfg: ClusterConfig) -> np.ndarray:
@@ -305,7 +306,7 @@ def fit_centers(x: np.ndarray, cfg: ClusterConfig) -> np.ndarray:
         x = x[sample_rows([n], cfg)[0]]
     method = fit_method(cfg)
     centers = FIT_METHODS[method](l2_normalize(x), cfg)
-    if centers.shape != (cfg.num_centers, d):  # the contract partitions.py and the MLCD loss rely on
+    if centers.shape != (cfg.num_centers, d):  # the contract the cluster stage and the MLCD loss rely on
         raise AssertionError(f"{method} k-means returned {centers.shape}, expected {(cfg.num_centers, d)}")
     return centers
 

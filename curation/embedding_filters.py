@@ -101,7 +101,8 @@ class ImageFilterConfig:
     """DataComp's image-based filter: keep pool samples in the clusters nearest a target set's image embeddings."""
 
     enabled: bool = False
-    """Apply the filter; needs a target folder and a pretrained model (require_pretrained)."""
+    """Apply the filter (off by default); needs a target folder. It runs on any embed model (not checked), but
+    means something only with a pretrained one."""
     target: str | None = None
     """Folder of target images, embedded with the pool's model (DataComp: ImageNet-1k train images)."""
     nearest: int = 1

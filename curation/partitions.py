@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
-from curation import balancing, captions, clustering, filters, sharding
+from curation import balancing, captions, filters, sharding
 from curation.matching import EntryMatcher
 from curation.metadata import count_words_and_pairs
 from curation.schema import DROPPED_SCHEMA
@@ -349,21 +349,7 @@ class CaptionWorker:
                 "backend": self.impl.describe()}
 
 
-# --- cluster (MLCD) ---------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class FitCenters:
-    """Spherical k-means over every part's image embeddings (a job over all parts); centers saved as .npy."""
-
-    sources: tuple[str, ...]
-    cfg: clustering.ClusterConfig
-    out: str
-
-    def run(self) -> Counts:
-        x = np.concatenate([embedding_matrix(read_table(p, ["image_emb"])) for p in self.sources])
-        save_array(clustering.fit_centers(x, self.cfg), self.out)
-        return {"points": int(x.shape[0])}
-
+# --- cluster (MLCD): the stage's units are in curation.cluster_units ------------------------------
 
 def embedding_matrix(table: pa.Table, column: str = "image_emb") -> np.ndarray:
     """(N, D) float32 from a list<float32> column."""
@@ -373,23 +359,6 @@ def embedding_matrix(table: pa.Table, column: str = "image_emb") -> np.ndarray:
     flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     return flat.reshape(len(col), -1)
 
-
-@dataclass(frozen=True)
-class AssignPart:
-    """Top-k nearest centers (``cluster_labels``, ``cluster_scores``) of one part's image embeddings."""
-
-    source: str
-    centers: str
-    top_k: int
-    out: str
-
-    def run(self) -> Counts:
-        table = read_table(self.source)
-        labels, scores = clustering.assign_topk(embedding_matrix(table), np.load(self.centers), self.top_k)
-        table = table.append_column("cluster_labels", pa.array(list(labels), pa.list_(pa.int32())))
-        table = table.append_column("cluster_scores", pa.array(list(scores), pa.list_(pa.float32())))
-        write_table(table, self.out)
-        return {"rows_in": table.num_rows, "rows_out": table.num_rows}
 
 
 # --- shard ------------------------------------------------------------------------------------

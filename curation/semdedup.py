@@ -44,7 +44,8 @@ class SemDedupConfig:
     """Configuration of SemDeDup (Abbas et al., 2023) over the cluster stage's k-means labels."""
 
     enabled: bool = False
-    """Run SemDeDup; off by default, since it needs embeddings from a pretrained model."""
+    """Run SemDeDup (off by default); it runs on any embed model, but finds semantic duplicates only with a
+    pretrained one (the bootstrap model's embeddings can be near-collapsed)."""
     eps: float = 0.07
     """Applied eps: drop a sample whose cosine to an earlier one exceeds 1 - eps. 0.07 is in both FINAL_EPS tables
     of the authors' constants.py (it kept 63.4% of LAION-440M in their commented table)."""

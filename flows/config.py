@@ -240,6 +240,14 @@ def resolve(cfg: RunConfig) -> RunConfig:
         resolve_sources(cfg.eval.datasets, [s.format for s in cfg.ingest.sources], cfg.ingest.world)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    if cfg.cluster.top_k > cfg.cluster.num_centers:
+        raise ConfigError(f"cluster.top_k={cfg.cluster.top_k} exceeds cluster.num_centers={cfg.cluster.num_centers}: "
+                          "a sample has only num_centers centers to be labelled with")
+    negclip = cfg.train.negclip
+    if "negclip" in cfg.train.objectives and negclip.hard_negative_images and cfg.cluster.neighbours == 0:
+        raise ConfigError("train.negclip.hard_negative_images needs each sample's neighbours, but cluster.neighbours "
+                          "is 0: set cluster.neighbours (3, NegCLIP's choice) or train.negclip.hard_negative_images: "
+                          "false")
     if cfg.cluster.clip_score.enabled:
         try:
             require_pretrained(cfg.embed.checkpoint, "cluster.clip_score")

@@ -5,6 +5,7 @@ library, writes results to disk and returns small counts. Imports neither Prefec
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 
 from training.checkpoints import CHECKPOINT_DIR, checkpoint_step
 from training.config import DataConfig, DistConfig, TrainConfig
@@ -178,16 +180,32 @@ class EmbedImageFolder:
 
     def run(self) -> dict:
         files = image_files(self.folder)
-        images = []
-        for path in files:
-            data = path.read_bytes()
-            try:
-                decode_image(data)
-            except Exception as err:  # noqa: BLE001  (any decoder error names the file)
-                raise ValueError(f"target image {path} cannot be decoded: {err}") from None
-            images.append(data)
         embedder = PartEmbedder(self.cfg, self.checkpoint)
-        emb = encode_images(embedder.model, embedder.preprocess, images, self.cfg.batch_size, self.cfg.precision)
+        parts = []
+        for start in range(0, len(files), self.cfg.batch_size):  # a batch of files in memory at a time
+            batch = files[start:start + self.cfg.batch_size]
+            images = [readable_image(path) for path in batch]
+            parts.append(encode_images(embedder.model, embedder.preprocess, images, self.cfg.batch_size,
+                                       self.cfg.precision))
         with open(self.out, "wb") as f:
-            np.save(f, emb.astype(np.float32))
+            np.save(f, np.concatenate(parts).astype(np.float32))
         return {"images": len(files)}
+
+
+def readable_image(path: Path) -> Image.Image:
+    """The decoded image at `path`, or a ValueError naming the file."""
+    try:
+        return decode_image(path.read_bytes())
+    except Exception as err:  # noqa: BLE001  (any decoder error names the file)
+        raise ValueError(f"target image {path} cannot be decoded: {err}") from None
+
+
+def folder_fingerprint(root: str) -> str:
+    """A digest of every image file under `root` (relative name, size, mtime): part of a stage's key, so changed
+    target images recompute it."""
+    base = Path(root).resolve()
+    digest = hashlib.sha256()
+    for path in image_files(root):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(base)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]

@@ -31,7 +31,7 @@ from tasks.stages.common import (
 from tasks.store import layout as L
 from tasks.store.artifacts import ArtifactRef
 from training.embedding import EmbedConfig
-from training.jobs import EmbedImageFolder
+from training.jobs import EmbedImageFolder, folder_fingerprint
 
 
 def embed_checkpoint(embed_ref: ArtifactRef) -> str:
@@ -49,7 +49,7 @@ def row_filters(run: StageRun, cfg: C.ClusterStageConfig, embed_cfg: EmbedConfig
         require_pretrained(embed_cfg.checkpoint, "cluster.clip_score")
         if clip.threshold is None:
             out = run.tmp / L.CLIP_THRESHOLD
-            run.job("clip_threshold", C.ClipThreshold(tuple(parts), clip, str(out)))
+            run.job("clip_threshold", C.ClipThreshold(tuple(parts), clip, str(out)), cpu_only=True)
             threshold = float(out.read_text())
         else:
             threshold = clip.threshold
@@ -64,12 +64,13 @@ def image_filter_clusters(run: StageRun, cfg: C.ClusterStageConfig, embed_cfg: E
     out = run.tmp / L.TARGET_EMBEDDINGS
     unit = EmbedImageFolder(cfg.image_filter.target, embed_cfg, checkpoint, str(out))
     images = run.job("targets", unit)["images"]
-    kept = target_clusters(np.load(centers), np.load(out), cfg.image_filter.nearest, cfg.image_filter.gpu)
+    kept = target_clusters(np.load(centers), np.load(out), cfg.image_filter.nearest, gpu="never")  # the driver
     run.manifest["image_filter"] = {"target_images": images, "kept_clusters": len(kept)}
     return tuple(int(c) for c in kept)
 
 
 def summed_reasons(results: list[dict]) -> dict[str, int]:
+    """Dropped rows per reason over the units' results."""
     total: dict[str, int] = {}
     for result in results:
         for reason, n in result["reasons"].items():
@@ -94,14 +95,15 @@ def cluster(ctx: RunContext, cfg: C.ClusterStageConfig, upstream: ArtifactRef, e
         grouped = run.map("group", [
             C.GroupClusters(str(tmp / L.BUCKETS / f"{j:05d}"), centers, cfg, part_path(tmp, L.PARTS, j),
                             part_path(tmp, L.FILTERED, len(parts) + j), part_path(tmp, L.SEMDEDUP_PAIRS, j))
-            for j in range(len(parts))])
+            for j in range(len(parts))], cpu_only=True)
         if sum(r["rows_out"] for r in assigned) != sum(g["rows_in"] for g in grouped):
             raise ReconciliationError("cluster: the buckets do not hold the rows the assign step kept")
         record(run, manifest, cfg, assigned, grouped, truth_parts)
         discard(run, "assign", tmp / L.BUCKETS, tmp / L.SIZE_PARTS)
 
     inputs = [upstream] if truth is None else [upstream, truth]
-    return run_stage(ctx, "cluster", CODE_VERSIONS["cluster"], cfg, inputs, compute)
+    key_config = (cfg, folder_fingerprint(cfg.image_filter.target)) if cfg.image_filter.enabled else cfg
+    return run_stage(ctx, "cluster", CODE_VERSIONS["cluster"], key_config, inputs, compute)
 
 
 def assign(run: StageRun, cfg: C.ClusterStageConfig, parts: list[str], centers: str, filters: C.RowFilters
@@ -133,4 +135,4 @@ def record(run: StageRun, manifest: dict[str, Any], cfg: C.ClusterStageConfig, a
         manifest["semdedup"] = {"eps": cfg.semdedup.eps, "dropped_by_eps": counts, "keep": cfg.semdedup.keep}
     outputs = P.list_parts(run.tmp / L.PARTS)
     if truth_parts and outputs:
-        manifest["agreement"] = run.job("agreement", C.ClusterAgreement(tuple(outputs), truth_parts))
+        manifest["agreement"] = run.job("agreement", C.ClusterAgreement(tuple(outputs), truth_parts), cpu_only=True)

@@ -105,18 +105,22 @@ class StageRun:
     def executor(self) -> Executor:
         return self.ctx.make_executor()  # built on first use: a cached rerun never starts Ray
 
-    def map(self, step: str, units: Sequence[Any]) -> list[Result]:
-        """Every unit's ``run()`` on the executor; results in unit order."""
-        return self._run(step, units, lambda todo: self.executor.map(todo, self.resources))
+    def map(self, step: str, units: Sequence[Any], cpu_only: bool = False) -> list[Result]:
+        """Every unit's ``run()`` on the executor; results in unit order. ``cpu_only``: the units reserve no GPU
+        whatever the stage's resources say (a numpy step of a stage whose other steps use GPUs)."""
+        resources = dataclasses.replace(self.resources, gpus=0.0) if cpu_only else self.resources
+        return self._run(step, units, lambda todo: self.executor.map(todo, resources))
 
     def map_stateful(self, step: str, worker: Callable[[], Worker], units: Sequence[Any]) -> list[Result]:
         """``worker()(unit)`` for every unit, the worker built once per process or actor."""
         return self._run(step, units, lambda todo: self.executor.map_stateful(worker, todo, self.resources))
 
-    def job(self, step: str, unit: Any) -> Result:
-        """One whole-data unit holding the job's CPUs (``resources.job_cpus``, else the cluster's)."""
+    def job(self, step: str, unit: Any, cpu_only: bool = False) -> Result:
+        """One whole-data unit holding the job's CPUs (``resources.job_cpus``, else the cluster's); ``cpu_only``
+        as for :meth:`map`."""
+        resources = dataclasses.replace(self.resources, gpus=0.0) if cpu_only else self.resources
         return self._run(step, [unit], lambda todo: self.executor.map(todo, self.executor.job_resources(
-            self.resources)))[0]
+            resources)))[0]
 
     def _run(self, step: str, units: Sequence[Any], submit: Callable[[list[Any]], Any]) -> list[Result]:
         digests = [unit_digest(u) for u in units]

@@ -3,10 +3,11 @@
 Views: one per stage (its sample table, or what the stage produced), ``samples`` (the latest sample
 table with every column so far, plus ``shard``/``key`` once sharded), ``quarantine`` and
 ``filtered`` (dropped rows of every stage with their reasons), ``entry_counts`` (MetaCLIP counts
-before and after balancing), ``cluster_sizes`` (samples per k-means center), ``semdedup_pairs`` (SemDeDup's
-dropped samples and what each duplicates), ``train_metrics``, ``eval_results``; and tables ``stages`` (rows in,
-out, filtered, quarantined, status and seconds per stage) and ``caption_requests`` (the caption stages'
-requests: sent, cached, answered, failed per reason, rejected by the cleaning rules).
+before and after balancing), ``cluster_sizes`` (samples per k-means center: top-1, before the embedding
+filters), ``semdedup_pairs`` (SemDeDup's dropped samples and what each duplicates), ``train_metrics``,
+``eval_results``; and tables ``stages`` (rows in, out, filtered, quarantined, status and seconds per stage) and
+``caption_requests`` (the caption stages' requests: sent, cached, answered, failed per reason, rejected by the
+cleaning rules).
 
 Queries from the command line are read-only: the statement must be a single SELECT-like statement
 (checked with DuckDB's own parser, so ``COPY``, ``ATTACH``, ``INSERT``, ``DROP``... are refused before

@@ -251,3 +251,18 @@ def test_the_clip_score_filter_needs_a_pretrained_embedding_checkpoint(tmp_path)
     assert cfg.cluster.clip_score.fraction == 0.3 and not cfg.cluster.semdedup.enabled
     assert load_config(overrides=["cluster.semdedup.enabled=true", "cluster.semdedup.eps=0.05"]).cluster.semdedup.eps \
         == 0.05
+
+
+def test_cluster_settings_the_other_stages_rely_on_are_checked_when_loading():
+    import pytest
+
+    from flows.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="cluster.top_k=9 exceeds cluster.num_centers=8"):
+        load_config(overrides=["cluster.num_centers=8", "cluster.top_k=9"])
+    with pytest.raises(ConfigError, match="cluster.neighbours"):
+        load_config(overrides=["train.objectives=negclip", "cluster.neighbours=0"])
+    cfg = load_config(overrides=["train.objectives=negclip"])
+    assert cfg.cluster.neighbours == 3 and cfg.train.negclip.hard_negative_images
+    assert load_config(overrides=["train.objectives=negclip", "cluster.neighbours=0",
+                                  "train.negclip.hard_negative_images=false"]).cluster.neighbours == 0

@@ -159,3 +159,13 @@ def test_the_clip_score_filter_keeps_the_top_fraction_of_the_pool(local_run, tmp
     kept = set(parts_table(ref).column("uid").to_pylist())
     assert kept == expected and reconciles(ref)  # DataComp's rule: the score at index int(0.3 N), ties kept
     assert manifest(ref)["reasons"]["filtered"] == {CLIP_SCORE_REASON: len(scores) - len(expected)}
+
+
+def test_an_empty_part_is_counted_and_passes_through(local_run, tmp_path):
+    cfg, refs = local_run
+    upstream, _ = planted_embed_artifact(refs, tmp_path / "embed", duplicates=0)
+    empty = parts_table(upstream).slice(0, 0)
+    P.write_table(empty, tmp_path / "embed" / L.PARTS / P.part_name(99))  # curate can leave a part empty
+    ctx = RunContext(workdir=str(tmp_path / "work"), run_id="empty", executor="local", resources=cfg.resources)
+    ref = cluster.cluster.fn(ctx, cfg.cluster, upstream, cfg.embed)
+    assert reconciles(ref) and ref.counts["rows_in"] == ref.counts["rows_out"] == parts_table(upstream).num_rows
