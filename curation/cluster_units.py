@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -45,11 +46,18 @@ class ClusterStageConfig(clustering.ClusterConfig):
     """DataComp's CLIP-score filter; needs a pretrained embed.checkpoint."""
     image_filter: embedding_filters.ImageFilterConfig = field(default_factory=embedding_filters.ImageFilterConfig)
     """DataComp's image-based filter: keep the clusters nearest a target folder's images."""
+    order: Literal["auto", "cluster", "input"] = "auto"
+    """row order of the output parts: "cluster" (whole clusters per part, in center order, so a sample's neighbours
+    are near it in the shards: NegCLIP's hard-negative images need it), "input" (the embed parts' order, so
+    a shuffle buffer mixes all clusters), or "auto": cluster when the run trains negclip with hard-negative
+    images, else input (flows.config.resolve decides; a stage given "auto" keeps the input order)."""
 
 
 CLIP_SCORE_REASON = "clip_score_below_threshold"
 IMAGE_FILTER_REASON = "cluster_far_from_target"
 SEMDEDUP_REASON = "semantic_duplicate"
+ORIGIN = ("_part", "_row")
+"""helper columns: each row's embed part and row, to restore the input order after grouping (never published)."""
 
 
 def bucket_of(labels_top1: np.ndarray, num_centers: int, buckets: int) -> np.ndarray:
@@ -119,6 +127,8 @@ class AssignPart:
 
     source: str
     """an embed part"""
+    index: int
+    """its part number (the _part column)"""
     buckets: str
     """folder of buckets: the part's rows whose top-1 center falls in bucket j go to ``<buckets>/<j>/<name>``"""
     name: str
@@ -178,6 +188,8 @@ class CenterAssigner:
         np.save(unit.sizes, clustering.cluster_sizes(top1, len(self.centers)))
         table = table.append_column("cluster_labels", pa.array(list(labels), pa.list_(pa.int32())))
         table = table.append_column("cluster_scores", pa.array(list(scores), pa.list_(pa.float32())))
+        table = table.append_column(ORIGIN[0], pa.array(np.full(table.num_rows, unit.index, np.int32)))
+        table = table.append_column(ORIGIN[1], pa.array(np.arange(table.num_rows, dtype=np.int64)))
         reasons, details = filter_reasons(table, top1, self.filters)
         keep = np.array([r is None for r in reasons])
         drop = np.flatnonzero(~keep)
@@ -221,6 +233,11 @@ class GroupClusters:
         table, emb, top1 = table.filter(pa.array(keep)), emb[keep], top1[keep]
         table = table.append_column("neighbours", neighbour_column(table.column("uid").to_pylist(), emb, top1,
                                                                     self.cfg.neighbours))
+        if self.cfg.order != "cluster":  # the origin columns go along, for RestoreOrder
+            names = [n for n in table.column_names if n not in ORIGIN]
+            table = table.select([*names, *ORIGIN])
+        else:
+            table = table.drop_columns(list(ORIGIN))
         write_table(table, self.out)
         return {"rows_in": int(keep.size), "rows_out": table.num_rows,
                 "reasons": {SEMDEDUP_REASON: int((~keep).sum())} if (~keep).any() else {},
@@ -241,6 +258,25 @@ class GroupClusters:
         write_table(dropped_table(dropped, "cluster", [SEMDEDUP_REASON] * len(dropped), details), self.filtered)
         write_table(pair_table(dropped, originals, result.similarity), self.pairs)
         return result.keep, {repr(float(e)): int(n) for e, n in result.drop_counts.items()}
+
+
+@dataclass(frozen=True)
+class RestoreOrder:
+    """Output part ``index`` in the input order: the grouped rows that came from embed part ``index``, sorted by
+    their row there, without the origin columns."""
+
+    grouped: tuple[str, ...]
+    """the GroupClusters outputs"""
+    index: int
+    """the embed part whose rows this part holds"""
+    out: str
+
+    def run(self) -> Counts:
+        pieces = [t.filter(pc.equal(t.column(ORIGIN[0]), self.index)) for t in (read_table(p) for p in self.grouped)]
+        table = pa.concat_tables(pieces)
+        table = table.take(pc.sort_indices(table, [(ORIGIN[1], "ascending")])).drop_columns(list(ORIGIN))
+        write_table(table, self.out)
+        return {"rows": table.num_rows}
 
 
 def pair_table(dropped: Sequence[str], originals: Sequence[str], similarity: Sequence[float]) -> pa.Table:
@@ -268,9 +304,9 @@ def neighbour_column(uids: Sequence[str], emb: np.ndarray, top1: np.ndarray, n: 
 
 @dataclass(frozen=True)
 class ClusterAgreement:
-    """NMI and purity of the top-1 clusters against the synthetic world's true classes (the shape of a scene's
-    first object: the zero-shot eval's classes), beside a random assignment with the same cluster sizes
-    (clustering.cluster_agreement). ``truth``: the ingest artifact's truth parts."""
+    """NMI and purity of the top-1 clusters against each of the synthetic world's true attributes of a scene (its
+    first object's shape, the zero-shot eval's classes; that object's colour; the background), beside a random
+    assignment with the same cluster sizes (clustering.cluster_agreement). ``truth``: ingest's truth parts."""
 
     sources: tuple[str, ...]
     """the cluster stage's output parts"""
@@ -278,17 +314,23 @@ class ClusterAgreement:
     """the ingest artifact's truth parts"""
 
     def run(self) -> dict:
-        truth = pa.concat_tables([read_table(p, ["uid", "objects"]) for p in self.truth])
-        shapes = pc.struct_field(pc.list_element(truth.column("objects"), 0), "shape").to_pylist()
-        classes = dict(zip(truth.column("uid").to_pylist(), shapes, strict=True))
+        truth = pa.concat_tables([read_table(p, ["uid", "objects", "background"]) for p in self.truth])
+        first = pc.list_element(truth.column("objects"), 0)
+        attributes = {"shape": pc.struct_field(first, "shape"), "colour": pc.struct_field(first, "colour"),
+                      "background": truth.column("background")}
+        index = {u: i for i, u in enumerate(truth.column("uid").to_pylist())}
         uids, top1 = [], []
         for path in self.sources:
             table = read_table(path, ["uid", "cluster_labels"])
             uids += table.column("uid").to_pylist()
             top1.append(pc.list_element(table.column("cluster_labels"), 0).to_numpy(zero_copy_only=False))
-        names = {name: i for i, name in enumerate(sorted({classes[u] for u in uids}))}
-        true = np.array([names[classes[u]] for u in uids], np.int64)
-        return {**clustering.cluster_agreement(true, np.concatenate(top1).astype(np.int64)), "classes": len(names)}
+        rows = np.array([index[u] for u in uids], np.int64)
+        pred = np.concatenate(top1).astype(np.int64)
+        out = {}
+        for name, values in attributes.items():
+            _, true = np.unique(np.asarray(values.to_pylist(), dtype=object)[rows].astype(str), return_inverse=True)
+            out[name] = {**clustering.cluster_agreement(true, pred), "classes": int(true.max()) + 1}
+        return out
 
 
 def total_sizes(paths: Sequence[str]) -> np.ndarray:

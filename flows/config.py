@@ -234,7 +234,8 @@ def eval_config(overrides: typing.Sequence[str] = ()) -> EvalConfig:
 
 def resolve(cfg: RunConfig) -> RunConfig:
     """Check the settings one stage takes from another (MLCD's labels come from the cluster stage, its class count
-    from the cluster artifact's centers.npy, read by the train stage), and the eval datasets against the pool (a
+    from the cluster artifact's centers.npy, read by the train stage; cluster.order "auto" becomes "cluster" when
+    NegCLIP needs neighbours in the shard stream, else "input"), and the eval datasets against the pool (a
     real-data run is never scored on the synthetic world)."""
     try:
         resolve_sources(cfg.eval.datasets, [s.format for s in cfg.ingest.sources], cfg.ingest.world)
@@ -248,6 +249,12 @@ def resolve(cfg: RunConfig) -> RunConfig:
         raise ConfigError("train.negclip.hard_negative_images needs each sample's neighbours, but cluster.neighbours "
                           "is 0: set cluster.neighbours (3, NegCLIP's choice) or train.negclip.hard_negative_images: "
                           "false")
+    if "negclip" in cfg.train.objectives and negclip.hard_negative_images and cfg.cluster.order == "input":
+        raise ConfigError("train.negclip.hard_negative_images finds neighbours in the shard stream: cluster.order "
+                          "must be cluster (or auto), not input")
+    if cfg.cluster.order == "auto":
+        wants = "negclip" in cfg.train.objectives and negclip.hard_negative_images
+        cfg = dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, order="cluster" if wants else "input"))
     if cfg.cluster.clip_score.enabled:
         try:
             require_pretrained(cfg.embed.checkpoint, "cluster.clip_score")

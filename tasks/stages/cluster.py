@@ -92,14 +92,24 @@ def cluster(ctx: RunContext, cfg: C.ClusterStageConfig, upstream: ArtifactRef, e
         manifest["points"] = run.job("fit", C.FitCenters(tuple(parts), rows, cfg, centers))["points"]
         filters = row_filters(run, cfg, embed_cfg, upstream, parts, centers)
         assigned = assign(run, cfg, parts, centers, filters)
+        by_cluster = cfg.order == "cluster"
+        grouped_dir = L.PARTS if by_cluster else L.GROUPED
         grouped = run.map("group", [
-            C.GroupClusters(str(tmp / L.BUCKETS / f"{j:05d}"), centers, cfg, part_path(tmp, L.PARTS, j),
+            C.GroupClusters(str(tmp / L.BUCKETS / f"{j:05d}"), centers, cfg, part_path(tmp, grouped_dir, j),
                             part_path(tmp, L.FILTERED, len(parts) + j), part_path(tmp, L.SEMDEDUP_PAIRS, j))
             for j in range(len(parts))], cpu_only=True)
         if sum(r["rows_out"] for r in assigned) != sum(g["rows_in"] for g in grouped):
             raise ReconciliationError("cluster: the buckets do not hold the rows the assign step kept")
-        record(run, manifest, cfg, assigned, grouped, truth_parts)
         discard(run, "assign", tmp / L.BUCKETS, tmp / L.SIZE_PARTS)
+        if not by_cluster:
+            pieces = tuple(P.list_parts(tmp / L.GROUPED))
+            restored = run.map("order", [C.RestoreOrder(pieces, i, part_path(tmp, L.PARTS, i))
+                                         for i in range(len(parts))], cpu_only=True) if pieces else []
+            if sum(r["rows"] for r in restored) != sum(g["rows_out"] for g in grouped):
+                raise ReconciliationError("cluster: restoring the input order lost or repeated rows")
+            discard(run, "group", tmp / L.GROUPED)
+        manifest["order"] = "cluster" if by_cluster else "input"
+        record(run, manifest, cfg, assigned, grouped, truth_parts)
 
     inputs = [upstream] if truth is None else [upstream, truth]
     key_config = (cfg, folder_fingerprint(cfg.image_filter.target)) if cfg.image_filter.enabled else cfg
@@ -110,7 +120,7 @@ def assign(run: StageRun, cfg: C.ClusterStageConfig, parts: list[str], centers: 
            ) -> list[dict]:
     """Top-k labels, row filters and bucketing of every part on a pool of assigners; cluster_sizes.parquet."""
     tmp = run.tmp
-    units = [C.AssignPart(p, str(tmp / L.BUCKETS), P.part_name(i), part_path(tmp, L.FILTERED, i),
+    units = [C.AssignPart(p, i, str(tmp / L.BUCKETS), P.part_name(i), part_path(tmp, L.FILTERED, i),
                           str(tmp / L.SIZE_PARTS / f"{i:05d}.npy")) for i, p in enumerate(parts)]
     (tmp / L.SIZE_PARTS).mkdir(exist_ok=True)
     results = run.map_stateful("assign", partial(C.CenterAssigner, centers, cfg, filters, max(1, len(parts))), units)

@@ -211,9 +211,11 @@ def _cluster_markdown(manifest: Mapping[str, Any]) -> list[str]:
              f"{sizes['median']:.0f}, max {sizes['max']:.0f}; {sizes['empty']:.0f} empty; imbalance "
              f"{sizes['imbalance']:.2f}."]
     if agreement := manifest.get("agreement"):
-        lines += ["", f"Agreement with the synthetic world's {agreement['classes']} shape classes (top-1 cluster): NMI "
-                  f"{agreement['nmi']:.3f} (random assignment of the same sizes {agreement['nmi_random']:.3f}), purity "
-                  f"{agreement['purity']:.3f} (random {agreement['purity_random']:.3f})."]
+        lines += ["", "Agreement of the top-1 clusters with the synthetic world's true attributes (a random assignment "
+                  "of the same sizes in brackets):", "", "| attribute | classes | NMI | purity |",
+                  "|---|---:|---:|---:|"]
+        lines += [f"| {name} | {a['classes']} | {a['nmi']:.3f} ({a['nmi_random']:.3f}) | {a['purity']:.3f} "
+                  f"({a['purity_random']:.3f}) |" for name, a in agreement.items()]
     if semdedup := manifest.get("semdedup"):
         counts = ", ".join(f"eps {eps}: {n}" for eps, n in semdedup["dropped_by_eps"].items())
         lines += ["", f"SemDeDup (eps {semdedup['eps']} applied, keep {semdedup['keep']}): dropped per eps {counts}."]

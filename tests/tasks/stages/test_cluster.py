@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from curation import cluster_units as C
 from curation import partitions as P
 from curation.cluster_units import CLIP_SCORE_REASON, IMAGE_FILTER_REASON, SEMDEDUP_REASON
 from curation.embedding_filters import ClipScoreConfig, ImageFilterConfig
@@ -40,20 +41,43 @@ def test_cluster_on_the_local_executor(local_run):
     assert reconciles(ref) and ref.counts["rows_out"] == refs["embed"].counts["rows_out"]  # no filter is on
 
 
-def test_each_part_holds_whole_clusters_in_center_order(local_run):
-    _, refs = local_run
+def test_input_order_is_kept_by_default(local_run):
+    cfg, refs = local_run
+    assert cfg.cluster.order == "input"  # the smoke preset trains ALIP: no neighbours needed in the stream
+    assert parts_table(refs["cluster"]).column("uid").to_pylist() == parts_table(refs["embed"]).column(
+        "uid").to_pylist()
+    assert not set(C.ORIGIN) & set(parts_table(refs["cluster"]).column_names)
+    assert set(manifest(refs["cluster"])["agreement"]) == {"shape", "colour", "background"}
+
+
+def test_cluster_order_puts_whole_clusters_in_each_part_in_center_order(local_run, tmp_path):
+    cfg, refs = local_run
+    ctx = RunContext(workdir=str(tmp_path), run_id="order", executor="local", resources=cfg.resources)
+    ref = cluster.cluster.fn(ctx, dataclasses.replace(cfg.cluster, order="cluster"), refs["embed"], cfg.embed)
+    assert manifest(ref)["order"] == "cluster" and ref.counts["rows_out"] == refs["embed"].counts["rows_out"]
     seen: dict[int, int] = {}
-    for i, path in enumerate(P.list_parts(Path(refs["cluster"].path) / L.PARTS)):
+    for i, path in enumerate(P.list_parts(Path(ref.path) / L.PARTS)):
         top1 = [row[0] for row in pq.read_table(path).column("cluster_labels").to_pylist()]
         assert top1 == sorted(top1)  # contiguous clusters: neighbours stay close in the shards' stream
         for c in set(top1):
             assert seen.setdefault(c, i) == i  # a cluster lives in one part
+    assert sorted(parts_table(ref).column("uid").to_pylist()) == sorted(parts_table(refs["embed"]).column(
+        "uid").to_pylist())
 
 
-def test_clusters_agree_with_the_synthetic_classes_above_random(local_run):
-    _, refs = local_run
-    agreement = manifest(refs["cluster"])["agreement"]
-    assert agreement["nmi"] > agreement["nmi_random"] and agreement["purity"] > agreement["purity_random"]
+def test_clusters_agree_with_planted_classes_far_above_random(local_run, tmp_path):
+    cfg, refs = local_run
+    upstream, _ = planted_embed_artifact(refs, tmp_path / "embed", duplicates=0)
+    uids = parts_table(upstream).column("uid").to_pylist()
+    objects = pa.array([[{"shape": f"shape{i % 8}", "colour": "red"}] for i in range(len(uids))])
+    truth = pa.table({"uid": uids, "objects": objects, "background": ["plain"] * len(uids)})
+    P.write_table(truth, tmp_path / "ingest" / L.TRUTH / P.part_name(0))
+    truth_ref = ArtifactRef(stage="ingest", key="planted", path=str(tmp_path / "ingest"))
+    ctx = RunContext(workdir=str(tmp_path / "work"), run_id="agree", executor="local", resources=cfg.resources)
+    run_cfg = dataclasses.replace(cfg.cluster, num_centers=8, nredo=5)
+    shape = manifest(cluster.cluster.fn(ctx, run_cfg, upstream, cfg.embed, truth_ref))["agreement"]["shape"]
+    assert shape["classes"] == 8 and shape["nmi"] > 0.9 and shape["purity"] > 0.9  # the 8 planted directions
+    assert shape["nmi_random"] < 0.2 and shape["purity_random"] < 0.4
 
 
 def planted_embed_artifact(refs, folder: Path, duplicates: int) -> tuple[ArtifactRef, set[tuple[str, str]]]:
