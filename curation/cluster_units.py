@@ -1,6 +1,6 @@
 """The cluster stage's units of work (MLCD multi-labels, SemDeDup, DataComp's embedding filters, neighbours).
 
-The stage runs four steps, none holding every embedding in one process:
+The stage runs these steps, none holding every embedding in one process:
 
 1. ``FitCenters`` (a job): k-means on a reproducible sample of rows, read part by part; ``centers.npy``.
 2. ``CenterAssigner`` (a stateful worker: the center index is built once per actor) on each part: the top-k
@@ -8,9 +8,13 @@ The stage runs four steps, none holding every embedding in one process:
    and the kept rows split into buckets by their top-1 center, so that every cluster lands in one bucket.
 3. ``GroupClusters`` on each bucket: its rows sorted by top-1 center, SemDeDup inside each cluster, and each kept
    sample's nearest neighbours by image embedding inside its cluster (``neighbours``: uids, nearest first).
-   Output part j is bucket j, so a cluster's samples are contiguous in the parts, and so in the shards: the
-   training loader finds a sample's neighbours close to it in the stream (NegCLIP's hard-negative images).
-4. ``ClusterAgreement`` (synthetic world only): NMI and purity of the top-1 clusters against the true classes.
+   With ``order="cluster"`` output part j is bucket j, so a cluster's samples are contiguous in the parts, and so
+   in the shards: the training loader finds a sample's neighbours close to it in the stream (NegCLIP's
+   hard-negative images).
+4. ``RestoreOrder`` (``order="input"``): output part i holds embed part i's surviving rows in their order, so a
+   training shuffle buffer mixes every cluster (clustered shards gave batches of few clusters and cost the default
+   run accuracy).
+5. ``ClusterAgreement`` (synthetic world only): NMI and purity of the top-1 clusters against the true attributes.
 
 Neighbours are searched within the sample's top-1 cluster: an inverted-file search over the k-means cells
 with one probe. At MLCD's scale (1M centers, ~400 samples a cluster) that is where its nearest images are; a
