@@ -33,6 +33,7 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from curation import clustering, embedding_filters, semdedup
 from curation.partitions import Counts, dropped_table, embedding_matrix, list_parts, read_table, save_array, write_table
@@ -276,7 +277,7 @@ class RestoreOrder:
     out: str
 
     def run(self) -> Counts:
-        pieces = [t.filter(pc.equal(t.column(ORIGIN[0]), self.index)) for t in (read_table(p) for p in self.grouped)]
+        pieces = [pq.read_table(p, filters=[(ORIGIN[0], "=", self.index)]) for p in self.grouped]  # this part's rows
         table = pa.concat_tables(pieces)
         table = table.take(pc.sort_indices(table, [(ORIGIN[1], "ascending")])).drop_columns(list(ORIGIN))
         write_table(table, self.out)

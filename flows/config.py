@@ -245,16 +245,17 @@ def resolve(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"cluster.top_k={cfg.cluster.top_k} exceeds cluster.num_centers={cfg.cluster.num_centers}: "
                           "a sample has only num_centers centers to be labelled with")
     negclip = cfg.train.negclip
-    if "negclip" in cfg.train.objectives and negclip.hard_negative_images and cfg.cluster.neighbours == 0:
+    wants_neighbours = "negclip" in cfg.train.objectives and negclip.hard_negative_images
+    if wants_neighbours and cfg.cluster.neighbours == 0:
         raise ConfigError("train.negclip.hard_negative_images needs each sample's neighbours, but cluster.neighbours "
                           "is 0: set cluster.neighbours (3, NegCLIP's choice) or train.negclip.hard_negative_images: "
                           "false")
-    if "negclip" in cfg.train.objectives and negclip.hard_negative_images and cfg.cluster.order == "input":
+    if wants_neighbours and cfg.cluster.order == "input":
         raise ConfigError("train.negclip.hard_negative_images finds neighbours in the shard stream: cluster.order "
                           "must be cluster (or auto), not input")
     if cfg.cluster.order == "auto":
-        wants = "negclip" in cfg.train.objectives and negclip.hard_negative_images
-        cfg = dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, order="cluster" if wants else "input"))
+        order = "cluster" if wants_neighbours else "input"
+        cfg = dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, order=order))
     if cfg.cluster.clip_score.enabled:
         try:
             require_pretrained(cfg.embed.checkpoint, "cluster.clip_score")

@@ -46,13 +46,6 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 """EmbedConfig.precision -> the autocast dtype ("fp32" runs without autocast)."""
 
 
-def embed_device(name: str) -> torch.device:
-    """EmbedConfig.device -> a torch device ("auto": the first visible GPU, else the CPU)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
 def embed_autocast(precision: str, device: torch.device) -> AbstractContextManager:
     """The context the towers run in: autocast at `precision` ("auto": bf16 on a GPU, none on the CPU)."""
     if precision == "auto":

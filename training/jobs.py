@@ -22,7 +22,8 @@ from PIL import Image
 from training.checkpoints import CHECKPOINT_DIR, checkpoint_step
 from training.config import DataConfig, DistConfig, TrainConfig
 from training.data import ShardData, decode_image
-from training.embedding import EmbedConfig, embed_device, encode_images, encode_texts
+from training.distributed import resolve_device
+from training.embedding import EmbedConfig, encode_images, encode_texts
 from training.loop import configure_threads, train
 from training.models import create_model
 
@@ -131,7 +132,7 @@ class PartEmbedder:
 
     def __init__(self, cfg: EmbedConfig, checkpoint: str | None):
         configure_threads()
-        self.device = embed_device(cfg.device)
+        self.device = resolve_device(cfg.device)  # "auto": the GPU Ray gave this actor, else the CPU
         self.model, self.preprocess, self.tokenizer = create_model(cfg.model, checkpoint, device=self.device)
         self.batch_size, self.precision = cfg.batch_size, cfg.precision
 

@@ -108,8 +108,7 @@ class StageRun:
     def map(self, step: str, units: Sequence[Any], cpu_only: bool = False) -> list[Result]:
         """Every unit's ``run()`` on the executor; results in unit order. ``cpu_only``: the units reserve no GPU
         whatever the stage's resources say (a numpy step of a stage whose other steps use GPUs)."""
-        resources = dataclasses.replace(self.resources, gpus=0.0) if cpu_only else self.resources
-        return self._run(step, units, lambda todo: self.executor.map(todo, resources))
+        return self._run(step, units, lambda todo: self.executor.map(todo, self._resources(cpu_only)))
 
     def map_stateful(self, step: str, worker: Callable[[], Worker], units: Sequence[Any]) -> list[Result]:
         """``worker()(unit)`` for every unit, the worker built once per process or actor."""
@@ -118,9 +117,11 @@ class StageRun:
     def job(self, step: str, unit: Any, cpu_only: bool = False) -> Result:
         """One whole-data unit holding the job's CPUs (``resources.job_cpus``, else the cluster's); ``cpu_only``
         as for :meth:`map`."""
-        resources = dataclasses.replace(self.resources, gpus=0.0) if cpu_only else self.resources
         return self._run(step, [unit], lambda todo: self.executor.map(todo, self.executor.job_resources(
-            resources)))[0]
+            self._resources(cpu_only))))[0]
+
+    def _resources(self, cpu_only: bool) -> Resources:
+        return dataclasses.replace(self.resources, gpus=0.0) if cpu_only else self.resources
 
     def _run(self, step: str, units: Sequence[Any], submit: Callable[[list[Any]], Any]) -> list[Result]:
         digests = [unit_digest(u) for u in units]

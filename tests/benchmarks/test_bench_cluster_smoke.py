@@ -4,12 +4,11 @@ No timing is asserted (two shared cores make timings meaningless at this size); 
 be finite and, where they are shares, lie in [0, 1].
 """
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_cluster.py"
+from tests.benchmarks.loading import load_benchmark
+
 GOALS = ("ratio_time_flat_vs_two_level", "ratio_objective_two_level_vs_flat", "recall_at_k",
          "ratio_assign_exact_vs_ivf")
 LINES = ("kmeans_flat seconds=", "kmeans_two_level seconds=", "assign_exact seconds=", "assign_ivf seconds=",
@@ -17,9 +16,7 @@ LINES = ("kmeans_flat seconds=", "kmeans_two_level seconds=", "assign_exact seco
 
 
 def test_bench_cluster_quick_prints_its_figures(capsys):
-    spec = importlib.util.spec_from_file_location("bench_cluster", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("bench_cluster")
     result = module.main(["--quick"])
     out = capsys.readouterr().out
     for name in GOALS:

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from training.config import TrainConfig
-from training.embedding import EmbedConfig, embed_autocast, embed_device, encode_images, encode_texts
+from training.distributed import resolve_device
+from training.embedding import EmbedConfig, embed_autocast, encode_images, encode_texts
 from training.jobs import BootstrapJob, EmbedPart, PartEmbedder
 from training.models import create_model
 
@@ -40,7 +41,7 @@ def test_embed_autocast_is_off_on_the_cpu_by_default_and_bf16_when_asked():
         assert not torch.is_autocast_enabled("cpu")
     with embed_autocast("bf16", cpu):
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-    assert embed_device("cpu") == cpu
+    assert resolve_device("cpu") == cpu  # the embedder's device
 
 
 def test_bootstrap_job_trains_and_keeps_only_the_final_weights(micro_model, tmp_path):
