@@ -117,9 +117,12 @@ def test_cli_trains_the_objectives_combined_from_the_cached_stages(first_run, ca
     """`curaclip run --set train.objectives=...`: train and eval recompute with the seed papers' objectives
     (DreamLIP's long captions and MLCD's cluster labels come from the shards; NegCLIP's vocabulary from the
     curate artifact's metadata); the stages before them stay cached. alip, negclip and dreamlip each replace
-    clip, so they run one at a time."""
+    clip, so they run one at a time. NegCLIP runs without its hard-negative images here: those need the cluster
+    stage's cluster order (cluster.order auto), so with them the stages from cluster on recompute, by design
+    (tests/tasks/stages/test_cluster.py and tests/training/ cover that path)."""
     workdir, _ = first_run
     extra = ["train.objectives=" + objectives, "train.model=curaclip-vit-tiny",  # DreamLIP grouping: a ViT
+             "train.negclip.hard_negative_images=false",
              "train.protoclip.episode_size=64",
              "train.protoclip.num_prototypes=4", "train.data.text_sampler=laclip"]
     args = ["run", "--workdir", str(workdir)] + sum([["--set", o] for o in TINY + extra], [])
