@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -129,6 +129,9 @@ def part_clip_scores(table: pa.Table, cfg: embedding_filters.ClipScoreConfig) ->
 @dataclass(frozen=True)
 class AssignPart:
     """One part through the assigner: kept rows into ``buckets/<j>/<name>``, dropped rows into ``filtered``."""
+
+    OUTPUTS: ClassVar[tuple[str, ...]] = ("buckets", "filtered", "sizes")
+    """Written only: ``buckets`` is the folder every part's unit writes its pieces into."""
 
     source: str
     """an embed part"""

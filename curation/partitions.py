@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -387,6 +388,9 @@ class ShardJob:
     Each part is memory-mapped and decoded batch by batch from the row group holding the slice's
     first row, stopping at the slice's end: the shards that share a part do not each decode all of it.
     """
+
+    OUTPUTS: ClassVar[tuple[str, ...]] = ("out_dir",)
+    """Written only: the shard folder every shard's unit writes into."""
 
     sources: tuple[str, ...]
     slices: tuple[tuple[int, int, int], ...]

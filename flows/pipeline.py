@@ -11,7 +11,6 @@ import secrets
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from pathlib import Path
 
 from prefect import flow
 
@@ -21,6 +20,7 @@ from tasks.stages import captions, cluster, curate, embed, ingest, shard, train
 from tasks.stages import eval as eval_stage
 from tasks.stages import filter as filter_stage
 from tasks.stages.common import RunContext
+from tasks.store import workdir as W
 from tasks.store.artifacts import ArtifactRef, config_hash
 from tasks.store.catalog import build_catalog
 from tasks.store.report import write_report
@@ -73,10 +73,12 @@ def pipeline(
     """Run (or find cached) every stage of the plan, then refresh the catalog and write the report."""
     plan = plan_run(only, start, tuple(force))
     started = time.perf_counter()
-    workdir = str(Path(workdir).resolve())
+    url = workdir.rstrip("/") if W.is_remote(workdir) else None
+    workdir = str(W.driver_mirror(url).local) if url else W.local_path(workdir)  # a store's: the driver's mirror
     ctx = RunContext(
         workdir=workdir, run_id=new_run_id(), force=plan.force, cached_only=plan.cached_only,
         ray_address=cfg.ray.address, ray_num_cpus=cfg.ray.num_cpus, executor=cfg.executor, resources=cfg.resources,
+        workdir_url=url,
     )
     refs: Refs = {}
     dry_runs: dict[str, dict] = {}

@@ -11,16 +11,19 @@ actor pools. Data moves through files, never through the executor.
 from __future__ import annotations
 
 from tasks.executors.base import Executor, ExecutorKind
+from tasks.store.workdir import WorkdirSpec
 
 
-def make_executor(kind: ExecutorKind, ray_address: str | None = None, ray_num_cpus: int | None = None) -> Executor:
-    """The executor a run config names; Ray is imported (and started) only for "ray"."""
+def make_executor(kind: ExecutorKind, ray_address: str | None = None, ray_num_cpus: int | None = None,
+                  workdir: WorkdirSpec | None = None) -> Executor:
+    """The executor a run config names; Ray is imported (and started) only for "ray". ``workdir``: an
+    object-store workdir whose files the executor moves around each unit (tasks.store.workdir), else None."""
     if kind == "local":
         from tasks.executors.local import LocalExecutor
 
-        return LocalExecutor()
+        return LocalExecutor(workdir)
     if kind == "ray":
         from tasks.executors.ray_tasks import RayExecutor
 
-        return RayExecutor(ray_address, ray_num_cpus)
+        return RayExecutor(ray_address, ray_num_cpus, workdir)
     raise ValueError(f"unknown executor {kind!r}; choose 'ray' or 'local'")

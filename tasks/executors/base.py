@@ -12,6 +12,10 @@ from typing import Any, Literal, Protocol
 Result = dict[str, Any]
 """What a unit returns: counts and other small JSON values (a path, a shard number), never data."""
 
+WORKER = "_worker"
+"""The key an executor adds to each unit's result: which machine ran it (a Ray node id, or "local:<host>" for the
+in-process executor); the stage lists them in its manifest's ``workers``."""
+
 
 class Unit(Protocol):
     """A typed description of one piece of a stage's work: its inputs and outputs as fields."""
@@ -38,8 +42,8 @@ class Resources:
     """actors of a stateful stage (embed); None: as many as the cluster's CPUs (or GPUs) fit, at most one per
     unit."""
     job_cpus: float | None = None
-    """CPUs of a stage's single whole-data job (bootstrap training, the k-means fit, eval); None: all the
-    cluster's CPUs."""
+    """CPUs of a stage's single whole-data job (bootstrap training, the k-means fit, eval); None: the CPUs of the
+    cluster's largest node (a task runs on one node)."""
 
 
 @dataclass(frozen=True)

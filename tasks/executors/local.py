@@ -8,25 +8,33 @@ as the process has it.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
-from tasks.executors.base import Resources, Result, Unit, Worker
+from tasks.executors.base import WORKER, Resources, Result, Unit, Worker
+from tasks.store.workdir import MirroredWorker, WorkdirSpec, in_mirror
+
+HERE = f"local:{socket.gethostname()}"
 
 
 class LocalExecutor:
+    def __init__(self, workdir: WorkdirSpec | None = None):
+        self.workdir = workdir
+        """An object-store workdir: each unit's files move between the store and this process's mirror."""
+
     def map(self, units: Sequence[Unit], resources: Resources) -> Iterator[tuple[int, Result]]:
         for index, unit in enumerate(units):
-            yield index, unit.run()
+            yield index, {**in_mirror(self.workdir, None, lambda u: u.run(), unit), WORKER: HERE}
 
     def map_stateful(self, worker: Callable[[], Worker], units: Sequence[Any], resources: Resources
                      ) -> Iterator[tuple[int, Result]]:
         if not units:
             return
-        process = worker()
+        process = MirroredWorker(self.workdir, None, worker)
         for index, unit in enumerate(units):
-            yield index, process(unit)
+            yield index, {**process(unit), WORKER: HERE}
 
     def job_resources(self, resources: Resources) -> Resources:
         return replace(resources, cpus=resources.job_cpus or float(os.cpu_count() or 1))
@@ -39,4 +47,5 @@ class LocalExecutor:
             raise ValueError(f"train.distribution.ranks={cfg.distribution.ranks}: several ranks train with Ray Train;"
                              " set executor: ray")
         job = TrainJob(cfg, shards, out_dir, threads=os.cpu_count() or 1)
-        return {**job.run(print_progress("train")), "ranks": 1}
+        summary = in_mirror(self.workdir, None, lambda j: j.run(print_progress("train")), job)
+        return {**summary, "ranks": 1, "workers": [HERE]}

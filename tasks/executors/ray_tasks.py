@@ -15,21 +15,35 @@ from typing import Any
 
 import ray
 
-from tasks.executors.base import Resources, Result, Unit, Worker, resolve_gpus
-from tasks.executors.ray_cluster import cluster_cpus, ensure_ray, node_gpus
+from tasks.executors.base import WORKER, Resources, Result, Unit, Worker, resolve_gpus
+from tasks.executors.ray_cluster import ensure_ray, node_cpus, node_gpus
+from tasks.store.workdir import MirroredWorker, WorkdirSpec, in_mirror
+
+RETRIES = 3
+"""How often Ray reruns a unit whose worker process or node died (a system failure); an exception the unit
+raises is not retried (it would fail the same way again). Prefect retries nothing inside a stage."""
 
 
 def ray_options(resources: Resources) -> dict[str, Any]:
     """Ray's task/actor options for ``resources``."""
     options: dict[str, Any] = {"num_cpus": resources.cpus, "num_gpus": resources.gpus}
+    if resources.cpus > max(node_cpus(), default=0.0):
+        raise ValueError(f"a unit asks for {resources.cpus:g} CPUs and the largest node of the Ray cluster has "
+                         f"{max(node_cpus(), default=0.0):g}: lower resources.<stage>.cpus or job_cpus")
     if resources.memory_gb is not None:
         options["memory"] = int(resources.memory_gb * 2**30)
     return options
 
 
-def run_unit(unit: Unit, names: tuple[str, ...], *shared: Any) -> Result:
-    """A unit's ``run()`` in a Ray worker, with the fields every unit shared put back (see :func:`split_shared`)."""
-    return dataclasses.replace(unit, **dict(zip(names, shared))).run() if names else unit.run()
+def this_node() -> str:
+    return ray.get_runtime_context().get_node_id()
+
+
+def run_unit(workdir: WorkdirSpec | None, unit: Unit, names: tuple[str, ...], *shared: Any) -> Result:
+    """A unit's ``run()`` in a Ray worker, with the fields every unit shared put back (see :func:`split_shared`)
+    and, for an object-store workdir, its files moved between the store and this node's mirror."""
+    unit = dataclasses.replace(unit, **dict(zip(names, shared))) if names else unit
+    return {**in_mirror(workdir, this_node(), lambda u: u.run(), unit), WORKER: this_node()}
 
 
 def split_shared(units: Sequence[Any]) -> tuple[list[Any], tuple[str, ...], list[Any]]:
@@ -78,23 +92,25 @@ def drain(pending: dict[Any, Any], on_done: Callable[[Any], None]) -> Iterator[t
 class PoolActor:
     """One actor of a stateful pool: builds its worker (loads the model) once, then processes units."""
 
-    def __init__(self, worker: Callable[[], Worker]):
-        self.process = worker()
+    def __init__(self, worker: Callable[[], Worker], workdir: WorkdirSpec | None = None):
+        self.process = MirroredWorker(workdir, this_node(), worker)
 
     def run(self, unit: Any) -> Result:
-        return self.process(unit)
+        return {**self.process(unit), WORKER: this_node()}
 
 
 class RayExecutor:
     """Units as Ray tasks (``resources`` per task); stateful units on a pool of actors (``resources`` per actor)."""
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None):
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, workdir: WorkdirSpec | None = None):
         ensure_ray(address, num_cpus)
+        self.workdir = workdir
 
     def map(self, units: Sequence[Unit], resources: Resources) -> Iterator[tuple[int, Result]]:
-        remote = ray.remote(**ray_options(resolve_gpus(resources, node_gpus(), whole_job=False)))(run_unit)
+        options = ray_options(resolve_gpus(resources, node_gpus(), whole_job=False))
+        remote = ray.remote(**options, max_retries=RETRIES, retry_exceptions=False)(run_unit)
         stripped, names, refs = split_shared(units)
-        pending = {remote.remote(unit, names, *refs): i for i, unit in enumerate(stripped)}
+        pending = {remote.remote(self.workdir, unit, names, *refs): i for i, unit in enumerate(stripped)}
         yield from drain(pending, lambda index: None)
 
     def map_stateful(self, worker: Callable[[], Worker], units: Sequence[Any], resources: Resources
@@ -102,8 +118,9 @@ class RayExecutor:
         if not units:
             return
         resources = resolve_gpus(resources, node_gpus(), whole_job=False)
-        actor_cls = ray.remote(**ray_options(resources))(PoolActor)
-        actors = [actor_cls.remote(worker) for _ in range(self.pool_size(len(units), resources))]
+        # A dead actor (its process or node lost) is restarted, on another node if need be, and its unit retried.
+        actor_cls = ray.remote(**ray_options(resources), max_restarts=RETRIES, max_task_retries=RETRIES)(PoolActor)
+        actors = [actor_cls.remote(worker, self.workdir) for _ in range(self.pool_size(len(units), resources))]
         queue = list(enumerate(units))
         pending: dict[Any, tuple[int, Any]] = {}
         try:
@@ -136,8 +153,9 @@ class RayExecutor:
         return max(1, min(units, int(min(fits)) if fits else units))
 
     def job_resources(self, resources: Resources) -> Resources:
+        """A whole-data job: ``job_cpus``, else the CPUs of the cluster's largest node (a task runs on one node)."""
         resources = resolve_gpus(resources, node_gpus(), whole_job=True)
-        return dataclasses.replace(resources, cpus=resources.job_cpus or float(cluster_cpus()))
+        return dataclasses.replace(resources, cpus=resources.job_cpus or max(1.0, max(node_cpus(), default=1.0)))
 
     def train(self, cfg: Any, shards: str, out_dir: str) -> Result:
         """One rank as a retried Ray task, several through Ray Train (tasks.executors.ray_train)."""
@@ -145,4 +163,4 @@ class RayExecutor:
             train_distributed,  # Ray Train's import is heavy: only the train stage pays it
         )
 
-        return train_distributed(cfg, shards, out_dir)
+        return train_distributed(cfg, shards, out_dir, workdir=self.workdir)

@@ -20,7 +20,16 @@ from curation import partitions as P
 from curation.captions import STAGE_SEEDS, LongcapConfig, RewriteConfig, merge_tallies
 from curation.captions.estimate import estimate_parts
 from curation.captions.runner import CaptionFailureError, check_failures, name_served_models
-from tasks.stages.common import CODE_VERSIONS, RunContext, StageRun, part_path, parts_of, passthrough_counts, run_stage
+from tasks.stages.common import (
+    CODE_VERSIONS,
+    RunContext,
+    StageRun,
+    fetched,
+    part_path,
+    parts_of,
+    passthrough_counts,
+    run_stage,
+)
 from tasks.store import layout as L
 from tasks.store.artifacts import ArtifactRef, to_dict
 
@@ -73,4 +82,4 @@ def dry_run(ctx: RunContext, stage: str, cfg: CaptionConfig, upstream: ArtifactR
     """What the stage would ask its model for (requests not yet cached, rough tokens), sending nothing."""
     cfg = name_served_models(cfg)
     return {"stage": stage, "backend": cfg.backend,
-            **estimate_parts(stage, cfg, parts_of(upstream), STAGE_SEEDS[stage], cache_root(ctx))}
+            **estimate_parts(stage, cfg, fetched(*parts_of(upstream)), STAGE_SEEDS[stage], fetched(cache_root(ctx))[0])}

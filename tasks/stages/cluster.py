@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -24,11 +23,16 @@ from tasks.stages.common import (
     RunContext,
     StageRun,
     discard,
+    fetched,
+    list_parts,
     part_path,
+    part_rows,
     parts_of,
     run_stage,
+    stored,
 )
 from tasks.store import layout as L
+from tasks.store import workdir as W
 from tasks.store.artifacts import ArtifactRef
 from training.embedding import EmbedConfig
 from training.jobs import EmbedImageFolder, folder_fingerprint
@@ -36,7 +40,7 @@ from training.jobs import EmbedImageFolder, folder_fingerprint
 
 def embed_checkpoint(embed_ref: ArtifactRef) -> str:
     """The embed stage's checkpoint, an absolute path (a bootstrap checkpoint lives in the embed artifact)."""
-    model = json.loads((Path(embed_ref.path) / L.MANIFEST).read_text())["model"]
+    model = json.loads(W.read_text(Path(embed_ref.path) / L.MANIFEST))["model"]
     return model["checkpoint"] if model["source"] == "config" else str(Path(embed_ref.path) / model["checkpoint"])
 
 
@@ -50,7 +54,7 @@ def row_filters(run: StageRun, cfg: C.ClusterStageConfig, embed_cfg: EmbedConfig
         if clip.threshold is None:
             out = run.tmp / L.CLIP_THRESHOLD
             run.job("clip_threshold", C.ClipThreshold(tuple(parts), clip, str(out)), cpu_only=True)
-            threshold = float(out.read_text())
+            threshold = float(Path(fetched(out)[0]).read_text())
         else:
             threshold = clip.threshold
     if cfg.image_filter.enabled:
@@ -64,6 +68,7 @@ def image_filter_clusters(run: StageRun, cfg: C.ClusterStageConfig, embed_cfg: E
     out = run.tmp / L.TARGET_EMBEDDINGS
     unit = EmbedImageFolder(cfg.image_filter.target, embed_cfg, checkpoint, str(out))
     images = run.job("targets", unit)["images"]
+    fetched(centers, out)
     kept = target_clusters(np.load(centers), np.load(out), cfg.image_filter.nearest, gpu="never")  # the driver
     run.manifest["image_filter"] = {"target_images": images, "kept_clusters": len(kept)}
     return tuple(int(c) for c in kept)
@@ -87,7 +92,7 @@ def cluster(ctx: RunContext, cfg: C.ClusterStageConfig, upstream: ArtifactRef, e
 
     def compute(run: StageRun, manifest: dict[str, Any]) -> None:
         tmp, parts = run.tmp, parts_of(upstream)
-        rows = tuple(pq.ParquetFile(p).metadata.num_rows for p in parts)
+        rows = part_rows(parts)
         centers = str(tmp / L.CENTERS)
         manifest["points"] = run.job("fit", C.FitCenters(tuple(parts), rows, cfg, centers))["points"]
         filters = row_filters(run, cfg, embed_cfg, upstream, parts, centers)
@@ -102,7 +107,7 @@ def cluster(ctx: RunContext, cfg: C.ClusterStageConfig, upstream: ArtifactRef, e
             raise ReconciliationError("cluster: the buckets do not hold the rows the assign step kept")
         discard(run, "assign", tmp / L.BUCKETS, tmp / L.SIZE_PARTS)
         if not by_cluster:
-            pieces = tuple(P.list_parts(tmp / L.GROUPED))
+            pieces = tuple(list_parts(tmp / L.GROUPED))
             restored = run.map("order", [C.RestoreOrder(pieces, i, part_path(tmp, L.PARTS, i))
                                          for i in range(len(parts))], cpu_only=True) if pieces else []
             if sum(r["rows"] for r in restored) != sum(g["rows_out"] for g in grouped):
@@ -124,8 +129,9 @@ def assign(run: StageRun, cfg: C.ClusterStageConfig, parts: list[str], centers: 
                           str(tmp / L.SIZE_PARTS / f"{i:05d}.npy")) for i, p in enumerate(parts)]
     (tmp / L.SIZE_PARTS).mkdir(exist_ok=True)
     results = run.map_stateful("assign", partial(C.CenterAssigner, centers, cfg, filters, max(1, len(parts))), units)
-    sizes = C.total_sizes([u.sizes for u in units])
+    sizes = C.total_sizes(fetched(*[u.sizes for u in units]))
     P.write_table(C.cluster_size_table(sizes), tmp / L.CLUSTER_SIZES)
+    stored(tmp / L.CLUSTER_SIZES)
     run.manifest["sizes"] = clustering.size_summary(sizes)
     return results
 
@@ -143,6 +149,6 @@ def record(run: StageRun, manifest: dict[str, Any], cfg: C.ClusterStageConfig, a
             for eps, n in g["drop_counts"].items():
                 counts[eps] = counts.get(eps, 0) + n
         manifest["semdedup"] = {"eps": cfg.semdedup.eps, "dropped_by_eps": counts, "keep": cfg.semdedup.keep}
-    outputs = P.list_parts(run.tmp / L.PARTS)
+    outputs = list_parts(run.tmp / L.PARTS)
     if truth_parts and outputs:
         manifest["agreement"] = run.job("agreement", C.ClusterAgreement(tuple(outputs), truth_parts), cpu_only=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from contextlib import closing
@@ -23,10 +22,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from curation.partitions import list_parts, part_name
+from curation.partitions import part_name
 from tasks.executors import make_executor
-from tasks.executors.base import Executor, ExecutorKind, Resources, Result, StageResources, Worker
+from tasks.executors.base import WORKER, Executor, ExecutorKind, Resources, Result, StageResources, Worker
 from tasks.store import layout as L
+from tasks.store import workdir as W
 from tasks.store.artifacts import ArtifactRef, ArtifactStore, Staging, config_hash, plain, stage_key, to_dict
 
 CODE_VERSIONS = {
@@ -50,6 +50,7 @@ class RunContext:
     """What a stage needs to know about the run it belongs to (small and picklable)."""
 
     workdir: str
+    """The workdir's local path: the workdir itself, or the driver's mirror of ``workdir_url``."""
     run_id: str
     force: frozenset[str] = frozenset()
     """Stages to recompute even when their artifact exists."""
@@ -60,13 +61,21 @@ class RunContext:
     executor: ExecutorKind = "ray"
     """Where units of work run: Ray tasks and actors, or this process ("local")."""
     resources: StageResources = field(default_factory=StageResources)
+    workdir_url: str | None = None
+    """The workdir's URL when it is on object storage (``s3://bucket/run``), else None."""
+
+    @property
+    def mirror(self) -> W.Mirror | None:
+        return W.open_mirror(self.workdir_url, self.workdir) if self.workdir_url else None
 
     @property
     def store(self) -> ArtifactStore:
-        return ArtifactStore(self.workdir)
+        return ArtifactStore(self.workdir, self.mirror)
 
     def make_executor(self) -> Executor:
-        return make_executor(self.executor, self.ray_address, self.ray_num_cpus)
+        mirror = self.mirror
+        return make_executor(self.executor, self.ray_address, self.ray_num_cpus,
+                             mirror.spec if mirror is not None else None)
 
 
 def unit_digest(unit: Any) -> str:
@@ -115,7 +124,7 @@ class StageRun:
         return self._run(step, units, lambda todo: self.executor.map_stateful(worker, todo, self.resources))
 
     def job(self, step: str, unit: Any, cpu_only: bool = False) -> Result:
-        """One whole-data unit holding the job's CPUs (``resources.job_cpus``, else the cluster's); ``cpu_only``
+        """One whole-data unit holding the job's CPUs (``resources.job_cpus``, else the largest node's); ``cpu_only``
         as for :meth:`map`."""
         return self._run(step, [unit], lambda todo: self.executor.map(todo, self.executor.job_resources(
             self._resources(cpu_only))))[0]
@@ -132,8 +141,13 @@ class StageRun:
             with closing(submit([units[i] for i in todo])) as finished:  # closed early: actors and tasks stop
                 for position, result in finished:
                     index = todo[position]
-                    self.staging.mark(step, index, digests[index], result)
+                    self.staging.mark(step, index, digests[index], result)  # its files are in the store now
                     results[index] = result
+        workers = self.manifest.setdefault("workers", [])
+        for result in results:
+            if (worker := result.pop(WORKER, None)) is not None and worker not in workers:  # type: ignore[union-attr]
+                workers.append(worker)
+        workers.sort()
         return results  # type: ignore[return-value]  (every None was filled or the submit raised)
 
 
@@ -199,6 +213,30 @@ def parts_of(ref: ArtifactRef, folder: str = L.PARTS) -> list[str]:
     return list_parts(Path(ref.path) / folder)
 
 
+def list_parts(folder: str | Path) -> list[str]:
+    """The Parquet parts of a folder, in part order: in the store when the workdir is on object storage."""
+    return [p for p in W.listing(folder, ".parquet") if Path(p).name.startswith("part-")]
+
+
+def part_rows(paths: Sequence[str]) -> tuple[int, ...]:
+    """Rows of each Parquet part, from its footer alone (read in place from the store when the workdir is on
+    object storage: no part is downloaded)."""
+    return tuple(W.parquet_rows(p) for p in paths)
+
+
+def fetched(*paths: str | Path) -> list[str]:
+    """``paths``, with their files present locally (downloaded from the store for an object-store workdir):
+    for the files a stage's own code reads in the driver (a global table, the parts it counts reasons over)."""
+    W.pull(*paths)
+    return [str(p) for p in paths]
+
+
+def stored(*paths: str | Path) -> None:
+    """Upload the files the driver wrote at ``paths`` into the staging area (a no-op for a local workdir), before
+    units that read them run."""
+    W.push(*paths)
+
+
 def part_path(tmp: Path, folder: str, index: int, suffix: str = ".parquet") -> str:
     return str((tmp / folder / part_name(index)).with_suffix(suffix))
 
@@ -214,4 +252,4 @@ def discard(run: StageRun, step: str, *paths: Path) -> None:
     markers of steps whose files stay are dropped when the artifact is published.)"""
     run.staging.unmark(step)
     for path in paths:
-        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        W.remove(path)

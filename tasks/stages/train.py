@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -11,15 +10,16 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.stages.common import CODE_VERSIONS, RunContext, StageRun, run_stage
+from tasks.stages.common import CODE_VERSIONS, RunContext, StageRun, fetched, run_stage
 from tasks.store import layout as L
+from tasks.store import workdir as W
 from tasks.store.artifacts import ArtifactRef
 from training.config import TrainConfig
 
 
 def center_count(cluster_ref: ArtifactRef) -> int:
     """K, the rows of the cluster artifact's centers.npy (read from its header: no centers are loaded)."""
-    return int(np.load(Path(cluster_ref.path) / L.CENTERS, mmap_mode="r").shape[0])
+    return int(np.load(fetched(Path(cluster_ref.path) / L.CENTERS)[0], mmap_mode="r").shape[0])
 
 
 @task(name="train", cache_policy=NO_CACHE)
@@ -39,8 +39,9 @@ def train(ctx: RunContext, cfg: TrainConfig, upstream: ArtifactRef, curate_ref: 
     def compute(run: StageRun, manifest: dict[str, Any]) -> None:
         tmp = run.tmp
         summary = run.executor.train(run_cfg, str(Path(upstream.path) / L.SHARDS), str(tmp))
-        shutil.rmtree(tmp / L.RAY_TRAIN, ignore_errors=True)  # Ray Train's duplicate of the last checkpoint
+        W.remove(tmp / L.RAY_TRAIN)  # Ray Train's duplicate of the last checkpoint
         summary["checkpoint"] = str(Path(summary["checkpoint"]).relative_to(tmp.resolve()))
+        manifest["workers"] = summary.pop("workers", [])
         manifest["train"] = summary
         rows = upstream.counts.get("rows_out", 0)
         manifest["counts"] = {"rows_in": rows, "rows_out": rows, "filtered": 0, "quarantined": 0}

@@ -9,6 +9,10 @@ place only when the manifest is written, so a crash never leaves a half artifact
 artifact is complete if and only if its ``manifest.json`` exists. The staging area keeps a completion marker
 per finished part, so a rerun after a crash redoes only the parts that had not finished.
 
+With a workdir on object storage (``tasks/store/workdir.py``) the same layout lives in the store and the paths
+here are the driver's mirror of it: completeness, manifests and markers are read from the store, markers and
+manifests written to it, and publishing copies the staging area's objects with the manifest last.
+
 This module is deliberately free of Prefect and Ray: tasks use it, tests use it alone.
 """
 
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.store import layout as L
+from tasks.store.workdir import Mirror, remove_local
 
 MANIFEST = L.MANIFEST
 PARTIAL = ".partial"
@@ -45,10 +50,14 @@ class Staging:
     A marker is written only after its part's files are, and holds the part's result and a digest of its unit
     (inputs, outputs, settings): a rerun reuses a part only when the same unit finished before."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, mirror: Mirror | None = None):
         self.path = path
+        self.mirror = mirror
+        """The workdir's mirror when it is on object storage: markers are written through to the store."""
 
     def clear(self) -> None:
+        if self.mirror is not None:
+            self.mirror.remove(self.path)
         shutil.rmtree(self.path, ignore_errors=True)
         self.path.mkdir(parents=True)
 
@@ -69,13 +78,20 @@ class Staging:
         tmp = marker.with_suffix(".tmp")
         tmp.write_text(json.dumps({"unit": digest, "result": result}, sort_keys=True, default=plain))
         os.replace(tmp, marker)  # a marker is whole or absent
+        if self.mirror is not None:
+            self.mirror.push(marker)  # an object is whole or absent too
 
     def unmark(self, step: str) -> None:
         """Forget the markers of ``step`` (before deleting that step's intermediate files)."""
-        shutil.rmtree(self.path / DONE_DIR / step, ignore_errors=True)
+        self._remove(self.path / DONE_DIR / step)
 
     def unmark_all(self) -> None:
-        shutil.rmtree(self.path / DONE_DIR, ignore_errors=True)
+        self._remove(self.path / DONE_DIR)
+
+    def _remove(self, path: Path) -> None:
+        if self.mirror is not None:
+            self.mirror.remove(path)
+        remove_local(path)
 
 
 @dataclass(frozen=True)
@@ -137,18 +153,23 @@ def stage_key(stage: str, code_version: str, config: Any, input_keys: list[str])
 class ArtifactStore:
     """Artifacts under ``<workdir>/artifacts``."""
 
-    def __init__(self, workdir: str | Path):
+    def __init__(self, workdir: str | Path, mirror: Mirror | None = None):
         self.workdir = Path(workdir)
         self.root = self.workdir / "artifacts"
+        self.mirror = mirror
+        """Set when the workdir is on object storage: ``workdir`` is then the driver's mirror of it."""
 
     def path(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
     def is_complete(self, stage: str, key: str) -> bool:
-        return (self.path(stage, key) / MANIFEST).is_file()
+        manifest = self.path(stage, key) / MANIFEST
+        return self.mirror.exists(manifest) if self.mirror is not None else manifest.is_file()
 
     def manifest(self, stage: str, key: str) -> dict[str, Any]:
-        return json.loads((self.path(stage, key) / MANIFEST).read_text())
+        path = self.path(stage, key) / MANIFEST
+        text = self.mirror.read_text(path) if self.mirror is not None else None
+        return json.loads(text if text is not None else path.read_text())
 
     def ref(self, stage: str, key: str, status: str = "cached") -> ArtifactRef:
         """Reference to a complete artifact, read back from its manifest."""
@@ -190,15 +211,19 @@ class ArtifactStore:
         existing artifact at the same key (a forced recompute) is replaced only once the new one is complete.
         """
         final = self.path(stage, key)
-        area = Staging(self.staging(stage, key))
+        area = Staging(self.staging(stage, key), self.mirror)
         area.path.mkdir(parents=True, exist_ok=True)
         if fresh:
             area.clear()
+        elif self.mirror is not None:
+            self.mirror.pull(area.path / DONE_DIR)  # the markers of an interrupted run, from any machine
         started = time.perf_counter()
         yield area
         manifest.setdefault("seconds", round(time.perf_counter() - started, 3))
         area.unmark_all()
         (area.path / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+        if self.mirror is not None:
+            self.mirror.publish(area.path, final, MANIFEST)
         self._replace(area.path, final)
 
     @staticmethod

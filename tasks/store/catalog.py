@@ -9,6 +9,11 @@ filters), ``semdedup_pairs`` (SemDeDup's dropped samples and what each duplicate
 ``caption_requests`` (the caption stages' requests: sent, cached, answered, failed per reason, rejected by the
 cleaning rules).
 
+Paths in the views are relative to the workdir: each names its file as ``getvariable('workdir') || '/artifacts/...'``,
+and the connection sets that variable to the workdir it was opened for (a local folder, or an object-store URL
+whose filesystem is registered with DuckDB through fsspec: DuckDB's ``httpfs`` is not needed). A workdir copied
+to another folder, machine or bucket answers the same queries.
+
 Queries from the command line are read-only: the statement must be a single SELECT-like statement
 (checked with DuckDB's own parser, so ``COPY``, ``ATTACH``, ``INSERT``, ``DROP``... are refused before
 they run) and the database is opened ``read_only``.
@@ -17,12 +22,15 @@ they run) and the database is opened ``read_only``.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
 
 from tasks.store import layout as L
+from tasks.store import workdir as W
 from tasks.store.artifacts import ArtifactRef, ArtifactStore
 
 CATALOG = "catalog.duckdb"
@@ -35,12 +43,22 @@ class QueryError(ValueError):
     """A query the catalog refuses or cannot answer; the message is one line."""
 
 
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+_ROOT: list[Path] = []
+"""The workdir of the catalog being built (its views' paths are relative to it)."""
+
+
 def _lit(path: str | Path) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
+    """A file of the workdir as a path relative to it, resolved against the connection's ``workdir`` variable."""
+    rel = Path(path).relative_to(_ROOT[-1]).as_posix()
+    return f"(getvariable('workdir') || {_quote('/' + rel)})"
 
 
 def _parquet(folder: Path) -> str | None:
-    return f"read_parquet({_lit(folder / '*.parquet')}, union_by_name=true)" if any(folder.glob("*.parquet")) else None
+    return f"read_parquet({_lit(folder / '*.parquet')}, union_by_name=true)" if W.listing(folder, ".parquet") else None
 
 
 def _stage_sources(ref: ArtifactRef) -> str | None:
@@ -49,10 +67,10 @@ def _stage_sources(ref: ArtifactRef) -> str | None:
         return _parquet(path / L.SHARDS)
     if ref.stage == "train":
         metrics = path / L.TRAIN_METRICS
-        return f"read_json_auto({_lit(metrics)})" if metrics.exists() else None
+        return f"read_json_auto({_lit(metrics)})" if W.exists(metrics) else None
     if ref.stage == "eval":
         results = path / L.EVAL_RESULTS
-        return f"({_eval_rows(results)})" if results.exists() else None
+        return f"({_eval_rows(results)})" if W.exists(results) else None
     return _parquet(path / L.PARTS)
 
 
@@ -83,12 +101,16 @@ def _samples_view(refs: Mapping[str, ArtifactRef]) -> str | None:
     return f"SELECT * FROM {base}"
 
 
-def _stage_rows(refs: Mapping[str, ArtifactRef]) -> list[tuple]:
+def _stage_rows(store: ArtifactStore, refs: Mapping[str, ArtifactRef]) -> list[tuple]:
+    """One row per stage: its counts, status and seconds, its key and folder (relative to the workdir), and the
+    machines that computed its parts (the manifest's ``workers``: Ray node ids)."""
     rows = []
     for stage, ref in refs.items():
         c = ref.counts
+        workers = store.manifest(ref.stage, ref.key).get("workers", [])
         rows.append((stage, ref.status, c.get("rows_in", 0), c.get("rows_out", 0), c.get("filtered", 0),
-                     c.get("quarantined", 0), ref.seconds, ref.key, ref.path))
+                     c.get("quarantined", 0), ref.seconds, ref.key, Path(ref.path).relative_to(_ROOT[-1]).as_posix(),
+                     workers))
     return rows
 
 
@@ -120,17 +142,62 @@ def _artifact_file_views(refs: Mapping[str, ArtifactRef]) -> dict[str, str]:
              "cluster_sizes": ("cluster", L.CLUSTER_SIZES, "read_parquet")}
     views = {name: f"SELECT * FROM {reader}({_lit(Path(refs[stage].path) / file)})"
              for name, (stage, file, reader) in files.items()
-             if stage in refs and (Path(refs[stage].path) / file).exists()}
+             if stage in refs and W.exists(Path(refs[stage].path) / file)}
     if "cluster" in refs:
         pairs = _parquet(Path(refs["cluster"].path) / L.SEMDEDUP_PAIRS)
         views["semdedup_pairs"] = f"SELECT * FROM {pairs}" if pairs else NO_PAIRS
     return views
 
 
+@contextmanager
+def connect(workdir: str | Path, database: str | Path, read_only: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection to ``database`` whose views resolve against ``workdir``: a local folder, or an object-store
+    URL (its fsspec filesystem registered with DuckDB, credentials from the environment)."""
+    with duckdb.connect(str(database), read_only=read_only) as con:
+        if W.is_remote(str(workdir)):
+            mirror = W.driver_mirror(str(workdir))
+            con.register_filesystem(mirror.fs)
+            root = mirror.url
+        else:
+            root = W.local_path(str(workdir))
+        con.execute("SET VARIABLE workdir = ?", [root])
+        yield con
+
+
 def build_catalog(workdir: str | Path, refs: Mapping[str, ArtifactRef]) -> Path:
-    """(Re)create the catalog's views for the artifacts of ``refs`` (the latest run)."""
+    """(Re)create the catalog's views for the artifacts of ``refs`` (the latest run). ``workdir``: its local path
+    (for an object-store workdir, the driver's mirror: the catalog is uploaded beside the artifacts). The catalog
+    is written to a new file and renamed into place, so a query never sees it half-built."""
     path = Path(workdir) / CATALOG
     path.parent.mkdir(parents=True, exist_ok=True)
+    mirror = W.mirror_of(workdir)
+    _ROOT.append(Path(workdir))
+    try:
+        views = _views(refs)
+        rows = _stage_rows(ArtifactStore(workdir, mirror), refs)
+    finally:
+        _ROOT.pop()
+    tmp = path.with_name(f".{CATALOG}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    with connect(mirror.url if mirror is not None else workdir, tmp, read_only=False) as con:
+        con.execute("CREATE TABLE stages (stage VARCHAR, status VARCHAR, rows_in BIGINT, rows_out BIGINT,"
+                    " filtered BIGINT, quarantined BIGINT, seconds DOUBLE, key VARCHAR, path VARCHAR,"
+                    " workers VARCHAR[])")
+        if rows:
+            con.executemany("INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        con.execute("CREATE TABLE caption_requests (stage VARCHAR, backend VARCHAR, outcome VARCHAR,"
+                    " reason VARCHAR, requests BIGINT)")
+        if rows := _caption_rows(ArtifactStore(workdir, mirror), refs):
+            con.executemany("INSERT INTO caption_requests VALUES (?, ?, ?, ?, ?)", rows)
+        for name, sql in views.items():
+            con.execute(f'CREATE VIEW "{name}" AS {sql}')
+    os.replace(tmp, path)
+    if mirror is not None:
+        mirror.push(path)
+    return path
+
+
+def _views(refs: Mapping[str, ArtifactRef]) -> dict[str, str]:
     views: dict[str, str] = {}
     for stage, ref in refs.items():
         if src := _stage_sources(ref):
@@ -144,20 +211,7 @@ def build_catalog(workdir: str | Path, refs: Mapping[str, ArtifactRef]) -> Path:
         views["train_metrics"] = views.pop("train")
     if "eval" in views:
         views["eval_results"] = views.pop("eval")
-    with duckdb.connect(str(path)) as con:
-        for name in [r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()]:
-            con.execute(f'DROP VIEW IF EXISTS "{name}"')
-        con.execute("CREATE OR REPLACE TABLE stages (stage VARCHAR, status VARCHAR, rows_in BIGINT, rows_out BIGINT,"
-                    " filtered BIGINT, quarantined BIGINT, seconds DOUBLE, key VARCHAR, path VARCHAR)")
-        if rows := _stage_rows(refs):
-            con.executemany("INSERT INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        con.execute("CREATE OR REPLACE TABLE caption_requests (stage VARCHAR, backend VARCHAR, outcome VARCHAR,"
-                    " reason VARCHAR, requests BIGINT)")
-        if rows := _caption_rows(ArtifactStore(workdir), refs):
-            con.executemany("INSERT INTO caption_requests VALUES (?, ?, ?, ?, ?)", rows)
-        for name, sql in views.items():
-            con.execute(f'CREATE VIEW "{name}" AS {sql}')
-    return path
+    return views
 
 
 READ_ONLY_TYPES = {"SELECT", "EXPLAIN", "PRAGMA"}
@@ -181,14 +235,29 @@ def _one_line(err: Exception) -> str:
     return " ".join(str(err).split())
 
 
+def catalog_file(workdir: str | Path) -> Path:
+    """The local catalog file of ``workdir``; for an object-store workdir, downloaded from it afresh."""
+    if not W.is_remote(str(workdir)):
+        return Path(W.local_path(str(workdir))) / CATALOG
+    mirror = W.driver_mirror(str(workdir))
+    local = mirror.local / CATALOG
+    if not mirror.exists(local):
+        return local.with_name(".absent")
+    tmp = local.with_name(f".{CATALOG}.{os.getpid()}.download")
+    mirror.fs.get_file(mirror.remote(local), str(tmp))
+    os.replace(tmp, local)
+    return local
+
+
 def query(workdir: str | Path, sql: str) -> tuple[list[str], list[tuple]]:
-    """Run one read-only statement against the catalog: (column names, rows)."""
-    path = Path(workdir) / CATALOG
-    if not path.exists():
-        raise QueryError(f"no catalog at {path}: run `curaclip run` first")
+    """Run one read-only statement against the catalog: (column names, rows). ``workdir``: a local folder or an
+    object-store URL."""
+    path = catalog_file(workdir)
+    if not path.is_file():
+        raise QueryError(f"no catalog in {workdir}: run `curaclip run` first")
     _check_read_only(sql)
     try:
-        with duckdb.connect(str(path), read_only=True) as con:
+        with connect(workdir, path) as con:
             cursor = con.execute(sql)
             columns = [d[0] for d in cursor.description] if cursor.description else []
             return columns, cursor.fetchall()

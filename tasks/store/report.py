@@ -21,6 +21,7 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from eval.suite import headline  # noqa: E402
 from tasks.store import layout as L  # noqa: E402
+from tasks.store import workdir as W  # noqa: E402
 from tasks.store.artifacts import ArtifactRef, ArtifactStore  # noqa: E402
 
 
@@ -110,11 +111,19 @@ def plot_cluster_sizes(sizes: Path, out: Path) -> Path:
 
 def _plots(workdir: Path, refs: Mapping[str, ArtifactRef], evaluation: Mapping[str, Any]) -> dict[str, str]:
     plots = {}
-    if "cluster" in refs and (sizes := Path(refs["cluster"].path) / L.CLUSTER_SIZES).exists():
+
+    def found(stage: str, name: str) -> Path | None:  # an artifact's file, present locally (pulled from a store)
+        path = Path(refs[stage].path) / name if stage in refs else None
+        if path is None or not W.exists(path):
+            return None
+        W.pull(path)
+        return path
+
+    if sizes := found("cluster", L.CLUSTER_SIZES):
         plots["cluster_sizes"] = plot_cluster_sizes(sizes, workdir / "cluster_sizes.png").name
-    if "curate" in refs and (counts := Path(refs["curate"].path) / L.ENTRY_COUNTS).exists():
+    if counts := found("curate", L.ENTRY_COUNTS):
         plots["entry_counts"] = plot_entry_counts(counts, workdir / "entry_counts.png").name
-    if "train" in refs and (metrics := Path(refs["train"].path) / L.TRAIN_METRICS).exists():
+    if metrics := found("train", L.TRAIN_METRICS):
         plots["train_loss"] = plot_loss(metrics, workdir / "train_loss.png").name
     if evaluation:
         plots["eval"] = plot_eval(evaluation, workdir / "eval.png").name
@@ -233,7 +242,7 @@ def write_report(workdir: str | Path, run_id: str, config_hash: str, refs: Mappi
     """Write report.json, report.md and the plots; return the report dict. ``dry_run``: a caption stage's
     estimate, where the run stopped at it."""
     workdir = Path(workdir)
-    store = ArtifactStore(workdir)
+    store = ArtifactStore(workdir, W.mirror_of(workdir))
     manifests = {stage: store.manifest(stage, ref.key) for stage, ref in refs.items()}
     evaluation = manifests.get("eval", {}).get("eval", [])
     report: dict[str, Any] = {
@@ -254,4 +263,6 @@ def write_report(workdir: str | Path, run_id: str, config_hash: str, refs: Mappi
     history = workdir / "reports"
     history.mkdir(exist_ok=True)
     (history / f"{run_id}.json").write_text(json.dumps(report, indent=2, default=str))
+    W.push(workdir / "report.json", workdir / "report.md", history / f"{run_id}.json",
+           *(workdir / name for name in report["plots"].values()))
     return report

@@ -5,8 +5,8 @@ from functools import partial
 import pytest
 
 from tasks.executors import make_executor
-from tasks.executors.base import Resources
-from tasks.executors.local import LocalExecutor
+from tasks.executors.base import WORKER, Resources
+from tasks.executors.local import HERE, LocalExecutor
 from tests.tasks.executors.units import Counter, Fails, Square
 
 
@@ -14,7 +14,7 @@ def test_units_run_in_order_here():
     executor = make_executor("local")
     assert isinstance(executor, LocalExecutor)
     assert list(executor.map([Square(i) for i in range(4)], Resources())) == [
-        (0, {"square": 0}), (1, {"square": 1}), (2, {"square": 4}), (3, {"square": 9})]
+        (i, {"square": i * i, WORKER: HERE}) for i in range(4)]  # each result says which machine ran it
 
 
 def test_a_stateful_worker_is_built_once():
@@ -31,7 +31,7 @@ def test_results_before_a_failure_are_yielded_first():
     with pytest.raises(ValueError, match="unit 1 fails"):
         for item in LocalExecutor().map([Fails(0), Fails(1), Fails(2)], Resources()):
             seen.append(item)
-    assert seen == [(0, {"x": 0})]
+    assert seen == [(0, {"x": 0, WORKER: HERE})]
 
 
 def test_a_job_takes_the_machine_unless_told():

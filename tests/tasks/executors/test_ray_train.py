@@ -161,6 +161,40 @@ def test_ray_train_restarts_a_failed_worker_group_from_the_reported_checkpoint(c
     assert_resumed_on_the_curve(tmp_path, summary, flag, metrics(two_workers[1]))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_training_on_an_object_store_workdir_writes_its_run_folder_there(cfg, table, two_workers, ranks, tmp_path,
+                                                                        monkeypatch):
+    """One rank (a Ray task) and two (Ray Train, its storage path in the store) on an S3 workdir (moto's server):
+    each rank works in its node's mirror, and the run folder (checkpoints, metrics) lands in the store, on the
+    same curve as on local disk."""
+    import ray
+
+    from tasks.executors.ray_cluster import ensure_ray
+    from tasks.store import workdir as W
+    from tests.servers.s3_server import s3_server
+
+    with s3_server("train-workdir"):
+        monkeypatch.setenv(W.MIRROR_ENV, str(tmp_path / "mirrors"))
+        ray.shutdown()  # a run starts (or joins) Ray with the store's endpoint and credentials in its environment
+        ensure_ray(num_cpus=2)
+        mirror = W.driver_mirror(f"s3://train-workdir/run{ranks}")
+        out = mirror.local / "artifacts" / "train" / "k.partial"
+        run_cfg = halves(cfg) if ranks == 2 else cfg
+        summary = train_distributed(run_cfg, table, str(out), max_failures=0, cpus_per_rank=1, log=None,
+                                    workdir=mirror.spec)
+        assert summary["ranks"] == ranks and len(summary["workers"]) == 1
+        stored = [n.rsplit("/", 1)[-1] for n in mirror.fs.find(mirror.remote(out))]
+        assert "metrics.jsonl" in stored and "latest.json" in stored and Path(summary["checkpoint"]).name in stored
+        W.pull(out)
+        reference = metrics(two_workers[1]) if ranks == 2 else None
+        if reference is not None:
+            assert [m["loss"] for m in metrics(out)] == pytest.approx([m["loss"] for m in reference], rel=1e-4)
+        assert load_checkpoint(summary["checkpoint"])["step"] == STEPS
+    ray.shutdown()
+    ensure_ray(num_cpus=2)
+
+
 def test_a_reported_checkpoint_restores_a_run_folder_only_when_newer(tmp_path):
     state = {"name": "m", "epoch": 1, "step": 4, "state_dict": {"w": torch.arange(3.0)}}
     reported = tmp_path / "reported"

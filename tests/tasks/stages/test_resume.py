@@ -48,6 +48,7 @@ CHILD = textwrap.dedent("""
 
 class Counting(LocalExecutor):
     def __init__(self):
+        super().__init__()
         self.ran: list = []
 
     def map(self, units, resources):
@@ -86,6 +87,7 @@ def test_a_killed_stage_redoes_only_its_unfinished_parts(tmp_path, monkeypatch):
 
 class Recording(LocalExecutor):
     def __init__(self):
+        super().__init__()
         self.seen: list = []
 
     def map(self, units, resources):

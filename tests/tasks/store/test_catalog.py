@@ -63,3 +63,19 @@ def test_refused_queries_are_one_line_and_change_nothing(workdir, sql, words, mo
         query(workdir, sql)
     assert "\n" not in str(err.value)
     assert _digest(workdir) == before
+
+
+def test_a_copied_workdir_answers_the_same_queries(workdir, tmp_path_factory):
+    """The views name their files relative to the workdir, so a copy elsewhere (another folder, machine or
+    bucket) answers; the original's files are not what it reads."""
+    import shutil
+
+    copy = tmp_path_factory.mktemp("elsewhere") / "copied"
+    shutil.copytree(workdir, copy)
+    want = query(workdir, "select uid from samples order by uid")
+    shutil.rmtree(workdir / "artifacts")
+    assert query(copy, "select uid from samples order by uid") == want
+    assert query(copy, "select path from stages order by stage")[1] == [("artifacts/filter/k2",),
+                                                                       ("artifacts/ingest/k1",)]
+    with pytest.raises(QueryError):
+        query(workdir, "select count(*) from samples")  # the original's files are gone, and it says so
