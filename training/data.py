@@ -34,6 +34,7 @@ import copy
 import io
 import json
 import random
+import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -430,7 +431,21 @@ def shard_loader(
     if train:
         batches = -(-num_samples // (batch_size * world_size))
         dataset = dataset.with_epoch(-(-batches // max(1, workers)))  # per worker, as open_clip_train
-    return wds.WebLoader(dataset, batch_size=None, shuffle=False, num_workers=workers)
+    return wds.WebLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                         worker_init_fn=forget_inherited_thread_exits if workers else None)
+
+
+def forget_inherited_thread_exits(_worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: drop the exit hooks a forked worker inherits from its parent's threads.
+
+    A worker is forked from the training process, whose threads (Prefect's log and event services among them)
+    registered `threading._register_atexit` hooks. The threads do not exist in the child, but the hooks do, and
+    run when the worker's process ends: Prefect's asserts on its missing thread state, so the worker exits with
+    code 1 and torch reports "DataLoader worker exited unexpectedly" (prefect/_internal/concurrency/services.py,
+    `QueueService._at_exit`). The hooks belong to the parent, so the child forgets them."""
+    hooks = getattr(threading, "_threading_atexits", None)
+    if hooks is not None:
+        hooks.clear()
 
 
 def default_transform(train: bool) -> Callable:

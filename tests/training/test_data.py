@@ -1,4 +1,6 @@
 import json
+import os
+import threading
 from collections import Counter
 from dataclasses import replace
 
@@ -137,6 +139,27 @@ def test_shard_loader_with_a_worker_process_covers_the_data(micro, tmp_path):
     loader = shard_loader(data.urls, 8, 32, tokenizer, True, workers=1, seed=3, transform=val_tf, shuffle_buffer=1)
     uids = Counter(u for b in loader for u in b["uid"])
     assert sum(uids.values()) == 32 and len(uids) == 32
+
+
+def test_shard_loader_workers_survive_the_exit_hooks_of_the_parents_threads(micro, tmp_path):
+    """A thread in the training process (Prefect's log and event services: prefect/_internal/concurrency/
+    services.py, QueueService._at_exit) registers an exit hook that fails in a forked child, where its thread
+    is gone; a DataLoader worker that ran it exited with code 1 mid-epoch."""
+    tokenizer, _, val_tf = micro
+    data = write_shards(tmp_path, colour_rows(16), 8)
+
+    def parent_only():
+        assert os.getpid() == parent, "a parent thread's exit hook ran in a forked worker"
+
+    parent = os.getpid()
+    threading._register_atexit(parent_only)
+    hook = threading._threading_atexits[-1]
+    try:
+        for _ in range(2):
+            loader = shard_loader(data.urls, 8, 16, tokenizer, True, workers=2, seed=3, transform=val_tf)
+            assert sum(len(b["uid"]) for b in loader) == 16
+    finally:
+        threading._threading_atexits.remove(hook)
 
 
 def test_shard_passes_permute_every_shard_per_pass_and_split_ranks():
