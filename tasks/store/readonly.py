@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -77,6 +78,11 @@ class ReadOnlyLocalFileSystem(ReadOnlyFiles, LocalFileSystem):
     def ls(self, path, detail=False, **kwargs):
         self._check(path)
         return super().ls(path, detail=detail, **kwargs)
+
+    def glob(self, path, **kwargs):
+        literal = re.split(r"[*?\[]", self._strip_protocol(path), maxsplit=1)
+        self._check(literal[0] if len(literal) == 1 else os.path.dirname(literal[0]))  # the folder it lists
+        return super().glob(path, **kwargs)
 
     def info(self, path, **kwargs):
         if isinstance(path, os.DirEntry) and self._outside(path) is not None:
