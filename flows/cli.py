@@ -34,15 +34,30 @@ def _parser() -> argparse.ArgumentParser:
 
     _eval_parser(sub)
 
-    stats = sub.add_parser("stats", help="read-only SQL over the catalog (default: per-stage row counts)")
-    stats.add_argument("sql", nargs="?", help="one SELECT statement; views: samples, quarantine, filtered, <stage>...")
-    stats.add_argument("--workdir", default=DEFAULT_WORKDIR)
+    _stats_parser(sub)
 
     show = sub.add_parser("show-config", help="print the resolved config as YAML")
     show.add_argument("--config")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     show.add_argument("--preset", default="default", choices=sorted(PRESETS))
     return parser
+
+
+def _stats_parser(sub: argparse._SubParsersAction) -> None:
+    from tasks.store.stats_reports import FORMATS, REPORTS
+
+    stats = sub.add_parser("stats", help="read-only SQL over the catalog (default: per-stage row counts)",
+                           description="Read-only SQL over the catalog, or a named report with its plots. It "
+                           "reads the catalog and the workdir's files only, and writes nothing there.")
+    stats.add_argument("sql", nargs="?", help="one SQL statement; views: samples, quarantine, filtered, <stage>, "
+                       "entry_counts, cluster_sizes, semdedup_pairs, train_metrics, eval_results; tables: stages, "
+                       "caption_requests")
+    stats.add_argument("--workdir", default=DEFAULT_WORKDIR)
+    stats.add_argument("--report", choices=sorted(REPORTS), help="print a named report's tables, write its plots")
+    stats.add_argument("--format", default="table", choices=FORMATS,
+                       help="table (default), csv, or json (a list of row objects; a report: an object of tables)")
+    stats.add_argument("--plots", default=".", metavar="DIR",
+                       help="where --report writes its PNG plots (default: the current folder; not the workdir)")
 
 
 def _eval_parser(sub: argparse._SubParsersAction) -> None:
@@ -142,13 +157,39 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from tasks.store.catalog import caption_table, format_table, query, stage_table
+    from tasks.store.catalog import caption_table, query, stage_table
+    from tasks.store.stats_reports import render
 
-    columns, rows = query(args.workdir, args.sql) if args.sql else stage_table(args.workdir)
-    print(format_table(columns, rows))
-    if not args.sql and (captions := caption_table(args.workdir))[1]:
+    if args.report:
+        return _stats_report(args)
+    tables = {"query": query(args.workdir, args.sql) if args.sql else stage_table(args.workdir)}
+    print(render(tables, args.format, named=False))
+    if args.format == "table" and not args.sql and (captions := caption_table(args.workdir))[1]:
         print("\ncaption requests (failed per reason, rejected answers):")
-        print(format_table(*captions))
+        print(render({"captions": captions}, "table", named=False))
+    return 0
+
+
+def _stats_report(args: argparse.Namespace) -> int:
+    """Tables on stdout; the plots' paths after them (on stderr for csv and json, which stay parseable)."""
+    from pathlib import Path
+
+    from tasks.store import workdir as W
+    from tasks.store.catalog import QueryError, reading
+    from tasks.store.stats_reports import REPORTS, render
+
+    if args.sql:
+        raise QueryError("give either SQL or --report, not both")
+    plots = Path(args.plots).resolve()
+    if not W.is_remote(args.workdir) and W.local_path(args.workdir) in (str(plots), *map(str, plots.parents)):
+        raise QueryError(f"--plots {args.plots} is inside the workdir, which stats does not write: name another "
+                         "folder")
+    plots.mkdir(parents=True, exist_ok=True)
+    with reading(args.workdir) as reader:
+        report = REPORTS[args.report](reader, plots)
+    print(render(report.tables, args.format, named=True))
+    for path in report.plots:
+        print(f"wrote {path}", file=sys.stdout if args.format == "table" else sys.stderr)
     return 0
 
 
