@@ -265,3 +265,48 @@ def test_stats_answers_while_the_catalog_is_rebuilt(world):
         stop.set()
         thread.join()
     assert not failures and len(rebuilt) >= 3
+
+
+S3_REFUSED = [
+    ("SELECT * FROM read_text('s3://stats-security/other/secret.txt')", "disabled by configuration"),
+    ("SELECT * FROM read_text('s3://stats-security/run-other/secret.txt')", "disabled by configuration"),
+    ("SELECT * FROM read_text('s3://stats-security/run/../other/secret.txt')", "disabled by configuration"),
+    ("SELECT * FROM glob('s3://stats-security/*')", "disabled by configuration"),
+    ("COPY (SELECT 1) TO 's3://stats-security/run/new.csv'", "read-only for curaclip stats"),
+    ("COPY (SELECT 1) TO 's3://stats-security/other/new.csv'", "disabled by configuration"),
+    ("EXPORT DATABASE 's3://stats-security/run/export'", "read-only for curaclip stats"),
+    ("ATTACH 's3://stats-security/run/new.duckdb' AS other", "requires extension 'httpfs'"),  # cannot load
+]
+
+
+@pytest.mark.slow
+def test_an_object_store_workdir_answers_and_nothing_else_is_reached(tmp_path, monkeypatch):
+    """On S3 (moto's server on loopback) DuckDB applies ``allowed_directories`` to the fsspec filesystem: the
+    workdir's prefix answers, another prefix of the same bucket (a sibling sharing its name's start included) is
+    refused, and writes under the prefix are refused by the read-only filesystem; no object changes."""
+    import fsspec
+
+    from tests.servers.s3_server import s3_server
+
+    local = tmp_path / "workdir"
+    local.mkdir()
+    build_catalog(local, _refs(local))
+    monkeypatch.setenv("CURACLIP_MIRROR_DIR", str(tmp_path / "mirrors"))
+    with s3_server("stats-security"):
+        fs = fsspec.filesystem("s3")
+        fs.put(str(local) + "/", "stats-security/run", recursive=True)
+        for prefix in ("other", "run-other"):
+            fs.pipe_file(f"stats-security/{prefix}/secret.txt", b"the secret\n")
+        objects = {name: (info["size"], info.get("ETag")) for name, info in
+                   fs.find("stats-security", detail=True).items()}
+        url = "s3://stats-security/run"
+        assert query(url, "SELECT uid FROM samples ORDER BY uid")[1] == [("a",), ("b",)]
+        assert query(url, "SELECT count(*) FROM glob(getvariable('workdir') || '/artifacts/*/*/manifest.json')")[1] \
+            == [(3,)]
+        for sql, words in S3_REFUSED:
+            with pytest.raises(QueryError, match=words) as err:
+                query(url, sql)
+            assert "\n" not in str(err.value) and "the secret" not in str(err.value), sql
+        fs.invalidate_cache()
+        assert {name: (info["size"], info.get("ETag")) for name, info in
+                fs.find("stats-security", detail=True).items()} == objects
