@@ -180,8 +180,8 @@ def _stats_report(args: argparse.Namespace) -> int:
 
     if args.sql:
         raise QueryError("give either SQL or --report, not both")
-    plots = Path(args.plots).resolve()
-    if not W.is_remote(args.workdir) and W.local_path(args.workdir) in (str(plots), *map(str, plots.parents)):
+    plots, resolved = Path(args.plots), Path(args.plots).resolve()
+    if not W.is_remote(args.workdir) and W.local_path(args.workdir) in (str(resolved), *map(str, resolved.parents)):
         raise QueryError(f"--plots {args.plots} is inside the workdir, which stats does not write: name another "
                          "folder")
     plots.mkdir(parents=True, exist_ok=True)
