@@ -185,7 +185,7 @@ def _read_only_root(workdir: str | Path) -> tuple[str, object]:
 def read_only_connection(workdir: str | Path, database: str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection that can read the catalog ``database`` and the files of ``workdir``, and nothing else.
 
-    Each is one of DuckDB's settings, in the only order DuckDB accepts them, then locked:
+    What holds it in, in the order DuckDB accepts it (measured on DuckDB 2.0.1), then locked:
 
     * an in-memory database with the catalog ``ATTACH``-ed ``READ_ONLY``: a connection of its own (DuckDB
       shares a file database's instance, settings included, between the connections of a process; the
@@ -193,15 +193,17 @@ def read_only_connection(workdir: str | Path, database: str | Path) -> Iterator[
       ANALYZE`` of them included;
     * the workdir's files through a read-only fsspec filesystem (:mod:`tasks.store.readonly`: DuckDB's
       ``allowed_directories`` would let ``COPY ... TO`` and ``EXPORT DATABASE`` write under the workdir);
-    * ``temp_directory=''``: nothing spills to disk (the default is ``<catalog>.tmp``, inside the workdir, and
-      DuckDB allows it implicitly); a query larger than memory fails instead of writing;
+    * ``temp_directory=''``: nothing spills to disk (the default is ``.tmp`` in the current folder for an
+      in-memory database, ``<catalog>.tmp`` inside the workdir for a file one, which DuckDB then allows
+      implicitly); a query larger than memory fails instead of writing;
     * ``allowed_directories=[<workdir URL>/]``: the one prefix reachable once external access is off; it
       can only be set while external access is on, so it comes first;
     * ``enable_external_access=false``: every other file and URL (``read_csv``, ``read_text``, ``glob``,
       ``ATTACH``, ``COPY``), ``INSTALL``/``LOAD`` and Python replacement scans refused; ``..`` is folded
       before the prefix is compared;
-    * ``disabled_filesystems='LocalFileSystem'``: no local path at all, even one DuckDB would allow (its
-      own setting refuses to be set after this one);
+    * ``disabled_filesystems='LocalFileSystem'``: no local path at all, not even the attached catalog's own
+      files, which DuckDB allows implicitly (after external access is off: set before, it makes
+      ``SET enable_external_access`` itself fail);
     * ``lock_configuration=true``, last: ``SET``, ``RESET`` and ``PRAGMA`` of any setting refused, this one
       included.
     """
