@@ -1,4 +1,4 @@
-"""The ``curaclip`` command line: ``run``, ``eval``, ``stats`` and ``show-config``."""
+"""The ``curaclip`` command line: ``run``, ``eval``, ``serve``, ``stats`` and ``show-config``."""
 
 from __future__ import annotations
 
@@ -33,6 +33,18 @@ def _parser() -> argparse.ArgumentParser:
                      help="overrides applied before --set: 'smoke' runs every stage on a few hundred samples")
 
     _eval_parser(sub)
+
+    serve = sub.add_parser("serve", help="serve the pipeline as a scheduled Prefect deployment (until interrupted)",
+                           description="Serve the pipeline as the Prefect deployment curaclip-scheduled/<name> with a "
+                           "cron schedule: this process runs each scheduled run and each run triggered through the "
+                           "server (PREFECT_API_URL), e.g. `prefect deployment run curaclip-scheduled/curaclip`.")
+    serve.add_argument("--cron", required=True, help='a cron schedule, e.g. "0 3 * * *" (03:00 every day)')
+    serve.add_argument("--timezone", default="UTC", help="the schedule's time zone (default UTC)")
+    serve.add_argument("--name", default="curaclip", help="the deployment's name (default curaclip)")
+    serve.add_argument("--config", help="YAML config (default: the packaged synthetic-world config)")
+    serve.add_argument("--workdir", default=DEFAULT_WORKDIR)
+    serve.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    serve.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
     stats = sub.add_parser("stats", help="read-only SQL over the catalog (default: per-stage row counts)")
     stats.add_argument("sql", nargs="?", help="one SELECT statement; views: samples, quarantine, filtered, <stage>...")
@@ -141,6 +153,20 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from prefect.schedules import Cron
+
+    from flows.deployments import deployment_parameters, serve
+
+    try:
+        Cron(args.cron, timezone=args.timezone)
+    except ValueError as err:
+        raise ConfigError(f"--cron {args.cron!r}: {err}") from None
+    serve(args.cron, deployment_parameters(args.config, args.workdir, args.preset, args.overrides), args.name,
+          args.timezone)
+    return 0
+
+
 def _stats(args: argparse.Namespace) -> int:
     from tasks.store.catalog import caption_table, format_table, query, stage_table
 
@@ -161,7 +187,7 @@ def _show_config(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"run": _run, "eval": _eval, "stats": _stats, "show-config": _show_config}
+    commands = {"run": _run, "eval": _eval, "serve": _serve, "stats": _stats, "show-config": _show_config}
     from curation.captions.runner import CaptionFailureError
     from tasks.stages.common import MissingArtifactError
     from tasks.store.catalog import QueryError

@@ -67,17 +67,17 @@ def _caption_stage(ctx: RunContext, stage: str, cfg: CaptionConfig, upstream: Ar
     return run_stage(ctx, stage, CODE_VERSIONS[stage], cfg.key_config(), inputs, compute)
 
 
-@task(name="rewrite", cache_policy=NO_CACHE)
+@task(name="rewrite", cache_policy=NO_CACHE, persist_result=False)
 def rewrite(ctx: RunContext, cfg: RewriteConfig, upstream: ArtifactRef) -> ArtifactRef:
     return _caption_stage(ctx, "rewrite", cfg, upstream, None, seed=STAGE_SEEDS["rewrite"])
 
 
-@task(name="longcap", cache_policy=NO_CACHE)
+@task(name="longcap", cache_policy=NO_CACHE, persist_result=False)
 def longcap(ctx: RunContext, cfg: LongcapConfig, upstream: ArtifactRef, truth: ArtifactRef) -> ArtifactRef:
     return _caption_stage(ctx, "longcap", cfg, upstream, truth, seed=STAGE_SEEDS["longcap"])
 
 
-@task(name="caption-dry-run", cache_policy=NO_CACHE)
+@task(name="caption-dry-run", cache_policy=NO_CACHE, persist_result=False)
 def dry_run(ctx: RunContext, stage: str, cfg: CaptionConfig, upstream: ArtifactRef) -> dict:
     """What the stage would ask its model for (requests not yet cached, rough tokens), sending nothing."""
     cfg = name_served_models(cfg)
