@@ -51,6 +51,7 @@ run in turn, without keeping a whole history of artifacts."""
 RUNS = "reports"
 """``<workdir>/reports/<run_id>.json``: one record per run."""
 KINDS = ("artifact", "staging", "cache")
+LABELS = {"artifact": "artifacts", "staging": "staging areas", "cache": "cache folders"}
 
 
 # --- the workdir's files, local or on object storage ------------------------------------------------------------
@@ -374,7 +375,16 @@ def artifact_table(plan: Plan, stage: str | None = None, now: float | None = Non
     now = datetime.now(timezone.utc).timestamp() if now is None else now
     columns = ["stage", "key", "inputs", "config", "size", "age", "runs"]
     rows = []
-    for item in sorted((i for i in plan.items if i.kind == "artifact"), key=lambda i: (_created(i), i.stage)):
+    artifacts = {(i.stage, i.key): i for i in plan.items if i.kind == "artifact"}
+    depth: dict[tuple[str, str], int] = {}
+
+    def depth_of(at: tuple[str, str]) -> int:  # lineage order: an artifact after its inputs
+        if at not in depth:
+            inputs = (artifacts[at].manifest.get("inputs") or {}).items() if at in artifacts else ()
+            depth[at] = 1 + max((depth_of(i) for i in inputs), default=0)
+        return depth[at]
+
+    for item in sorted(artifacts.values(), key=lambda i: (depth_of((i.stage, i.key)), _created(i), i.key)):
         if stage is not None and item.stage != stage:
             continue
         inputs = " ".join(f"{s}:{k[:8]}" for s, k in sorted((item.manifest.get("inputs") or {}).items())) or "-"
@@ -397,7 +407,7 @@ def summary(plan: Plan, done: bool) -> str:
     lines = []
     verb = "deleted" if done else "to delete"
     for kind, c in plan.counts().items():
-        lines.append(f"{kind + ('s' if kind != 'cache' else ' folders'):<16} {c['found']:>4} found "
+        lines.append(f"{LABELS[kind]:<16} {c['found']:>4} found "
                      f"({human_size(c['found_bytes'])}), {c['kept']:>4} kept ({human_size(c['kept_bytes'])}), "
                      f"{c['deleted']:>4} {verb} ({human_size(c['deleted_bytes'])})")
     kept = [r.run_id + (" (failed)" if r.failed else "") for r in plan.kept_runs]
