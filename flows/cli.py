@@ -1,4 +1,4 @@
-"""The ``curaclip`` command line: ``run``, ``eval``, ``serve``, ``stats`` and ``show-config``."""
+"""The ``curaclip`` command line: ``run``, ``eval``, ``serve``, ``stats``, ``artifacts``, ``gc`` and ``show-config``."""
 
 from __future__ import annotations
 
@@ -50,11 +50,30 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("sql", nargs="?", help="one SELECT statement; views: samples, quarantine, filtered, <stage>...")
     stats.add_argument("--workdir", default=DEFAULT_WORKDIR)
 
+    _lifetime_parsers(sub)
+
     show = sub.add_parser("show-config", help="print the resolved config as YAML")
     show.add_argument("--config")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     show.add_argument("--preset", default="default", choices=sorted(PRESETS))
     return parser
+
+
+def _lifetime_parsers(sub: argparse._SubParsersAction) -> None:
+    from tasks.store.lifetime import DEFAULT_KEEP_RUNS
+
+    listing = sub.add_parser("artifacts", help="list every artifact: stage, key, inputs, config hash, size, age, "
+                             "the runs that use it")
+    listing.add_argument("--stage", choices=STAGES, help="only this stage's artifacts")
+    listing.add_argument("--workdir", default=DEFAULT_WORKDIR)
+    gc = sub.add_parser("gc", help="delete the artifacts, staging areas and caption-cache entries no kept run needs",
+                        description="Delete every artifact, staging area and caption-cache folder that none of the "
+                        "kept runs (the newest --keep-runs run records) needs; what was written since the newest "
+                        "run started always stays.")
+    gc.add_argument("--keep-runs", type=int, default=DEFAULT_KEEP_RUNS, metavar="N",
+                    help=f"keep what the N newest runs need (default {DEFAULT_KEEP_RUNS})")
+    gc.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
+    gc.add_argument("--workdir", default=DEFAULT_WORKDIR)
 
 
 def _eval_parser(sub: argparse._SubParsersAction) -> None:
@@ -178,6 +197,29 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _artifacts(args: argparse.Namespace) -> int:
+    from tasks.store.catalog import format_table
+    from tasks.store.lifetime import artifact_table, plan_gc
+
+    plan = plan_gc(args.workdir)
+    print(format_table(*artifact_table(plan, args.stage)))
+    counts = plan.counts()
+    print(f"\n{counts['staging']['found']} staging areas, {counts['cache']['found']} caption-cache folders, "
+          f"{len(plan.runs)} run records (curaclip gc --dry-run: what gc would delete)")
+    return 0
+
+
+def _gc(args: argparse.Namespace) -> int:
+    from tasks.store.catalog import format_table
+    from tasks.store.lifetime import deletion_table, gc, summary
+
+    plan = gc(args.workdir, args.keep_runs, dry_run=args.dry_run)
+    if plan.delete:
+        print(("would delete:" if args.dry_run else "deleted:") + "\n" + format_table(*deletion_table(plan)) + "\n")
+    print(summary(plan, done=not args.dry_run))
+    return 0
+
+
 def _show_config(args: argparse.Namespace) -> int:
     from flows.config import load_config, to_yaml
 
@@ -187,7 +229,8 @@ def _show_config(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"run": _run, "eval": _eval, "serve": _serve, "stats": _stats, "show-config": _show_config}
+    commands = {"run": _run, "eval": _eval, "serve": _serve, "stats": _stats, "artifacts": _artifacts, "gc": _gc,
+                "show-config": _show_config}
     from curation.captions.runner import CaptionFailureError
     from tasks.stages.common import MissingArtifactError
     from tasks.store.catalog import QueryError
