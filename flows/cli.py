@@ -1,4 +1,4 @@
-"""The ``curaclip`` command line: ``run``, ``eval``, ``stats`` and ``show-config``."""
+"""The ``curaclip`` command line: ``run``, ``eval``, ``serve``, ``stats``, ``artifacts``, ``gc`` and ``show-config``."""
 
 from __future__ import annotations
 
@@ -34,7 +34,21 @@ def _parser() -> argparse.ArgumentParser:
 
     _eval_parser(sub)
 
+    serve = sub.add_parser("serve", help="serve the pipeline as a scheduled Prefect deployment (until interrupted)",
+                           description="Serve the pipeline as the Prefect deployment curaclip-scheduled/<name> with a "
+                           "cron schedule: this process runs each scheduled run and each run triggered through the "
+                           "server (PREFECT_API_URL), e.g. `prefect deployment run curaclip-scheduled/curaclip`.")
+    serve.add_argument("--cron", required=True, help='a cron schedule, e.g. "0 3 * * *" (03:00 every day)')
+    serve.add_argument("--timezone", default="UTC", help="the schedule's time zone (default UTC)")
+    serve.add_argument("--name", default="curaclip", help="the deployment's name (default curaclip)")
+    serve.add_argument("--config", help="YAML config (default: the packaged synthetic-world config)")
+    serve.add_argument("--workdir", default=DEFAULT_WORKDIR)
+    serve.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    serve.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
     _stats_parser(sub)
+
+    _lifetime_parsers(sub)
 
     show = sub.add_parser("show-config", help="print the resolved config as YAML")
     show.add_argument("--config")
@@ -58,6 +72,23 @@ def _stats_parser(sub: argparse._SubParsersAction) -> None:
                        help="table (default), csv, or json (a list of row objects; a report: an object of tables)")
     stats.add_argument("--plots", default=".", metavar="DIR",
                        help="where --report writes its PNG plots (default: the current folder; not the workdir)")
+
+
+def _lifetime_parsers(sub: argparse._SubParsersAction) -> None:
+    from tasks.store.lifetime import DEFAULT_KEEP_RUNS
+
+    listing = sub.add_parser("artifacts", help="list every artifact: stage, key, inputs, config hash, size, age, "
+                             "the runs that use it")
+    listing.add_argument("--stage", choices=STAGES, help="only this stage's artifacts")
+    listing.add_argument("--workdir", default=DEFAULT_WORKDIR)
+    gc = sub.add_parser("gc", help="delete the artifacts, staging areas and caption-cache entries no kept run needs",
+                        description="Delete every artifact, staging area and caption-cache folder that none of the "
+                        "kept runs (the newest --keep-runs run records) needs; what was written since the newest "
+                        "run started always stays.")
+    gc.add_argument("--keep-runs", type=int, default=DEFAULT_KEEP_RUNS, metavar="N",
+                    help=f"keep what the N newest runs need (default {DEFAULT_KEEP_RUNS})")
+    gc.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
+    gc.add_argument("--workdir", default=DEFAULT_WORKDIR)
 
 
 def _eval_parser(sub: argparse._SubParsersAction) -> None:
@@ -156,6 +187,20 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from prefect.schedules import Cron
+
+    from flows.deployments import deployment_parameters, serve
+
+    try:
+        Cron(args.cron, timezone=args.timezone)
+    except ValueError as err:
+        raise ConfigError(f"--cron {args.cron!r}: {err}") from None
+    serve(args.cron, deployment_parameters(args.config, args.workdir, args.preset, args.overrides), args.name,
+          args.timezone)
+    return 0
+
+
 def _stats(args: argparse.Namespace) -> int:
     from tasks.store.catalog import caption_table, query, stage_table
     from tasks.store.stats_reports import render
@@ -193,6 +238,29 @@ def _stats_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _artifacts(args: argparse.Namespace) -> int:
+    from tasks.store.catalog import format_table
+    from tasks.store.lifetime import artifact_table, plan_gc
+
+    plan = plan_gc(args.workdir)
+    print(format_table(*artifact_table(plan, args.stage)))
+    counts = plan.counts()
+    print(f"\n{counts['staging']['found']} staging areas, {counts['cache']['found']} caption-cache folders, "
+          f"{len(plan.runs)} run records (curaclip gc --dry-run: what gc would delete)")
+    return 0
+
+
+def _gc(args: argparse.Namespace) -> int:
+    from tasks.store.catalog import format_table
+    from tasks.store.lifetime import deletion_table, gc, summary
+
+    plan = gc(args.workdir, args.keep_runs, dry_run=args.dry_run)
+    if plan.delete:
+        print(("would delete:" if args.dry_run else "deleted:") + "\n" + format_table(*deletion_table(plan)) + "\n")
+    print(summary(plan, done=not args.dry_run))
+    return 0
+
+
 def _show_config(args: argparse.Namespace) -> int:
     from flows.config import load_config, to_yaml
 
@@ -202,7 +270,8 @@ def _show_config(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"run": _run, "eval": _eval, "stats": _stats, "show-config": _show_config}
+    commands = {"run": _run, "eval": _eval, "serve": _serve, "stats": _stats, "artifacts": _artifacts, "gc": _gc,
+                "show-config": _show_config}
     from curation.captions.runner import CaptionFailureError
     from tasks.stages.common import MissingArtifactError
     from tasks.store.catalog import QueryError

@@ -37,6 +37,8 @@ STAGES: tuple[str, ...] = (
     "ingest", "filter", "curate", "embed", "cluster", "rewrite", "longcap", "shard", "train", "eval",
 )
 
+StageName = typing.Literal[STAGES]  # type: ignore[valid-type]  (the stage names, for config keys)
+
 
 class ConfigError(ValueError):
     """A configuration that does not match the schema; the message names the dotted key."""
@@ -51,6 +53,25 @@ class RayConfig:
 
 
 @dataclass(frozen=True)
+class RetryConfig:
+    """Prefect's retries of a whole stage task, for transient failures only (flows.orchestration.transient).
+
+    A retried stage resumes from its staging area (finished parts are reused), so a retry costs only what was in
+    flight. Inside a stage Prefect retries nothing: a lost unit is Ray's to retry (tasks.executors.ray_tasks), so
+    the two multiply only for a failure Ray already gave up on."""
+
+    retries: int = 1
+    """retries of any stage after its first try"""
+    delay_seconds: float = 10.0
+    """wait before each retry"""
+    stages: dict[StageName, int] = field(default_factory=dict)
+    """per-stage retries, overriding `retries` (e.g. `{train: 0}`)"""
+
+    def of(self, stage: str) -> int:
+        return self.stages.get(stage, self.retries)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """One pipeline run: a config block per stage, in pipeline order."""
 
@@ -61,6 +82,8 @@ class RunConfig:
     """Where stages fan out their work."""
     resources: StageResources = field(default_factory=StageResources)
     """CPUs, GPUs, memory and actors each stage's units reserve (not part of any cache key)."""
+    retries: RetryConfig = field(default_factory=RetryConfig)
+    """Prefect's retries of a whole stage on a transient failure (not part of any cache key)."""
     ingest: IngestConfig = field(default_factory=IngestConfig)
     """Raw pool sources (the synthetic world by default)."""
     filter: FilterConfig = field(default_factory=FilterConfig)

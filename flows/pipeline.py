@@ -11,10 +11,12 @@ import secrets
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
+from pathlib import Path
 
-from prefect import flow
+from prefect import Task, flow
 
 from flows.config import RunConfig
+from flows.orchestration import publish_artifacts, stage_options
 from flows.plan import plan_run
 from tasks.stages import captions, cluster, curate, embed, ingest, shard, train
 from tasks.stages import eval as eval_stage
@@ -23,6 +25,7 @@ from tasks.stages.common import RunContext
 from tasks.store import workdir as W
 from tasks.store.artifacts import ArtifactRef, config_hash
 from tasks.store.catalog import build_catalog
+from tasks.store.lifetime import record_failure
 from tasks.store.report import write_report
 
 Refs = dict[str, ArtifactRef]
@@ -34,21 +37,21 @@ def synthetic_pool(cfg: RunConfig) -> bool:
     return all(s.format == "synthetic" for s in cfg.ingest.sources)
 
 
-STEPS: dict[str, Callable[[RunContext, RunConfig, Refs], ArtifactRef]] = {
-    "ingest": lambda ctx, cfg, refs: ingest.ingest(ctx, cfg.ingest),
-    "filter": lambda ctx, cfg, refs: filter_stage.filter_(ctx, cfg.filter, refs["ingest"]),
-    "curate": lambda ctx, cfg, refs: curate.curate(ctx, cfg.curate, refs["filter"], synthetic_pool(cfg)),
-    "embed": lambda ctx, cfg, refs: embed.embed(ctx, cfg.embed, cfg.train, refs["curate"]),
-    "cluster": lambda ctx, cfg, refs: cluster.cluster(ctx, cfg.cluster, refs["embed"], cfg.embed,
-                                                      refs["ingest"] if synthetic_pool(cfg) else None),
-    "rewrite": lambda ctx, cfg, refs: captions.rewrite(ctx, cfg.rewrite, refs["cluster"]),
-    "longcap": lambda ctx, cfg, refs: captions.longcap(ctx, cfg.longcap, refs["rewrite"], refs["ingest"]),
-    "shard": lambda ctx, cfg, refs: shard.shard(ctx, cfg.shard, refs["longcap"]),
-    "train": lambda ctx, cfg, refs: train.train(ctx, cfg.train, refs["shard"], refs.get("curate"),
-                                              refs.get("cluster")),
-    "eval": lambda ctx, cfg, refs: eval_stage.evaluate(ctx, cfg.eval, cfg.ingest, cfg.train, refs["train"]),
+STEPS: dict[str, tuple[Task, Callable[[RunConfig, Refs], tuple]]] = {
+    "ingest": (ingest.ingest, lambda cfg, refs: (cfg.ingest,)),
+    "filter": (filter_stage.filter_, lambda cfg, refs: (cfg.filter, refs["ingest"])),
+    "curate": (curate.curate, lambda cfg, refs: (cfg.curate, refs["filter"], synthetic_pool(cfg))),
+    "embed": (embed.embed, lambda cfg, refs: (cfg.embed, cfg.train, refs["curate"])),
+    "cluster": (cluster.cluster, lambda cfg, refs: (cfg.cluster, refs["embed"], cfg.embed,
+                                                    refs["ingest"] if synthetic_pool(cfg) else None)),
+    "rewrite": (captions.rewrite, lambda cfg, refs: (cfg.rewrite, refs["cluster"])),
+    "longcap": (captions.longcap, lambda cfg, refs: (cfg.longcap, refs["rewrite"], refs["ingest"])),
+    "shard": (shard.shard, lambda cfg, refs: (cfg.shard, refs["longcap"])),
+    "train": (train.train, lambda cfg, refs: (cfg.train, refs["shard"], refs.get("curate"), refs.get("cluster"))),
+    "eval": (eval_stage.evaluate, lambda cfg, refs: (cfg.eval, cfg.ingest, cfg.train, refs["train"])),
 }
-"""How each stage's task is called from the config and the references of the stages before it."""
+"""Each stage's task, and its arguments after the run context from the config and the references of the stages
+before it. The pipeline calls the task with this run's options (flows.orchestration.stage_options)."""
 
 DRY_RUNS: dict[str, Callable[[RunContext, RunConfig, Refs], dict]] = {
     "rewrite": lambda ctx, cfg, refs: captions.dry_run(ctx, "rewrite", cfg.rewrite, refs["cluster"]),
@@ -62,7 +65,7 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
-@flow(name="pipeline", log_prints=True)
+@flow(name="pipeline", log_prints=True, persist_result=False, validate_parameters=False)
 def pipeline(
     cfg: RunConfig,
     workdir: str = "runs/default",
@@ -70,7 +73,11 @@ def pipeline(
     start: str | None = None,
     force: tuple[str, ...] = (),
 ) -> dict:
-    """Run (or find cached) every stage of the plan, then refresh the catalog and write the report."""
+    """Run (or find cached) every stage of the plan, then refresh the catalog and write the report.
+
+    Prefect does not validate the parameters: ``cfg`` is a RunConfig that ``load_config`` already checked against
+    its type hints, and pydantic's model of this signature failed to build ("PipelineModel is not fully
+    defined") when the flow ran as a subflow of a served deployment."""
     plan = plan_run(only, start, tuple(force))
     started = time.perf_counter()
     url = workdir.rstrip("/") if W.is_remote(workdir) else None
@@ -87,7 +94,13 @@ def pipeline(
             if stage in DRY_RUNS and getattr(cfg, stage).dry_run:
                 dry_runs[stage] = DRY_RUNS[stage](ctx, cfg, refs)
                 break
-            refs[stage] = STEPS[stage](ctx, cfg, refs)
+            task, arguments = STEPS[stage]
+            refs[stage] = task.with_options(**stage_options(stage, cfg))(ctx, *arguments(cfg, refs))
+    except BaseException as err:  # a failed or interrupted run is recorded too: gc keeps what it needs to resume
+        record_failure(workdir, ctx.run_id, config_hash(cfg), refs, time.perf_counter() - started, err)
+        raise
     finally:
         build_catalog(workdir, refs)
-    return write_report(workdir, ctx.run_id, config_hash(cfg), refs, time.perf_counter() - started, dry_runs)
+    report = write_report(workdir, ctx.run_id, config_hash(cfg), refs, time.perf_counter() - started, dry_runs)
+    publish_artifacts(report, (Path(workdir) / "report.md").read_text())
+    return report

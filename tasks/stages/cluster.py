@@ -83,7 +83,7 @@ def summed_reasons(results: list[dict]) -> dict[str, int]:
     return dict(sorted(total.items()))
 
 
-@task(name="cluster", cache_policy=NO_CACHE)
+@task(name="cluster", cache_policy=NO_CACHE, persist_result=False)
 def cluster(ctx: RunContext, cfg: C.ClusterStageConfig, upstream: ArtifactRef, embed_cfg: EmbedConfig,
             truth: ArtifactRef | None = None) -> ArtifactRef:
     """`upstream` is the embed artifact, made with `embed_cfg` (its key covers it); `truth` (the ingest artifact

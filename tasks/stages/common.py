@@ -25,6 +25,7 @@ from typing import Any
 from curation.partitions import part_name
 from tasks.executors import make_executor
 from tasks.executors.base import WORKER, Executor, ExecutorKind, Resources, Result, StageResources, Worker
+from tasks.stages.progress import StepProgress
 from tasks.store import layout as L
 from tasks.store import workdir as W
 from tasks.store.artifacts import ArtifactRef, ArtifactStore, Staging, config_hash, plain, stage_key, to_dict
@@ -138,11 +139,14 @@ class StageRun:
         todo = [i for i, r in enumerate(results) if r is None]
         self.manifest.setdefault("parts", {})[step] = {"computed": len(todo), "reused": len(units) - len(todo)}
         if todo:
+            progress = StepProgress(self.stage, step, len(units), len(units) - len(todo)) if len(units) > 1 else None
             with closing(submit([units[i] for i in todo])) as finished:  # closed early: actors and tasks stop
                 for position, result in finished:
                     index = todo[position]
                     self.staging.mark(step, index, digests[index], result)  # its files are in the store now
                     results[index] = result
+                    if progress is not None:
+                        progress.advance()
         workers = self.manifest.setdefault("workers", [])
         for result in results:
             if (worker := result.pop(WORKER, None)) is not None and worker not in workers:  # type: ignore[union-attr]

@@ -41,7 +41,7 @@ def _caption_counts(run: StageRun, parts: list[str]) -> tuple[Counter, Counter]:
     return counts
 
 
-@task(name="curate", cache_policy=NO_CACHE)
+@task(name="curate", cache_policy=NO_CACHE, persist_result=False)
 def curate(ctx: RunContext, cfg: CurateConfig, upstream: ArtifactRef, synthetic_only: bool = True) -> ArtifactRef:
     def compute(run: StageRun, manifest: dict[str, Any]) -> None:
         tmp, parts = run.tmp, parts_of(upstream)

@@ -17,7 +17,7 @@ from training.embedding import EmbedConfig
 from training.jobs import BootstrapJob, EmbedPart, PartEmbedder, bootstrap_config
 
 
-@task(name="embed", cache_policy=NO_CACHE)
+@task(name="embed", cache_policy=NO_CACHE, persist_result=False)
 def embed(ctx: RunContext, cfg: EmbedConfig, train_cfg: TrainConfig, upstream: ArtifactRef) -> ArtifactRef:
     def compute(run: StageRun, manifest: dict[str, Any]) -> None:
         tmp, parts = run.tmp, parts_of(upstream)

@@ -18,7 +18,7 @@ from tasks.store.artifacts import ArtifactRef
 from training.config import TrainConfig
 
 
-@task(name="eval", cache_policy=NO_CACHE)
+@task(name="eval", cache_policy=NO_CACHE, persist_result=False)
 def evaluate(ctx: RunContext, cfg: EvalConfig, ingest_cfg: IngestConfig, train_cfg: TrainConfig,
              upstream: ArtifactRef) -> ArtifactRef:
     """Scores the checkpoint on the datasets `eval.datasets` resolves to; with none (a real-data pool under

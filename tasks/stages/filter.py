@@ -27,7 +27,7 @@ from tasks.store import layout as L
 from tasks.store.artifacts import ArtifactRef
 
 
-@task(name="filter", cache_policy=NO_CACHE)
+@task(name="filter", cache_policy=NO_CACHE, persist_result=False)
 def filter_(ctx: RunContext, cfg: FilterConfig, upstream: ArtifactRef) -> ArtifactRef:
     def compute(run: StageRun, manifest: dict[str, Any]) -> None:
         tmp, parts = run.tmp, parts_of(upstream)

@@ -25,7 +25,7 @@ from tasks.store import layout as L
 from tasks.store.artifacts import ArtifactRef
 
 
-@task(name="ingest", cache_policy=NO_CACHE)
+@task(name="ingest", cache_policy=NO_CACHE, persist_result=False)
 def ingest(ctx: RunContext, cfg: IngestConfig) -> ArtifactRef:
     def compute(run: StageRun, manifest: dict[str, Any]) -> None:
         tmp = run.tmp

@@ -15,7 +15,7 @@ from tasks.store import layout as L
 from tasks.store.artifacts import ArtifactRef
 
 
-@task(name="shard", cache_policy=NO_CACHE)
+@task(name="shard", cache_policy=NO_CACHE, persist_result=False)
 def shard(ctx: RunContext, cfg: ShardConfig, upstream: ArtifactRef) -> ArtifactRef:
     def compute(run: StageRun, manifest: dict[str, Any]) -> None:
         parts = tuple(parts_of(upstream))

@@ -22,7 +22,7 @@ def center_count(cluster_ref: ArtifactRef) -> int:
     return int(np.load(fetched(Path(cluster_ref.path) / L.CENTERS)[0], mmap_mode="r").shape[0])
 
 
-@task(name="train", cache_policy=NO_CACHE)
+@task(name="train", cache_policy=NO_CACHE, persist_result=False)
 def train(ctx: RunContext, cfg: TrainConfig, upstream: ArtifactRef, curate_ref: ArtifactRef | None = None,
           cluster_ref: ArtifactRef | None = None) -> ArtifactRef:
     """`curate_ref` gives NegCLIP the pool's metadata entries (its vocabulary), when negclip asks for them;

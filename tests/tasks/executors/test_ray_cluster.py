@@ -46,8 +46,9 @@ def test_a_remote_cluster_gets_the_code_and_the_credentials(monkeypatch):
 
 
 def test_ray_retries_a_lost_unit_and_prefect_retries_nothing_inside_a_stage():
-    """Retries never multiply: Ray reruns a unit whose worker or node died (tests/flows/test_scale_out.py kills a
-    node mid-unit), and no Prefect task or flow of the pipeline retries."""
+    """Ray reruns a unit whose worker or node died (tests/flows/test_scale_out.py kills a node mid-unit); Prefect
+    retries nothing inside a stage: a stage task's own decorator and the flows retry nothing (the pipeline retries a
+    whole stage on a transient failure only, from its config: tests/flows/test_orchestration.py)."""
     from flows.pipeline import pipeline
     from tasks.executors.ray_tasks import RETRIES
     from tasks.stages import captions, cluster, curate, embed, ingest, shard, train
