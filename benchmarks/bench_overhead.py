@@ -114,7 +114,7 @@ def stage_overhead(workdir: Path, preset: str, repeats: int) -> dict:
     upstream = ArtifactStore(str(workdir)).ref("longcap", report["stages"]["longcap"]["key"], status="cached")
     scratch = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
 
-    @flow(persist_result=False)
+    @flow(persist_result=False, validate_parameters=False)  # pydantic cannot see RunContext, imported in here
     def one_stage(ctx: RunContext):
         return shard_stage.shard(ctx, cfg.shard, upstream)
 

@@ -1,4 +1,5 @@
-"""The ``curaclip`` command line: ``run``, ``eval``, ``serve``, ``stats``, ``show-config`` and ``unlock``."""
+"""The ``curaclip`` command line: ``run``, ``eval``, ``serve``, ``stats``, ``artifacts``, ``gc``, ``show-config``
+and ``unlock``."""
 
 from __future__ import annotations
 
@@ -48,9 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--preset", default="default", choices=sorted(PRESETS))
     serve.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
-    stats = sub.add_parser("stats", help="read-only SQL over the catalog (default: per-stage row counts)")
-    stats.add_argument("sql", nargs="?", help="one SELECT statement; views: samples, quarantine, filtered, <stage>...")
-    stats.add_argument("--workdir", default=DEFAULT_WORKDIR)
+    _stats_parser(sub)
+
+    _lifetime_parsers(sub)
 
     unlock = sub.add_parser("unlock", help="break the workdir's run lock (when the run holding it is gone)",
                             description="Remove <workdir>/.curaclip.lock, printing whose lock it was. A run whose "
@@ -62,6 +63,40 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     show.add_argument("--preset", default="default", choices=sorted(PRESETS))
     return parser
+
+
+def _stats_parser(sub: argparse._SubParsersAction) -> None:
+    from tasks.store.stats_reports import FORMATS, REPORTS
+
+    stats = sub.add_parser("stats", help="read-only SQL over the catalog (default: per-stage row counts)",
+                           description="Read-only SQL over the catalog, or a named report with its plots. It "
+                           "reads the catalog and the workdir's files only, and writes nothing there.")
+    stats.add_argument("sql", nargs="?", help="one SQL statement; views: samples, quarantine, filtered, <stage>, "
+                       "entry_counts, cluster_sizes, semdedup_pairs, train_metrics, eval_results; tables: stages, "
+                       "caption_requests")
+    stats.add_argument("--workdir", default=DEFAULT_WORKDIR)
+    stats.add_argument("--report", choices=sorted(REPORTS), help="print a named report's tables, write its plots")
+    stats.add_argument("--format", default="table", choices=FORMATS,
+                       help="table (default), csv, or json (a list of row objects; a report: an object of tables)")
+    stats.add_argument("--plots", default=".", metavar="DIR",
+                       help="where --report writes its PNG plots (default: the current folder; not the workdir)")
+
+
+def _lifetime_parsers(sub: argparse._SubParsersAction) -> None:
+    from tasks.store.lifetime import DEFAULT_KEEP_RUNS
+
+    listing = sub.add_parser("artifacts", help="list every artifact: stage, key, inputs, config hash, size, age, "
+                             "the runs that use it")
+    listing.add_argument("--stage", choices=STAGES, help="only this stage's artifacts")
+    listing.add_argument("--workdir", default=DEFAULT_WORKDIR)
+    gc = sub.add_parser("gc", help="delete the artifacts, staging areas and caption-cache entries no kept run needs",
+                        description="Delete every artifact, staging area and caption-cache folder that none of the "
+                        "kept runs (the newest --keep-runs run records) needs; what was written since the newest "
+                        "run started always stays.")
+    gc.add_argument("--keep-runs", type=int, default=DEFAULT_KEEP_RUNS, metavar="N",
+                    help=f"keep what the N newest runs need (default {DEFAULT_KEEP_RUNS})")
+    gc.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
+    gc.add_argument("--workdir", default=DEFAULT_WORKDIR)
 
 
 def _eval_parser(sub: argparse._SubParsersAction) -> None:
@@ -191,13 +226,62 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from tasks.store.catalog import caption_table, format_table, query, stage_table
+    from tasks.store.catalog import caption_table, query, stage_table
+    from tasks.store.stats_reports import render
 
-    columns, rows = query(args.workdir, args.sql) if args.sql else stage_table(args.workdir)
-    print(format_table(columns, rows))
-    if not args.sql and (captions := caption_table(args.workdir))[1]:
+    if args.report:
+        return _stats_report(args)
+    tables = {"query": query(args.workdir, args.sql) if args.sql else stage_table(args.workdir)}
+    print(render(tables, args.format, named=False))
+    if args.format == "table" and not args.sql and (captions := caption_table(args.workdir))[1]:
         print("\ncaption requests (failed per reason, rejected answers):")
-        print(format_table(*captions))
+        print(render({"captions": captions}, "table", named=False))
+    return 0
+
+
+def _stats_report(args: argparse.Namespace) -> int:
+    """Tables on stdout; the plots' paths after them (on stderr for csv and json, which stay parseable)."""
+    from pathlib import Path
+
+    from tasks.store import workdir as W
+    from tasks.store.catalog import QueryError, reading
+    from tasks.store.stats_reports import REPORTS, render
+
+    if args.sql:
+        raise QueryError("give either SQL or --report, not both")
+    plots, resolved = Path(args.plots), Path(args.plots).resolve()
+    if not W.is_remote(args.workdir) and W.local_path(args.workdir) in (str(resolved), *map(str, resolved.parents)):
+        raise QueryError(f"--plots {args.plots} is inside the workdir, which stats does not write: name another "
+                         "folder")
+    plots.mkdir(parents=True, exist_ok=True)
+    with reading(args.workdir) as reader:
+        report = REPORTS[args.report](reader, plots)
+    print(render(report.tables, args.format, named=True))
+    for path in report.plots:
+        print(f"wrote {path}", file=sys.stdout if args.format == "table" else sys.stderr)
+    return 0
+
+
+def _artifacts(args: argparse.Namespace) -> int:
+    from tasks.store.catalog import format_table
+    from tasks.store.lifetime import artifact_table, plan_gc
+
+    plan = plan_gc(args.workdir)
+    print(format_table(*artifact_table(plan, args.stage)))
+    counts = plan.counts()
+    print(f"\n{counts['staging']['found']} staging areas, {counts['cache']['found']} caption-cache folders, "
+          f"{len(plan.runs)} run records (curaclip gc --dry-run: what gc would delete)")
+    return 0
+
+
+def _gc(args: argparse.Namespace) -> int:
+    from tasks.store.catalog import format_table
+    from tasks.store.lifetime import deletion_table, gc, summary
+
+    plan = gc(args.workdir, args.keep_runs, dry_run=args.dry_run)
+    if plan.delete:
+        print(("would delete:" if args.dry_run else "deleted:") + "\n" + format_table(*deletion_table(plan)) + "\n")
+    print(summary(plan, done=not args.dry_run))
     return 0
 
 
@@ -223,8 +307,8 @@ def _show_config(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"run": _run, "eval": _eval, "serve": _serve, "stats": _stats, "show-config": _show_config,
-                "unlock": _unlock}
+    commands = {"run": _run, "eval": _eval, "serve": _serve, "stats": _stats, "artifacts": _artifacts, "gc": _gc,
+                "show-config": _show_config, "unlock": _unlock}
     from curation.captions.runner import CaptionFailureError
     from tasks.stages.common import MissingArtifactError
     from tasks.store.catalog import QueryError

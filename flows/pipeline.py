@@ -23,6 +23,7 @@ from tasks.stages.common import RunContext
 from tasks.store import workdir as W
 from tasks.store.artifacts import ArtifactRef, config_hash
 from tasks.store.catalog import build_catalog
+from tasks.store.lifetime import record_failure
 from tasks.store.report import write_report
 from tasks.store.workdir_lock import hold, new_run_id
 
@@ -102,6 +103,9 @@ def _run_plan(cfg: RunConfig, workdir: str, plan: RunPlan, run_id: str) -> dict:
                 break
             task, arguments = STEPS[stage]
             refs[stage] = task.with_options(**stage_options(stage, cfg))(ctx, *arguments(cfg, refs))
+    except BaseException as err:  # a failed or interrupted run is recorded too: gc keeps what it needs to resume
+        record_failure(workdir, ctx.run_id, config_hash(cfg), refs, time.perf_counter() - started, err)
+        raise
     finally:
         build_catalog(workdir, refs)
     report = write_report(workdir, ctx.run_id, config_hash(cfg), refs, time.perf_counter() - started, dry_runs)

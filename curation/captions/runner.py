@@ -28,7 +28,7 @@ from pathlib import Path
 import pyarrow as pa
 from tqdm import tqdm
 
-from curation.captions.cache import AnswerCache, keys_for, open_cache
+from curation.captions.cache import AnswerCache, keys_for, namespace, open_cache
 from curation.captions.config import CaptionerConfig, LongcapConfig, RewriteConfig, SamplingConfig
 from curation.captions.laclip import clean_rewrite, rewrite_prompts, strip_preamble
 from curation.captions.openai_api import OpenAIGenerator, served_model
@@ -212,6 +212,16 @@ def caption_requests(cfg: LongcapConfig, captioner: CaptionerConfig, images: lis
 def captioner_identity(c: CaptionerConfig) -> dict | None:
     """A longcap captioner's cache identity (its backend's, plus its name); None for a simulated one."""
     return None if c.backend == "simulated" else {**identity_of(c.backend, c), "captioner": c.name}
+
+
+def cache_namespaces(cfg: RewriteConfig | LongcapConfig) -> list[str]:
+    """The answer-cache folders (``cache.namespace``) a caption stage with ``cfg`` reads and writes, one per
+    backend that is not simulated: what the stage records in its manifest, so ``curaclip gc`` knows which cache
+    entries a run needs. The workers open exactly these (``Rewriter``, ``Captioner``)."""
+    if isinstance(cfg, RewriteConfig):
+        return [] if cfg.backend == "simulated" else [namespace("rewrite", identity_of(cfg.backend, cfg))]
+    return sorted({namespace("longcap", identity) for c in cfg.resolved_captioners()
+                   if (identity := captioner_identity(c)) is not None})
 
 
 def caption_plan(captioners: Sequence[CaptionerConfig]) -> list[tuple[int, bool]]:

@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from curation import partitions as P
 from curation.captions import STAGE_SEEDS, LongcapConfig, RewriteConfig, merge_tallies
 from curation.captions.estimate import estimate_parts
-from curation.captions.runner import CaptionFailureError, check_failures, name_served_models
+from curation.captions.runner import CaptionFailureError, cache_namespaces, check_failures, name_served_models
 from tasks.stages.common import (
     CODE_VERSIONS,
     RunContext,
@@ -53,6 +53,7 @@ def _caption_stage(ctx: RunContext, stage: str, cfg: CaptionConfig, upstream: Ar
                  for i, p in enumerate(parts_of(upstream))]
         results = run.map_stateful("caption", partial(P.CaptionWorker, cfg, cache_root(ctx)), units)
         manifest["settings"] = to_dict(cfg)  # the whole config, operational fields too (the key leaves them out)
+        manifest["caption_cache"] = cache_namespaces(cfg)  # the cache folders it used: what gc keeps for it
         manifest["counts"] = passthrough_counts(results)
         manifest["captions"] = merge_tallies([r["captions"] for r in results])
         manifest["backend"] = results[0]["backend"] if results else {"name": cfg.backend,

@@ -14,9 +14,9 @@ and the connection sets that variable to the workdir it was opened for (a local 
 whose filesystem is registered with DuckDB through fsspec: DuckDB's ``httpfs`` is not needed). A workdir copied
 to another folder, machine or bucket answers the same queries.
 
-Queries from the command line are read-only: the statement must be a single SELECT-like statement
-(checked with DuckDB's own parser, so ``COPY``, ``ATTACH``, ``INSERT``, ``DROP``... are refused before
-they run) and the database is opened ``read_only``.
+Queries from the command line (:func:`query`, :func:`reading`) are held in by DuckDB's own settings, not by
+reading the statement (a check that it is one statement is all that is parsed): see :func:`read_only_connection`.
+The catalog is rebuilt into a new file and renamed into place, so a query keeps answering while a run writes.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pathlib import Path
 import duckdb
 
 from tasks.store import layout as L
+from tasks.store import readonly as RO
 from tasks.store import workdir as W
 from tasks.store.artifacts import ArtifactRef, ArtifactStore
 
@@ -152,8 +153,13 @@ def _artifact_file_views(refs: Mapping[str, ArtifactRef]) -> dict[str, str]:
 @contextmanager
 def connect(workdir: str | Path, database: str | Path, read_only: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection to ``database`` whose views resolve against ``workdir``: a local folder, or an object-store
-    URL (its fsspec filesystem registered with DuckDB, credentials from the environment)."""
-    with duckdb.connect(str(database), read_only=read_only) as con:
+    URL (its fsspec filesystem registered with DuckDB, credentials from the environment). ``read_only``: the
+    connection :func:`read_only_connection` makes; else a plain one (:func:`build_catalog` writes through it)."""
+    if read_only:
+        with read_only_connection(workdir, database) as con:
+            yield con
+        return
+    with duckdb.connect(str(database)) as con:
         if W.is_remote(str(workdir)):
             mirror = W.driver_mirror(str(workdir))
             con.register_filesystem(mirror.fs)
@@ -161,6 +167,57 @@ def connect(workdir: str | Path, database: str | Path, read_only: bool = True) -
         else:
             root = W.local_path(str(workdir))
         con.execute("SET VARIABLE workdir = ?", [root])
+        yield con
+
+
+def _read_only_root(workdir: str | Path) -> tuple[str, object]:
+    """(the URL the views' paths start with, the read-only filesystem serving it) for ``workdir``. A local
+    workdir is resolved (symlinks too: DuckDB compares ``allowed_directories`` with the resolved path of a
+    local file, and our local filesystem with the resolved path of every file it opens)."""
+    if W.is_remote(str(workdir)):
+        mirror = W.driver_mirror(str(workdir))
+        return mirror.url, RO.read_only(mirror.fs)
+    root = os.path.realpath(W.local_path(str(workdir)))
+    return f"{RO.PROTOCOL}://{root}", RO.ReadOnlyLocalFileSystem(root)
+
+
+@contextmanager
+def read_only_connection(workdir: str | Path, database: str | Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection that can read the catalog ``database`` and the files of ``workdir``, and nothing else.
+
+    What holds it in, in the order DuckDB accepts it (measured on DuckDB 2.0.1), then locked:
+
+    * an in-memory database with the catalog ``ATTACH``-ed ``READ_ONLY``: a connection of its own (DuckDB
+      shares a file database's instance, settings included, between the connections of a process; the
+      in-memory one is new each time) whose catalog refuses ``CREATE``/``INSERT``/``DROP``, ``EXPLAIN
+      ANALYZE`` of them included;
+    * the workdir's files through a read-only fsspec filesystem (:mod:`tasks.store.readonly`: DuckDB's
+      ``allowed_directories`` would let ``COPY ... TO`` and ``EXPORT DATABASE`` write under the workdir);
+    * ``temp_directory=''``: nothing spills to disk (the default is ``.tmp`` in the current folder for an
+      in-memory database, ``<catalog>.tmp`` inside the workdir for a file one, which DuckDB then allows
+      implicitly); a query larger than memory fails instead of writing;
+    * ``allowed_directories=[<workdir URL>/]``: the one prefix reachable once external access is off; it
+      can only be set while external access is on, so it comes first;
+    * ``enable_external_access=false``: every other file and URL (``read_csv``, ``read_text``, ``glob``,
+      ``ATTACH``, ``COPY``), ``INSTALL``/``LOAD`` and Python replacement scans refused; ``..`` is folded
+      before the prefix is compared;
+    * ``disabled_filesystems='LocalFileSystem'``: no local path at all, not even the attached catalog's own
+      files, which DuckDB allows implicitly (after external access is off: set before, it makes
+      ``SET enable_external_access`` itself fail);
+    * ``lock_configuration=true``, last: ``SET``, ``RESET`` and ``PRAGMA`` of any setting refused, this one
+      included.
+    """
+    root, fs = _read_only_root(workdir)
+    with duckdb.connect(":memory:") as con:
+        con.execute("ATTACH ? AS catalog (READ_ONLY)", [str(database)])
+        con.execute("USE catalog")
+        con.register_filesystem(fs)
+        con.execute("SET VARIABLE workdir = ?", [root])
+        con.execute("SET temp_directory = ''")
+        con.execute(f"SET allowed_directories = [{_quote(root.rstrip('/') + '/')}]")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET disabled_filesystems = 'LocalFileSystem'")
+        con.execute("SET lock_configuration = true")
         yield con
 
 
@@ -214,25 +271,23 @@ def _views(refs: Mapping[str, ArtifactRef]) -> dict[str, str]:
     return views
 
 
-READ_ONLY_TYPES = {"SELECT", "EXPLAIN", "PRAGMA"}
-
-
-def _check_read_only(sql: str) -> None:
+def _check_one_statement(sql: str) -> None:
+    """One statement per query (the settings of :func:`read_only_connection`, not this, keep it read-only)."""
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as err:
         raise QueryError(_one_line(err)) from None
     if len(statements) != 1:
         raise QueryError(f"expected exactly one statement, got {len(statements)}")
-    kind = statements[0].type.name
-    if kind not in READ_ONLY_TYPES:
-        raise QueryError(f"only read-only queries are allowed (got a {kind} statement)")
-    if kind == "PRAGMA" and not sql.strip().lower().startswith(("pragma show", "pragma table_info")):
-        raise QueryError("only PRAGMA show/table_info are allowed")
 
 
 def _one_line(err: Exception) -> str:
-    return " ".join(str(err).split())
+    """DuckDB's message on one line; for an error raised in our Python filesystem, whose message DuckDB gives
+    with the whole traceback, only the exception's own last line."""
+    text = str(err)
+    if "Traceback (most recent call last)" in text:
+        text = next((line for line in reversed(text.splitlines()) if "Error:" in line), text)
+    return " ".join(text.split())
 
 
 def catalog_file(workdir: str | Path) -> Path:
@@ -249,20 +304,42 @@ def catalog_file(workdir: str | Path) -> Path:
     return local
 
 
-def query(workdir: str | Path, sql: str) -> tuple[list[str], list[tuple]]:
-    """Run one read-only statement against the catalog: (column names, rows). ``workdir``: a local folder or an
-    object-store URL."""
+class Reader:
+    """Read-only statements against one open catalog connection (a report's several queries share one)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        self.con = con
+
+    def sql(self, sql: str) -> tuple[list[str], list[tuple]]:
+        """Run one statement: (column names, rows)."""
+        _check_one_statement(sql)
+        try:
+            cursor = self.con.execute(sql)
+            columns = [d[0] for d in cursor.description] if cursor.description else []
+            return columns, cursor.fetchall()
+        except duckdb.Error as err:
+            raise QueryError(_one_line(err)) from None
+
+
+@contextmanager
+def reading(workdir: str | Path) -> Iterator[Reader]:
+    """A :class:`Reader` of ``workdir``'s catalog (a local folder or an object-store URL)."""
     path = catalog_file(workdir)
     if not path.is_file():
         raise QueryError(f"no catalog in {workdir}: run `curaclip run` first")
-    _check_read_only(sql)
     try:
         with connect(workdir, path) as con:
-            cursor = con.execute(sql)
-            columns = [d[0] for d in cursor.description] if cursor.description else []
-            return columns, cursor.fetchall()
+            yield Reader(con)
     except duckdb.Error as err:
         raise QueryError(_one_line(err)) from None
+
+
+def query(workdir: str | Path, sql: str) -> tuple[list[str], list[tuple]]:
+    """Run one read-only statement against the catalog: (column names, rows). ``workdir``: a local folder or an
+    object-store URL."""
+    _check_one_statement(sql)
+    with reading(workdir) as reader:
+        return reader.sql(sql)
 
 
 def stage_table(workdir: str | Path) -> tuple[list[str], list[tuple]]:

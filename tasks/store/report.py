@@ -23,6 +23,7 @@ from eval.suite import headline  # noqa: E402
 from tasks.store import layout as L  # noqa: E402
 from tasks.store import workdir as W  # noqa: E402
 from tasks.store.artifacts import ArtifactRef, ArtifactStore  # noqa: E402
+from tasks.store.lifetime import write_run_record  # noqa: E402
 
 
 def stage_summary(ref: ArtifactRef) -> dict[str, Any]:
@@ -260,9 +261,6 @@ def write_report(workdir: str | Path, run_id: str, config_hash: str, refs: Mappi
     report["plots"] = _plots(workdir, refs, evaluation)
     (workdir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=False, default=str))
     (workdir / "report.md").write_text(_markdown(report, manifests))
-    history = workdir / "reports"
-    history.mkdir(exist_ok=True)
-    (history / f"{run_id}.json").write_text(json.dumps(report, indent=2, default=str))
-    W.push(workdir / "report.json", workdir / "report.md", history / f"{run_id}.json",
-           *(workdir / name for name in report["plots"].values()))
+    W.push(workdir / "report.json", workdir / "report.md", *(workdir / name for name in report["plots"].values()))
+    write_run_record(workdir, report)  # reports/<run_id>.json: what gc keeps for the run (tasks.store.lifetime)
     return report

@@ -80,6 +80,9 @@ def test_both_stages_on_openai_count_requests_and_never_write_the_key(local_run,
     assert m["captions"]["requests"] == m["captions"]["answered"] == 4 * rows
     assert manifest(longcap)["captions"]["requests"] == 2 * rows  # a long and a short caption per image
     assert manifest(longcap)["config"]["openai"]["model"] == "served-model"  # in the key, as if named
+    # each manifest names the answer-cache folders its stage used, the ones on disk (what gc keeps for a run)
+    used = [*m["caption_cache"], *manifest(longcap)["caption_cache"]]
+    assert len(used) == 2 and sorted(used) == sorted(p.name for p in (tmp_path / L.CAPTION_CACHE).iterdir())
     again = captions.rewrite.fn(RunContext(workdir=str(tmp_path), run_id="forced", executor="local",
                                            force=frozenset({"rewrite"})), _openai_cfg(server), refs["cluster"])
     assert manifest(again)["captions"]["cached"] == 4 * rows and manifest(again)["captions"]["sent"] == 0

@@ -49,11 +49,11 @@ def _digest(folder):
 @pytest.mark.parametrize("sql, words", [
     ("selec 1", "syntax error"),
     ("select * from nowhere", "nowhere"),
-    ("insert into stages values ('x')", "read-only"),
-    ("drop view samples", "read-only"),
-    ("copy (select 1) to 'out.csv'", "read-only"),
-    ("attach 'other.db'", "read-only"),
-    ("create table t as select 1", "read-only"),
+    ("insert into stages select * from stages", "read-only mode"),
+    ("drop view samples", "read-only mode"),
+    ("copy (select 1) to 'out.csv'", "disabled by configuration"),
+    ("attach 'other.db'", "disabled by configuration"),
+    ("create table t as select 1", "read-only mode"),
     ("select 1; drop view samples", "exactly one statement"),
 ])
 def test_refused_queries_are_one_line_and_change_nothing(workdir, sql, words, monkeypatch):
