@@ -1,4 +1,5 @@
-"""The ``curaclip`` command line: ``run``, ``eval``, ``serve``, ``stats``, ``artifacts``, ``gc`` and ``show-config``."""
+"""The ``curaclip`` command line: ``run``, ``eval``, ``serve``, ``stats``, ``artifacts``, ``gc``, ``show-config``
+and ``unlock``."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a config value, e.g. --set train.schedule.epochs=2 (repeatable)")
     run.add_argument("--preset", default="default", choices=sorted(PRESETS),
                      help="overrides applied before --set: 'smoke' runs every stage on a few hundred samples")
+    run.add_argument("--wait", action="store_true",
+                     help="when another run holds the workdir, wait for it to finish (default: stop at once)")
 
     _eval_parser(sub)
 
@@ -49,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     _stats_parser(sub)
 
     _lifetime_parsers(sub)
+
+    unlock = sub.add_parser("unlock", help="break the workdir's run lock (when the run holding it is gone)",
+                            description="Remove <workdir>/.curaclip.lock, printing whose lock it was. A run whose "
+                            "process died on this host, or whose lease expired, is taken over without this.")
+    unlock.add_argument("--workdir", default=DEFAULT_WORKDIR)
 
     show = sub.add_parser("show-config", help="print the resolved config as YAML")
     show.add_argument("--config")
@@ -160,12 +168,28 @@ the first start creates and migrates ~/.prefect/prefect.db, and on two loaded co
 
 
 def _run(args: argparse.Namespace) -> int:
+    """Take the workdir's lock before anything slow (Prefect's import and server), so that a held workdir is
+    reported at once; the pipeline flow then holds the same lock again for this run id (tasks/store/workdir_lock)."""
+    from tasks.store.workdir_lock import WorkdirBusyError, hold, new_run_id
+
+    run_id = new_run_id()
+    try:
+        with hold(args.workdir, run_id, wait=args.wait, say=lambda m: print(f"curaclip run: {m}", file=sys.stderr,
+                                                                            flush=True)):
+            return _run_held(args, run_id)
+    except WorkdirBusyError as err:
+        print(f"curaclip run: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run_held(args: argparse.Namespace, run_id: str) -> int:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_SECONDS)
     from flows.config import load_config
     from flows.pipeline import pipeline
 
     cfg = load_config(args.config, [*preset_overrides(args.preset), *args.overrides])
-    report = pipeline(cfg, workdir=args.workdir, only=args.only, start=args.start, force=tuple(args.force))
+    report = pipeline(cfg, workdir=args.workdir, only=args.only, start=args.start, force=tuple(args.force),
+                      run_id=run_id)
     print(f"\nrun {report['run_id']} finished in {report['seconds']:.1f} s; report: {args.workdir}/report.md")
     for stage, s in report["stages"].items():
         print(f"  {stage:<8} {s['status']:<9} {s['seconds']:8.1f} s  rows {s['rows_in']} -> {s['rows_out']}")
@@ -261,6 +285,19 @@ def _gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unlock(args: argparse.Namespace) -> int:
+    from tasks.store.workdir_lock import break_lock
+
+    broken = break_lock(args.workdir)
+    if broken is None:
+        print(f"workdir {args.workdir} is not locked: nothing to break")
+        return 0
+    running = " (its process is still running: it goes on without the lock)" if broken.here() and broken.alive() \
+        else ""
+    print(f"broke the lock of {broken.describe()} on workdir {args.workdir}{running}")
+    return 0
+
+
 def _show_config(args: argparse.Namespace) -> int:
     from flows.config import load_config, to_yaml
 
@@ -271,7 +308,7 @@ def _show_config(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {"run": _run, "eval": _eval, "serve": _serve, "stats": _stats, "artifacts": _artifacts, "gc": _gc,
-                "show-config": _show_config}
+                "show-config": _show_config, "unlock": _unlock}
     from curation.captions.runner import CaptionFailureError
     from tasks.stages.common import MissingArtifactError
     from tasks.store.catalog import QueryError

@@ -7,17 +7,15 @@ that server (deployments and schedules: ``infra/prefect.yaml``). The flow holds 
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 
 from prefect import Task, flow
 
 from flows.config import RunConfig
 from flows.orchestration import publish_artifacts, stage_options
-from flows.plan import plan_run
+from flows.plan import RunPlan, plan_run
 from tasks.stages import captions, cluster, curate, embed, ingest, shard, train
 from tasks.stages import eval as eval_stage
 from tasks.stages import filter as filter_stage
@@ -27,6 +25,7 @@ from tasks.store.artifacts import ArtifactRef, config_hash
 from tasks.store.catalog import build_catalog
 from tasks.store.lifetime import record_failure
 from tasks.store.report import write_report
+from tasks.store.workdir_lock import hold, new_run_id
 
 Refs = dict[str, ArtifactRef]
 
@@ -61,10 +60,6 @@ DRY_RUNS: dict[str, Callable[[RunContext, RunConfig, Refs], dict]] = {
 since the stages after it need its output."""
 
 
-def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
-
-
 @flow(name="pipeline", log_prints=True, persist_result=False, validate_parameters=False)
 def pipeline(
     cfg: RunConfig,
@@ -72,18 +67,30 @@ def pipeline(
     only: str | None = None,
     start: str | None = None,
     force: tuple[str, ...] = (),
+    wait: bool = False,
+    run_id: str | None = None,
 ) -> dict:
     """Run (or find cached) every stage of the plan, then refresh the catalog and write the report.
+
+    The run holds the workdir's lock (tasks/store/workdir_lock.py) from before its first stage until it returns:
+    a workdir another run holds raises WorkdirBusyError, or is waited for with ``wait``. ``run_id`` (default: a new
+    one) lets the CLI, which takes the lock first for a fast answer, hand over the lock it holds.
 
     Prefect does not validate the parameters: ``cfg`` is a RunConfig that ``load_config`` already checked against
     its type hints, and pydantic's model of this signature failed to build ("PipelineModel is not fully
     defined") when the flow ran as a subflow of a served deployment."""
     plan = plan_run(only, start, tuple(force))
+    run_id = run_id or new_run_id()
+    with hold(workdir, run_id, wait=wait, say=print):  # the workdir as given: a URL's lock is in the store
+        return _run_plan(cfg, workdir, plan, run_id)
+
+
+def _run_plan(cfg: RunConfig, workdir: str, plan: RunPlan, run_id: str) -> dict:
     started = time.perf_counter()
     url = workdir.rstrip("/") if W.is_remote(workdir) else None
     workdir = str(W.driver_mirror(url).local) if url else W.local_path(workdir)  # a store's: the driver's mirror
     ctx = RunContext(
-        workdir=workdir, run_id=new_run_id(), force=plan.force, cached_only=plan.cached_only,
+        workdir=workdir, run_id=run_id, force=plan.force, cached_only=plan.cached_only,
         ray_address=cfg.ray.address, ray_num_cpus=cfg.ray.num_cpus, executor=cfg.executor, resources=cfg.resources,
         workdir_url=url,
     )
