@@ -96,6 +96,7 @@ def _lifetime_parsers(sub: argparse._SubParsersAction) -> None:
     gc.add_argument("--keep-runs", type=int, default=DEFAULT_KEEP_RUNS, metavar="N",
                     help=f"keep what the N newest runs need (default {DEFAULT_KEEP_RUNS})")
     gc.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
+    gc.add_argument("--wait", action="store_true", help="wait while a run holds the workdir (default: stop at once)")
     gc.add_argument("--workdir", default=DEFAULT_WORKDIR)
 
 
@@ -278,7 +279,13 @@ def _gc(args: argparse.Namespace) -> int:
     from tasks.store.catalog import format_table
     from tasks.store.lifetime import deletion_table, gc, summary
 
-    plan = gc(args.workdir, args.keep_runs, dry_run=args.dry_run)
+    if args.dry_run:  # reads only
+        plan = gc(args.workdir, args.keep_runs, dry_run=True)
+    else:  # a writer like a run: never while a run uses the workdir (the artifacts it reads are not all recorded)
+        from tasks.store.workdir_lock import hold, new_run_id
+
+        with hold(args.workdir, f"gc-{new_run_id()}", wait=args.wait):
+            plan = gc(args.workdir, args.keep_runs, dry_run=False)
     if plan.delete:
         print(("would delete:" if args.dry_run else "deleted:") + "\n" + format_table(*deletion_table(plan)) + "\n")
     print(summary(plan, done=not args.dry_run))
@@ -312,10 +319,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from curation.captions.runner import CaptionFailureError
     from tasks.stages.common import MissingArtifactError
     from tasks.store.catalog import QueryError
+    from tasks.store.workdir_lock import WorkdirBusyError
 
     try:
         return commands[args.command](args)
-    except (ConfigError, QueryError, MissingArtifactError, CaptionFailureError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, QueryError, WorkdirBusyError, MissingArtifactError, CaptionFailureError, FileNotFoundError,
+            ValueError) as err:
         print(f"curaclip {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
 

@@ -115,3 +115,17 @@ def test_the_pipeline_flow_takes_the_lock_of_the_workdir_as_given(tmp_path, monk
                 pipeline(cfg, workdir="s3://held/run", only="ingest")
         finally:
             stop(holder)
+
+
+def test_gc_on_a_held_workdir_is_refused_and_its_dry_run_answers(ingested, capsys):
+    """gc deletes, so it is a writer: never while a run holds the workdir (that run's inputs from earlier runs are
+    not all in a run record yet); its dry run only reads."""
+    holder = start_holder(ingested)
+    try:
+        capsys.readouterr()
+        assert main(["gc", "--workdir", str(ingested), "--keep-runs", "1"]) == 2
+        assert f"is in use by run holder (pid {holder.pid}" in capsys.readouterr().err
+        assert main(["gc", "--workdir", str(ingested), "--dry-run"]) == 0
+    finally:
+        stop(holder)
+    assert main(["gc", "--workdir", str(ingested), "--keep-runs", "1"]) == 0
