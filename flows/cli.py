@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import sys
 from collections.abc import Sequence
 
@@ -326,6 +327,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, QueryError, WorkdirBusyError, MissingArtifactError, CaptionFailureError, FileNotFoundError,
             ValueError) as err:
         print(f"curaclip {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except pickle.UnpicklingError as err:  # torch.load(weights_only=True) met a pickle that is not only weights
+        first = str(err).split(".")[0].strip()
+        print(f"curaclip {args.command}: error: {first}: the checkpoint holds objects other than tensors and plain "
+              "values; checkpoints load with weights_only=True, since such a pickle can run code", file=sys.stderr)
         return 2
 
 

@@ -19,7 +19,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.deployments import DEPLOYMENT, scheduled_pipeline
 from flows.orchestration import REPORT_KEY, STAGES_KEY
-from tests.servers.prefect_server import prefect_server
+from tests.servers.prefect_server import prefect_server, stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -87,9 +87,5 @@ def test_served_deployment_runs_on_trigger_and_publishes_its_artifacts(tmp_path)
                     id=FlowRunFilterId(any_=[pipeline_run.id]))) if a.type == "progress"]
                 assert progress and all(float(a.data) == 100.0 for a in progress)
         finally:
-            os.killpg(serve.pid, signal.SIGINT)
-            try:
-                serve.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(serve.pid, signal.SIGKILL)
+            stop_group(serve, signal.SIGINT, timeout=60)
             served_log.close()

@@ -42,10 +42,16 @@ def prefect_server(home: Path, timeout: float = 180) -> Iterator[dict[str, str]]
             time.sleep(0.5)
         yield {"PREFECT_API_URL": url, "PREFECT_HOME": str(home)}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, signal.SIGTERM)
         log.close()
+
+
+def stop_group(proc: subprocess.Popen, sig: int, timeout: float = 30) -> None:
+    """Send ``sig`` to the process group ``proc`` leads (started with ``start_new_session``), and SIGKILL it if it
+    has not ended within ``timeout`` seconds."""
+    os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
