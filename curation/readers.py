@@ -31,6 +31,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import posixpath
 import re
 import tarfile
@@ -67,6 +68,13 @@ class SourceConfig:
     """webdataset/parquet/csv: files read by one partition (one Ray task)."""
     pairs_per_partition: int = 10_000
     """folder: samples (image + caption pairs) read by one partition."""
+    allowed_roots: tuple[str, ...] = ()
+    """parquet/csv/folder: the folders or bucket prefixes (local paths or URLs) image files may be read from; an
+    image path or URL anywhere else (``..``, an absolute path, a symlink out, another bucket) quarantines its row
+    as "path_outside_roots". Empty: the source's own folder (a local source) or bucket (an object store)."""
+    fetch_urls: bool = False
+    """parquet/csv: fetch image cells that are http(s) URLs (img2dataset-style URL lists). Off: such a row is
+    quarantined as "path_outside_roots", so a pool cannot make the pipeline reach a host it names."""
 
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -141,9 +149,64 @@ def resolve(base: str, path: str) -> str:
     return path if "://" in path or posixpath.isabs(path) else posixpath.join(base, path)
 
 
+# --- where image files may come from ----------------------------------------------------------
+
+REMOTE_SCHEMES = ("http", "https")
+
+
+class Roots(NamedTuple):
+    """Where a source may read image files from: normalised prefixes (local real paths, or ``scheme://...``
+    URLs), and whether http(s) URLs are fetched."""
+
+    prefixes: tuple[str, ...]
+    fetch_urls: bool
+
+
+def _static_prefix(path: str) -> str:
+    """The part of a source path before its first glob or brace character."""
+    cut = min((i for i, c in enumerate(path) if c in "*?[{"), default=len(path))
+    return path[:cut]
+
+
+def _normalised(url: str) -> str:
+    """A local path as its real path (symlinks and ``..`` resolved); a URL with its path's ``..`` collapsed."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return os.path.realpath(url)
+    if scheme == "file":
+        return os.path.realpath(rest)
+    return f"{scheme}://{posixpath.normpath(rest)}"
+
+
+def default_root(path: str) -> str:
+    """A source's own folder (a local source) or bucket (an object-store source)."""
+    prefix = _static_prefix(path)
+    scheme, sep, rest = prefix.partition("://")
+    if sep and scheme != "file":
+        return f"{scheme}://{rest.split('/', 1)[0]}"
+    local = rest if sep else prefix
+    return local if os.path.isdir(local) else (os.path.dirname(local.rstrip("/")) or ".")
+
+
+def source_roots(src: SourceConfig) -> Roots:
+    return Roots(tuple(_normalised(r) for r in (src.allowed_roots or (default_root(src.path),))), src.fetch_urls)
+
+
+def check_within(url: str, roots: Roots) -> None:
+    """Raise RowProblem("path_outside_roots") unless ``url`` lies under one of ``roots``."""
+    scheme = url.partition("://")[0] if "://" in url else ""
+    if scheme in REMOTE_SCHEMES:
+        if roots.fetch_urls:
+            return
+        raise RowProblem("path_outside_roots", f"{url}: remote URLs are not fetched (the source's fetch_urls is off)")
+    target = _normalised(url)
+    if not any(target == root or target.startswith(root.rstrip("/") + "/") for root in roots.prefixes):
+        raise RowProblem("path_outside_roots", f"{url} resolves to {target}, outside {', '.join(roots.prefixes)}")
+
+
 # --- table cells ------------------------------------------------------------------------------
 
-def fetch_image(cell: object, base: str) -> bytes:
+def fetch_image(cell: object, base: str, roots: Roots) -> bytes:
     """Image bytes of a table cell: bytes, a path/URL, or a Hugging Face ``{"bytes", "path"}`` struct."""
     if isinstance(cell, dict):
         cell = cell.get("bytes") if cell.get("bytes") is not None else cell.get("path")
@@ -154,6 +217,7 @@ def fetch_image(cell: object, base: str) -> bytes:
     if not isinstance(cell, str):
         raise RowProblem("wrong_type", f"image cell must be bytes or a path, got {type(cell).__name__}")
     url = resolve(base, cell)
+    check_within(url, roots)
     try:
         return read_bytes(url)
     except Exception as err:  # not found, a folder, an unreachable URL: the row has no image
@@ -161,12 +225,12 @@ def fetch_image(cell: object, base: str) -> bytes:
 
 
 def table_row(row_id: str, text: object, image_cell: object, uid: object, uid_column: str | None,
-              base: str) -> RawRow:
+              base: str, roots: Roots) -> RawRow:
     """The RawRow of one Parquet/CSV record (the image fetched when the cell is a path)."""
     if uid_column is not None and uid is None:
         return RawRow(row_id, text, None, problem=("wrong_type", f"uid column {uid_column!r} is null"))
     try:
-        image = fetch_image(image_cell, base)
+        image = fetch_image(image_cell, base, roots)
     except RowProblem as problem:
         return RawRow(row_id, text, None, uid, (problem.reason, problem.detail))
     return RawRow(row_id, text, image, uid)
@@ -191,13 +255,13 @@ def read_parquet(url: str, src: SourceConfig) -> Iterator[RawRow]:
             detail = f"column {absent[0]!r} not in {url} (columns: {', '.join(names)})"
             yield from whole_file_problem(url, table.metadata.num_rows, "missing_column", detail)
             return
-        row, base = 0, posixpath.dirname(url)
+        row, base, roots = 0, posixpath.dirname(url), source_roots(src)
         for batch in table.iter_batches(batch_size=256, columns=columns):
             cells = batch.to_pydict()
             for i in range(batch.num_rows):
                 uid = cells[uid_column][i] if uid_column else None
                 yield table_row(f"{url}#{row}", cells[src.text_column][i], cells[src.image_column][i], uid,
-                                uid_column, base)
+                                uid_column, base, roots)
                 row += 1
 
 
@@ -232,7 +296,7 @@ def _csv_rows(url: str, src: SourceConfig, header: list[str], records: Iterator)
     index = {name: i for i, name in enumerate(header)}
     uid_column = src.uid_column or ("key" if "key" in index else None)
     absent = [c for c in (src.image_column, src.text_column, uid_column) if c and c not in index]
-    base = posixpath.dirname(url)
+    base, roots = posixpath.dirname(url), source_roots(src)
     for row, record in enumerate(r for r in records if r != []):  # blank lines are not records
         row_id = f"{url}#{row}"
         if absent:
@@ -246,7 +310,7 @@ def _csv_rows(url: str, src: SourceConfig, header: list[str], records: Iterator)
         else:
             uid = record[index[uid_column]] if uid_column else None
             yield table_row(row_id, record[index[src.text_column]], record[index[src.image_column]], uid,
-                            uid_column, base)
+                            uid_column, base, roots)
 
 
 # --- webdataset tars --------------------------------------------------------------------------
@@ -382,9 +446,15 @@ def folder_rows(sample: FolderSample, src: SourceConfig) -> Iterator[RawRow]:
     if not sample.images:
         missing = ("missing_image", f"no image beside {sample.text or sample.meta}")
         yield RawRow(sample.stem, text, None, uid, problem or missing)
+    roots = source_roots(src)
     for image_url in sample.images:
         if problem is not None:
             yield RawRow(image_url, text, None, uid, problem)
+            continue
+        try:
+            check_within(image_url, roots)  # a symlink in the folder that points out of it
+        except RowProblem as outside:
+            yield RawRow(image_url, text, None, uid, (outside.reason, outside.detail))
             continue
         try:
             yield RawRow(image_url, text, read_bytes(image_url), uid)

@@ -38,6 +38,8 @@ REASONS = {
     "missing_caption": "no caption for the row: no .txt beside the image, or a null cell",
     "caption_not_utf8": "the caption's bytes are not valid UTF-8",
     "caption_too_long": "the caption has more characters than the configured cap",
+    "path_outside_roots": "an image path or URL outside the source's allowed_roots (default: its own folder or "
+                          "bucket), or an http(s) URL while the source's fetch_urls is off",
     "unsafe_path": "a tar member of the sample is absolute, climbs out with '..', or is a link or device",
     "missing_column": "a configured column (or JSON field) is absent from the file",
     "wrong_type": "a cell of the wrong type (a numeric caption, an image that is neither bytes nor a path, "

@@ -45,7 +45,10 @@ def runtime_env(address: str | None) -> dict[str, Any]:
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start Ray locally; idempotent."""
+    """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start a Ray instance of this process's own;
+    idempotent. The local start passes ``address="local"``: a bare ``ray.init()`` joins whatever cluster
+    ``ray start`` last recorded on this machine (``<ray temp dir>/ray_current_cluster``), and when that cluster was
+    killed it waited minutes on the dead address and failed with a GCS timeout that did not say why."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -53,6 +56,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, runtime_env=runtime_env(address), log_to_driver=True)
     else:
         ray.init(
+            address="local",
             num_cpus=num_cpus,
             include_dashboard=False,
             runtime_env=runtime_env(None),

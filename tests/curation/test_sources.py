@@ -2,7 +2,9 @@
 corrupt-input corpus (truncated JPEG, zero bytes, a 20000x20000 PNG header, invalid UTF-8, unsafe tar
 paths, duplicate uids); every record lands in samples or in quarantine with its reason."""
 
+import http.server
 import importlib.util
+import threading
 from pathlib import Path
 
 import pyarrow as pa
@@ -175,7 +177,8 @@ def test_parquet_with_relative_and_absolute_image_paths(tmp_path):
     C.write_parquet(tmp_path / "data" / "p.parquet", {
         "image": ["../img/a.jpg", str(tmp_path / "b.webp"), "../img/nope.jpg", ""],
         "text": ["a", "b", "c", "d"]})
-    samples, quarantine, _ = ingest(SourceConfig(format="parquet", path=str(tmp_path / "data" / "p.parquet")))
+    samples, quarantine, _ = ingest(SourceConfig(format="parquet", path=str(tmp_path / "data" / "p.parquet"),
+                                                 allowed_roots=(str(tmp_path),)))  # img/ is beside data/
     assert sorted(samples.column("image").to_pylist()) == sorted([GOOD["jpg"], GOOD["webp"]])
     # no uid column and no "key" column: the uid is the content hash
     assert set(samples.column("uid").to_pylist()) == {content_uid(GOOD["jpg"], "a"), content_uid(GOOD["webp"], "b")}
@@ -314,3 +317,87 @@ def test_files_per_partition_groups_files(tmp_path):
         C.write_parquet(tmp_path / f"{i}.parquet", {"image": [GOOD["jpg"]], "text": [str(i)]})
     cfg = IngestConfig(sources=(SourceConfig(format="parquet", path=str(tmp_path), files_per_partition=2),))
     assert [len(s.units) for s in plan_partitions(cfg)] == [2, 2, 1]
+
+
+# --- where image files may come from --------------------------------------------------------
+
+class _Images(http.server.BaseHTTPRequestHandler):
+    seen: list[str] = []
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        _Images.seen.append(self.path)
+        body = GOOD["jpg"]
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def image_host():
+    """A real HTTP server on loopback that serves a JPEG at any path and records the paths asked for."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Images)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Images.seen = []
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture
+def hostile_pool(tmp_path, image_host):
+    """A pool folder whose image cells point inside it, out of it in every way, and at a remote host."""
+    pool, secret = tmp_path / "pool", tmp_path / "secret"
+    (pool / "img").mkdir(parents=True)
+    secret.mkdir()
+    (pool / "img" / "a.jpg").write_bytes(GOOD["jpg"])
+    (secret / "s.jpg").write_bytes(GOOD["png"])
+    (pool / "img" / "link.jpg").symlink_to(secret / "s.jpg")
+    cells = {"inside": "img/a.jpg", "climbs": "../secret/s.jpg", "absolute": str(secret / "s.jpg"),
+             "symlink": "img/link.jpg", "file_url": f"file://{secret / 's.jpg'}", "dotted": "img/../../secret/s.jpg",
+             "remote": f"{image_host}/x.jpg"}
+    C.write_parquet(pool / "p.parquet", {"image": list(cells.values()), "text": list(cells)})
+    return pool, secret, cells
+
+
+def test_image_paths_outside_the_sources_folder_are_quarantined_and_urls_not_fetched(hostile_pool):
+    pool, _, cells = hostile_pool
+    samples, quarantine, _ = ingest(SourceConfig(format="parquet", path=str(pool / "p.parquet")))
+    assert samples.column("text").to_pylist() == ["inside"]
+    reasons = dict(zip(quarantine.column("uid").to_pylist(), quarantine.column("reason").to_pylist()))
+    assert reasons == {f"{pool}/p.parquet#{i}": "path_outside_roots" for i in range(1, len(cells))}
+    assert samples.num_rows + quarantine.num_rows == len(cells)  # counts reconcile
+    assert _Images.seen == []  # the remote host was never asked
+
+
+def test_allowed_roots_and_fetch_urls_open_exactly_what_they_name(hostile_pool, image_host):
+    pool, secret, cells = hostile_pool
+    src = SourceConfig(format="parquet", path=str(pool / "p.parquet"), allowed_roots=(str(pool), str(secret)),
+                       fetch_urls=True)
+    samples, quarantine, _ = ingest(src)
+    assert sorted(samples.column("text").to_pylist()) == sorted(cells)
+    assert quarantine.num_rows == 0 and set(_Images.seen) == {"/x.jpg"}  # fsspec may ask twice (size, bytes)
+    other = SourceConfig(format="parquet", path=str(pool / "p.parquet"), allowed_roots=(str(secret),))
+    samples, _, _ = ingest(other)  # the pool's own folder is no longer allowed: only what is in secret/
+    assert sorted(samples.column("text").to_pylist()) == ["absolute", "climbs", "dotted", "file_url", "symlink"]
+
+
+def test_a_csv_and_a_folder_keep_to_their_roots_too(tmp_path):
+    pool, secret = tmp_path / "pool", tmp_path / "secret"
+    pool.mkdir()
+    secret.mkdir()
+    (secret / "s.jpg").write_bytes(GOOD["jpg"])
+    (pool / "a.jpg").write_bytes(GOOD["jpg"])
+    (pool / "a.txt").write_text("inside")
+    (pool / "b.jpg").symlink_to(secret / "s.jpg")  # a folder sample whose image links out
+    (pool / "b.txt").write_text("linked out")
+    samples, quarantine, _ = ingest(SourceConfig(format="folder", path=str(pool)))
+    assert samples.column("text").to_pylist() == ["inside"]
+    assert quarantine.column("reason").to_pylist() == ["path_outside_roots"]
+    C.write_csv(tmp_path / "list.csv", ["image", "text"], [["pool/a.jpg", "inside"], [str(secret / "s.jpg"), "out"]])
+    samples, quarantine, _ = ingest(SourceConfig(format="csv", path=str(tmp_path / "list.csv"),
+                                                 allowed_roots=(str(pool),)))
+    assert samples.column("text").to_pylist() == ["inside"]
+    assert quarantine.column("reason").to_pylist() == ["path_outside_roots"]
