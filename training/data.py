@@ -31,7 +31,6 @@ short epochs a plain split leaves, and the stream never runs dry mid-run.
 from __future__ import annotations
 
 import copy
-import io
 import json
 import random
 import threading
@@ -50,6 +49,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from curation.images import decode_rgb
 from training.config import TrainConfig
 from training.models import transform_for
 from training.objectives.dreamlip import sample_subcaption_ids, split_sentences
@@ -180,9 +180,9 @@ TEXT_SAMPLERS: dict[str, Callable[[dict, np.random.Generator], str]] = {
 # --- samples and batches --------------------------------------------------------------------------
 
 def decode_image(data: bytes) -> Image.Image:
-    """PNG/JPEG/WebP bytes -> RGB PIL image."""
-    with Image.open(io.BytesIO(data)) as img:
-        return img.convert("RGB")
+    """PNG/JPEG/WebP bytes -> upright 8-bit RGB PIL image (curation.images: EXIF orientation, 16-bit samples,
+    alpha over white)."""
+    return decode_rgb(data)
 
 
 def add_objective_inputs(sample: dict, fields: BatchFields, rng: np.random.Generator) -> None:

@@ -20,7 +20,6 @@ Nothing is downloaded (``local_files_only=True``) and no code shipped with a mod
 from __future__ import annotations
 
 import gc
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from PIL import Image
 
 from curation.captions.config import SamplingConfig, TransformersConfig
 from curation.captions.requests import Done, Outcome, Request
+from curation.images import decode_rgb
 
 Task = Literal["text", "image"]
 """What a generator is for: rewriting captions (`text`) or captioning images (`image`)."""
@@ -81,12 +81,10 @@ def model_kind(config: Any, task: Task) -> ModelKind:
 
 
 def decode_image(data: bytes | None) -> Image.Image:
-    """A request's PNG or JPEG bytes as an RGB image (raises on missing or corrupt bytes)."""
+    """A request's PNG or JPEG bytes as an upright RGB image (curation.images; raises on missing or corrupt bytes)."""
     if data is None:
         raise ValueError("no image")
-    image = Image.open(io.BytesIO(data))
-    image.load()  # PIL decodes lazily: a truncated file fails here, not inside the batch
-    return image.convert("RGB")
+    return decode_rgb(data)  # fully decoded: a truncated file fails here, not inside the batch
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:

@@ -36,12 +36,12 @@ from PIL import Image
 
 from curation.captions.config import OpenAIConfig, SamplingConfig
 from curation.captions.requests import Done, Outcome, Request
+from curation.images import decode_rgb
 
 
 def image_data_url(data: bytes, max_side: int, quality: int) -> str:
     """The image resized so its longest side is at most ``max_side`` (never enlarged), as a JPEG data URL."""
-    with Image.open(io.BytesIO(data)) as img:
-        rgb = img.convert("RGB")
+    rgb = decode_rgb(data)  # upright, 16-bit scaled, alpha over white (curation.images)
     rgb.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
     buffer = io.BytesIO()
     rgb.save(buffer, format="JPEG", quality=quality)
