@@ -31,8 +31,8 @@ from tasks.store import workdir as W
 from tasks.store.artifacts import ArtifactRef, ArtifactStore, Staging, config_hash, plain, stage_key, to_dict
 
 CODE_VERSIONS = {
-    "ingest": "2", "filter": "2", "curate": "1", "rewrite": "2", "longcap": "2",
-    "embed": "4", "cluster": "2", "shard": "1", "train": "3", "eval": "2",
+    "ingest": "2", "filter": "2", "curate": "1", "rewrite": "2", "longcap": "3",
+    "embed": "5", "cluster": "2", "shard": "1", "train": "4", "eval": "3",
 }
 """Part of every stage's key: bump a stage's entry whenever its output changes for the same config, so the stage
 and everything below it recompute."""
