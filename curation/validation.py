@@ -17,9 +17,11 @@ and restricting PIL's plugins keeps decoders such as EPS (which runs Ghostscript
 from __future__ import annotations
 
 import hashlib
+import html
 import io
 import re
 import struct
+import unicodedata
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -129,7 +131,35 @@ def decode_caption(value: object, max_chars: int) -> str:
         raise RowProblem("caption_not_utf8", f"invalid byte at character {err.start}") from err
     if len(value) > max_chars:
         raise RowProblem("caption_too_long", f"{len(value)} characters > {max_chars}")
-    return value
+    return clean_caption(value)
+
+
+_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9:-]*(?:\s[^<>]*)?/?>")
+_ENTITY = re.compile(r"&(?:#\d{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
+_FORMAT_KEPT = {"\u200c", "\u200d"}  # zero-width (non-)joiners: part of emoji and Indic spelling
+_WHITESPACE_KEPT = {"\t", "\n", "\r"}
+_WHITESPACE = re.compile(r"\s+")
+
+
+def clean_caption(text: str) -> str:
+    """The caption with web markup and invisible characters taken out, by this rule:
+
+    - an HTML tag (``<b>``, ``</a>``, ``<br/>``, ``<img src=...>``) becomes a space, and HTML entities
+      (``&amp;``, ``&#39;``) become their characters: alt-text scraped with its markup reads as the words;
+    - a control character (Unicode category Cc: NUL, escapes, DEL...) other than tab, newline and carriage return
+      becomes a space, and a format character (Cf: bidi overrides that reorder what is displayed, zero-width
+      spaces, BOMs) is removed, except the zero-width joiners that emoji and some scripts need;
+    - then, only if anything changed, whitespace runs become one space and the ends are stripped.
+
+    A caption with none of these is returned unchanged (so clean pools, the synthetic world included, keep their
+    exact text). One left empty is kept, like empty alt-text: the filter stage drops it as too short."""
+    out = _TAG.sub(" ", text) if "<" in text else text
+    if "&" in out and _ENTITY.search(out):
+        out = html.unescape(out)
+    if any(unicodedata.category(c) in ("Cc", "Cf") and c not in _WHITESPACE_KEPT for c in out):
+        out = "".join(" " if unicodedata.category(c) == "Cc" and c not in _WHITESPACE_KEPT else c for c in out
+                      if unicodedata.category(c) != "Cf" or c in _FORMAT_KEPT)
+    return out if out == text else _WHITESPACE.sub(" ", out).strip()
 
 
 def check_image_bytes(value: object) -> bytes:

@@ -318,14 +318,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"run": _run, "eval": _eval, "serve": _serve, "stats": _stats, "artifacts": _artifacts, "gc": _gc,
                 "show-config": _show_config, "unlock": _unlock}
     from curation.captions.runner import CaptionFailureError
-    from tasks.stages.common import MissingArtifactError
+    from tasks.stages.common import EmptyPoolError, MissingArtifactError
     from tasks.store.catalog import QueryError
     from tasks.store.workdir_lock import WorkdirBusyError
 
     try:
         return commands[args.command](args)
-    except (ConfigError, QueryError, WorkdirBusyError, MissingArtifactError, CaptionFailureError, FileNotFoundError,
-            ValueError) as err:
+    except (ConfigError, QueryError, WorkdirBusyError, MissingArtifactError, EmptyPoolError, CaptionFailureError,
+            FileNotFoundError, ValueError) as err:
         print(f"curaclip {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except pickle.UnpicklingError as err:  # torch.load(weights_only=True) met a pickle that is not only weights

@@ -19,7 +19,7 @@ from flows.plan import RunPlan, plan_run
 from tasks.stages import captions, cluster, curate, embed, ingest, shard, train
 from tasks.stages import eval as eval_stage
 from tasks.stages import filter as filter_stage
-from tasks.stages.common import RunContext
+from tasks.stages.common import EmptyPoolError, RunContext
 from tasks.store import workdir as W
 from tasks.store.artifacts import ArtifactRef, config_hash
 from tasks.store.catalog import build_catalog
@@ -58,6 +58,22 @@ DRY_RUNS: dict[str, Callable[[RunContext, RunConfig, Refs], dict]] = {
 }
 """Stages with a dry run (``--set rewrite.dry_run=true``): the run estimates the stage's requests and stops there,
 since the stages after it need its output."""
+
+
+SAMPLE_STAGES = ("ingest", "filter", "curate", "embed", "cluster", "rewrite", "longcap", "shard")
+"""Stages whose output is the sample set the next stages work on."""
+
+
+def check_not_empty(ref: ArtifactRef, stages: tuple[str, ...]) -> None:
+    """Stop the run with a clear error when a sample stage kept nothing and more stages follow. The stage's
+    artifact is published first, so its quarantine and filtered rows stay queryable (`curaclip stats`)."""
+    counts = ref.counts
+    if ref.stage not in SAMPLE_STAGES or counts.get("rows_out", 0) > 0 or ref.stage == stages[-1]:
+        return
+    raise EmptyPoolError(
+        f"{ref.stage} kept no samples of {counts.get('rows_in', 0)} (filtered {counts.get('filtered', 0)}, "
+        f"quarantined {counts.get('quarantined', 0)}): nothing for the stages after it; see why with "
+        "`curaclip stats --report quarantine` or `curaclip stats --report curation`")
 
 
 @flow(name="pipeline", log_prints=True, persist_result=False, validate_parameters=False)
@@ -103,6 +119,7 @@ def _run_plan(cfg: RunConfig, workdir: str, plan: RunPlan, run_id: str) -> dict:
                 break
             task, arguments = STEPS[stage]
             refs[stage] = task.with_options(**stage_options(stage, cfg))(ctx, *arguments(cfg, refs))
+            check_not_empty(refs[stage], plan.stages)
     except BaseException as err:  # a failed or interrupted run is recorded too: gc keeps what it needs to resume
         record_failure(workdir, ctx.run_id, config_hash(cfg), refs, time.perf_counter() - started, err)
         raise

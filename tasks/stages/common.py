@@ -42,6 +42,10 @@ class MissingArtifactError(RuntimeError):
     """An upstream stage that should come from the cache has no complete artifact for this config."""
 
 
+class EmptyPoolError(RuntimeError):
+    """A sample stage kept no samples, so the stages after it have nothing to work on (flows.pipeline)."""
+
+
 class ReconciliationError(RuntimeError):
     """A stage's counts do not add up: rows in != rows out + filtered + quarantined."""
 

@@ -401,3 +401,19 @@ def test_a_csv_and_a_folder_keep_to_their_roots_too(tmp_path):
                                                  allowed_roots=(str(pool),)))
     assert samples.column("text").to_pylist() == ["inside"]
     assert quarantine.column("reason").to_pylist() == ["path_outside_roots"]
+
+
+def test_an_empty_shard_and_an_empty_pool(tmp_path):
+    C.write_tar(tmp_path / "empty.tar", [])
+    C.write_tar(tmp_path / "one.tar", C.sample_members("k0", GOOD["jpg"], b"a caption"))
+    samples, quarantine, parts = ingest(SourceConfig(format="webdataset", path=str(tmp_path / "*.tar")))
+    assert parts == 2 and samples.num_rows == 1 and quarantine.num_rows == 0  # the empty shard adds nothing
+    C.write_parquet(tmp_path / "empty" / "none.parquet", {"image": [], "text": []},
+                    schema=pa.schema([("image", pa.binary()), ("text", pa.string())]))
+    samples, quarantine, _ = ingest(SourceConfig(format="parquet", path=str(tmp_path / "empty")))
+    assert samples.num_rows == quarantine.num_rows == 0
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    for fmt in ("webdataset", "parquet", "csv"):
+        with pytest.raises(ValueError, match="holds nothing to read"):
+            plan_partitions(IngestConfig(sources=(SourceConfig(format=fmt, path=str(empty)),)))

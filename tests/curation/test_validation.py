@@ -165,3 +165,26 @@ def test_every_row_is_accounted_for_once(cells):
     assert samples.num_rows + quarantine.num_rows == len(rows)
     assert set(quarantine.column("reason").to_pylist()) <= set(REASONS)
     assert set(quarantine.column("stage").to_pylist()) <= {"ingest"}
+
+
+@pytest.mark.parametrize("raw, cleaned", [
+    ("a <b>red</b> square", "a red square"),
+    ("line<br/>break &amp; more", "line break & more"),
+    ('<img src="x.jpg" alt="a"> a cat', "a cat"),
+    ("caf&#233; &#x41;", "café A"),
+    ("nul\x00and\x1b[31mescape", "nul and [31mescape"),
+    ("right\u202eto left", "rightto left"),      # a bidi override: what is shown would differ from what is read
+    ("zero\u200bwidth\ufeff", "zerowidth"),
+    ("family \U0001f468\u200d\U0001f469", "family \U0001f468\u200d\U0001f469"),  # the emoji's joiner stays
+    ("a < b and c > d", "a < b and c > d"),   # not a tag
+    ("tom & jerry", "tom & jerry"),           # not an entity
+    ("  spaced\ttab\nline  ", "  spaced\ttab\nline  "),  # nothing to clean: unchanged, whitespace and all
+    ("<p></p>", ""),                          # empty now: the filter stage drops it as too short
+])
+def test_captions_lose_markup_and_invisible_characters_by_the_documented_rule(raw, cleaned):
+    assert V.decode_caption(raw, 100) == cleaned
+    assert V.decode_caption(raw.encode(), 100) == cleaned
+
+
+def test_a_one_megabyte_caption_is_quarantined_without_being_cleaned():
+    assert reason_of(RawRow("r", "<b>" + "x" * 1_000_000, C.good_images()["png"])) == "caption_too_long"

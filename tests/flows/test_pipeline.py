@@ -175,3 +175,26 @@ def test_curaclip_eval_of_the_trained_checkpoint_gives_the_eval_stages_figures(f
     for row in report["eval"]:
         if (row["dataset"], row["task"]) in mine:
             assert mine[row["dataset"], row["task"]]["metrics"] == row["metrics"]
+
+
+def test_a_pool_with_no_usable_sample_is_a_clear_error_and_its_quarantine_answers(tmp_path, capsys):
+    """An empty pool, or one whose every row is bad, stops after ingest with one line saying so; the ingest
+    artifact is published, so `curaclip stats` shows why."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    pq.write_table(pa.table({"image": [b"", b"not an image", None], "text": ["a", "b", "c"]}), pool / "bad.parquet")
+    config = tmp_path / "pool.yaml"
+    config.write_text(f"executor: local\ningest:\n  sources:\n    - {{format: parquet, path: {pool}}}\n")
+    workdir = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["run", "--config", str(config), "--workdir", str(workdir)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("curaclip run: error: ingest kept no samples of 3 (filtered 0, quarantined 3)")
+    assert err.count("\n") == 1
+    assert main(["stats", "--workdir", str(workdir), "select reason, count(*) as n from quarantine group by 1 "
+                                                      "order by 1"]) == 0
+    out = capsys.readouterr().out
+    assert "empty_image" in out and "missing_image" in out and "undecodable_image" in out
