@@ -31,7 +31,7 @@ from tasks.store import workdir as W
 from tasks.store.artifacts import ArtifactRef, ArtifactStore, Staging, config_hash, plain, stage_key, to_dict
 
 CODE_VERSIONS = {
-    "ingest": "2", "filter": "2", "curate": "1", "rewrite": "2", "longcap": "3",
+    "ingest": "3", "filter": "2", "curate": "1", "rewrite": "2", "longcap": "3",
     "embed": "5", "cluster": "2", "shard": "1", "train": "4", "eval": "3",
 }
 """Part of every stage's key: bump a stage's entry whenever its output changes for the same config, so the stage
