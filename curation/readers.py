@@ -29,6 +29,7 @@ source block that cannot be planned at all (unknown format, no path, nothing to 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -188,7 +189,9 @@ def default_root(path: str) -> str:
     return local if os.path.isdir(local) else (os.path.dirname(local.rstrip("/")) or ".")
 
 
+@functools.lru_cache(maxsize=64)
 def source_roots(src: SourceConfig) -> Roots:
+    """The source's :class:`Roots`, resolved once per process and source (not per file or folder sample)."""
     return Roots(tuple(_normalised(r) for r in (src.allowed_roots or (default_root(src.path),))), src.fetch_urls)
 
 

@@ -156,7 +156,9 @@ def clean_caption(text: str) -> str:
     out = _TAG.sub(" ", text) if "<" in text else text
     if "&" in out and _ENTITY.search(out):
         out = html.unescape(out)
-    if any(unicodedata.category(c) in ("Cc", "Cf") and c not in _WHITESPACE_KEPT for c in out):
+    # isprintable() (C speed) is False for any Cc or Cf character: the per-character look only where one may be
+    if not out.isprintable() and any(unicodedata.category(c) in ("Cc", "Cf") and c not in _WHITESPACE_KEPT
+                                     for c in out):
         out = "".join(" " if unicodedata.category(c) == "Cc" and c not in _WHITESPACE_KEPT else c for c in out
                       if unicodedata.category(c) != "Cf" or c in _FORMAT_KEPT)
     return out if out == text else _WHITESPACE.sub(" ", out).strip()

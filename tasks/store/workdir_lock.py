@@ -39,6 +39,7 @@ run took over) says so once and stops renewing; its run goes on without the lock
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import fcntl
 import json
@@ -222,26 +223,30 @@ class Attempt:
 
 # --- where the record lives -----------------------------------------------------------------------------
 
-class LockFile:
+class LockFile(abc.ABC):
     """The record on some filesystem: taken, renewed, released, read and broken."""
 
     location: str
 
+    @abc.abstractmethod
     def attempt(self, record: Record) -> Attempt:
-        raise NotImplementedError
+        """Take the lock for ``record``, or say who holds it."""
 
+    @abc.abstractmethod
     def renew(self, record: Record) -> bool:
         """Write ``record`` (renewed) if the lock is still ours; False when it is not."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def release(self, record: Record) -> None:
-        raise NotImplementedError
+        """Give the lock up, leaving a record someone else wrote in place."""
 
+    @abc.abstractmethod
     def read(self) -> Record | None:
-        raise NotImplementedError
+        """The current record (None: no lock)."""
 
+    @abc.abstractmethod
     def remove(self) -> None:
-        raise NotImplementedError
+        """Delete the record, whoever holds it (`curaclip unlock`)."""
 
 
 class LocalLockFile(LockFile):
