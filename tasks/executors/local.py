@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from tasks.executors.base import WORKER, Resources, Result, Unit, Worker
+from tasks.faults import checkpoint_pauses, pause_point
 from tasks.store.workdir import MirroredWorker, WorkdirSpec, in_mirror
 
 HERE = f"local:{socket.gethostname()}"
@@ -26,6 +27,7 @@ class LocalExecutor:
 
     def map(self, units: Sequence[Unit], resources: Resources) -> Iterator[tuple[int, Result]]:
         for index, unit in enumerate(units):
+            pause_point("unit", type(unit).__name__)
             yield index, {**in_mirror(self.workdir, None, lambda u: u.run(), unit), WORKER: HERE}
 
     def map_stateful(self, worker: Callable[[], Worker], units: Sequence[Any], resources: Resources
@@ -34,6 +36,7 @@ class LocalExecutor:
             return
         process = MirroredWorker(self.workdir, None, worker)
         for index, unit in enumerate(units):
+            pause_point("unit", type(unit).__name__)
             yield index, {**process(unit), WORKER: HERE}
 
     def job_resources(self, resources: Resources) -> Resources:
@@ -47,5 +50,5 @@ class LocalExecutor:
             raise ValueError(f"train.distribution.ranks={cfg.distribution.ranks}: several ranks train with Ray Train;"
                              " set executor: ray")
         job = TrainJob(cfg, shards, out_dir, threads=os.cpu_count() or 1)
-        summary = in_mirror(self.workdir, None, lambda j: j.run(print_progress("train")), job)
+        summary = in_mirror(self.workdir, None, lambda j: j.run(print_progress("train"), checkpoint_pauses()), job)
         return {**summary, "ranks": 1, "workers": [HERE]}

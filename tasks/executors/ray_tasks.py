@@ -17,6 +17,7 @@ import ray
 
 from tasks.executors.base import WORKER, Resources, Result, Unit, Worker, resolve_gpus
 from tasks.executors.ray_cluster import ensure_ray, node_cpus, node_gpus
+from tasks.faults import pause_point
 from tasks.store.workdir import MirroredWorker, WorkdirSpec, in_mirror
 
 RETRIES = 3
@@ -43,6 +44,7 @@ def run_unit(workdir: WorkdirSpec | None, unit: Unit, names: tuple[str, ...], *s
     """A unit's ``run()`` in a Ray worker, with the fields every unit shared put back (see :func:`split_shared`)
     and, for an object-store workdir, its files moved between the store and this node's mirror."""
     unit = dataclasses.replace(unit, **dict(zip(names, shared))) if names else unit
+    pause_point("unit", type(unit).__name__)
     return {**in_mirror(workdir, this_node(), lambda u: u.run(), unit), WORKER: this_node()}
 
 
@@ -96,6 +98,7 @@ class PoolActor:
         self.process = MirroredWorker(workdir, this_node(), worker)
 
     def run(self, unit: Any) -> Result:
+        pause_point("unit", type(unit).__name__)
         return {**self.process(unit), WORKER: this_node()}
 
 

@@ -37,6 +37,7 @@ from ray.train import Checkpoint, CheckpointConfig, CheckpointUploadMode, Failur
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from tasks.executors.ray_cluster import cluster_cpus, ensure_ray, node_cpus, worker_env
+from tasks.faults import checkpoint_pauses
 from tasks.store import workdir as W
 from tasks.store.layout import RAY_TRAIN
 from training.checkpoints import LATEST, checkpoint_step, load_checkpoint, write_checkpoint
@@ -139,7 +140,7 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any]:
         def on_checkpoint(path: str | None) -> None:
             push_checkpoint(path)
             report_checkpoint(path)
-        return job.run(config["log"], on_checkpoint)
+        return job.run(config["log"], checkpoint_pauses(on_checkpoint))
 
     summary = in_node_mirror(config.get("workdir"), run, config["out_dir"], config["data"])
     return {**summary, "ranks": ray.train.get_context().get_world_size(), "workers": [this_node()]}
@@ -148,7 +149,7 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any]:
 def single_rank_job(cfg: TrainConfig, data: str | pa.Table, out_dir: str, threads: int,
                     log: Callable[[dict], None] | None, workdir: W.WorkdirSpec | None = None) -> dict[str, Any]:
     """One rank as a plain Ray task (retried by Ray on failure), resuming from the run folder."""
-    summary = in_node_mirror(workdir, lambda job: job.run(log, push_checkpoint), TrainJob(cfg, data, out_dir, threads))
+    summary = in_node_mirror(workdir, lambda job: job.run(log, checkpoint_pauses(push_checkpoint)), TrainJob(cfg, data, out_dir, threads))
     return {**summary, "ranks": 1, "workers": [this_node()]}
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from curation.partitions import part_name
 from tasks.executors import make_executor
+from tasks.faults import pause_point
 from tasks.executors.base import WORKER, Executor, ExecutorKind, Resources, Result, StageResources, Worker
 from tasks.stages.progress import StepProgress
 from tasks.store import layout as L
@@ -145,12 +146,13 @@ class StageRun:
         if todo:
             progress = StepProgress(self.stage, step, len(units), len(units) - len(todo)) if len(units) > 1 else None
             with closing(submit([units[i] for i in todo])) as finished:  # closed early: actors and tasks stop
-                for position, result in finished:
+                for count, (position, result) in enumerate(finished, start=1):
                     index = todo[position]
                     self.staging.mark(step, index, digests[index], result)  # its files are in the store now
                     results[index] = result
                     if progress is not None:
                         progress.advance()
+                    pause_point(self.stage, step, count)
         workers = self.manifest.setdefault("workers", [])
         for result in results:
             if (worker := result.pop(WORKER, None)) is not None and worker not in workers:  # type: ignore[union-attr]
@@ -213,6 +215,7 @@ def run_stage(
         with store.writing(stage, key, manifest, fresh=stage in ctx.force) as staging:
             compute(StageRun(ctx, stage, staging, manifest), manifest)
             reconcile(stage, manifest["counts"])
+            pause_point(stage, "publish")
             manifest["seconds"] = round(time.perf_counter() - started, 3)
     return store.ref(stage, key, status="computed")
 
