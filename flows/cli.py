@@ -318,12 +318,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"run": _run, "eval": _eval, "serve": _serve, "stats": _stats, "artifacts": _artifacts, "gc": _gc,
                 "show-config": _show_config, "unlock": _unlock}
     from curation.captions.runner import CaptionFailureError
-    from tasks.stages.common import EmptyPoolError, MissingArtifactError
+    from tasks.stages.common import DiskFullError, EmptyPoolError, MissingArtifactError, no_space
     from tasks.store.catalog import QueryError
     from tasks.store.workdir_lock import WorkdirBusyError
 
     try:
         return commands[args.command](args)
+    except DiskFullError as err:  # a stage's: names the stage and its staging area
+        print(f"curaclip {args.command}: error: {err.strerror}", file=sys.stderr)
+        return 2
     except (ConfigError, QueryError, WorkdirBusyError, MissingArtifactError, EmptyPoolError, CaptionFailureError,
             FileNotFoundError, ValueError) as err:
         print(f"curaclip {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
@@ -332,6 +335,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         first = str(err).split(".")[0].strip()
         print(f"curaclip {args.command}: error: {first}: the checkpoint holds objects other than tensors and plain "
               "values; checkpoints load with weights_only=True, since such a pickle can run code", file=sys.stderr)
+        return 2
+    except Exception as err:
+        if (full := no_space(err)) is None:
+            raise
+        where = f" writing {full.filename}" if full.filename else ""  # a catalog, a report, the lock: no stage
+        print(f"curaclip {args.command}: error: no space left on device{where}. Free space on that filesystem (or "
+              "use a workdir on a larger one) and run the same command again: finished work is reused",
+              file=sys.stderr)
         return 2
 
 

@@ -7,8 +7,10 @@ that server (deployments and schedules: ``infra/prefect.yaml``). The flow holds 
 
 from __future__ import annotations
 
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import Task, flow
@@ -28,6 +30,17 @@ from tasks.store.report import write_report
 from tasks.store.workdir_lock import hold, new_run_id
 
 Refs = dict[str, ArtifactRef]
+
+
+@contextmanager
+def _after(error: BaseException, what: str) -> Iterator[None]:
+    """Write ``what`` after the run failed with ``error``, without hiding ``error``: on a full disk the failure
+    record and the catalog fail too, and the stage's own error is the one to report (issue 15)."""
+    try:
+        yield
+    except Exception as also:  # noqa: BLE001 - reported, then the run's own error is raised
+        print(f"curaclip: could not write {what} after the run failed ({type(error).__name__}): "
+              f"{type(also).__name__}: {' '.join(str(also).split())}", file=sys.stderr)
 
 
 def synthetic_pool(cfg: RunConfig) -> bool:
@@ -121,10 +134,12 @@ def _run_plan(cfg: RunConfig, workdir: str, plan: RunPlan, run_id: str) -> dict:
             refs[stage] = task.with_options(**stage_options(stage, cfg))(ctx, *arguments(cfg, refs))
             check_not_empty(refs[stage], plan.stages)
     except BaseException as err:  # a failed or interrupted run is recorded too: gc keeps what it needs to resume
-        record_failure(workdir, ctx.run_id, config_hash(cfg), refs, time.perf_counter() - started, err)
+        with _after(err, "the run's failure record"):
+            record_failure(workdir, ctx.run_id, config_hash(cfg), refs, time.perf_counter() - started, err)
+        with _after(err, "the catalog"):
+            build_catalog(workdir, refs)
         raise
-    finally:
-        build_catalog(workdir, refs)
+    build_catalog(workdir, refs)
     report = write_report(workdir, ctx.run_id, config_hash(cfg), refs, time.perf_counter() - started, dry_runs)
     publish_artifacts(report, (Path(workdir) / "report.md").read_text())
     return report

@@ -66,12 +66,19 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def save_atomic(state: dict[str, Any], path: str | Path) -> str:
-    """torch.save to a temporary name, then rename: a crash never leaves a truncated checkpoint."""
+    """torch.save to a temporary name, then rename: a crash never leaves a truncated checkpoint, and a save that
+    raised leaves no temporary file holding the disk's space. It writes through a Python file, so a full disk is
+    an ``OSError`` (ENOSPC) in the error's context (torch's own file writer reports only "file write failed")."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(state, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return str(path)
 
 

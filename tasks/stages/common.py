@@ -11,6 +11,7 @@ could not see a forced recompute. Keys never include the run id, so a new run fi
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import time
@@ -45,6 +46,31 @@ class MissingArtifactError(RuntimeError):
 
 class EmptyPoolError(RuntimeError):
     """A sample stage kept no samples, so the stages after it have nothing to work on (flows.pipeline)."""
+
+
+class DiskFullError(OSError):
+    """A stage ran out of space writing its staging area (ENOSPC, issue 15). Nothing of the stage is published;
+    its finished parts keep their markers, so a rerun once there is space redoes only the rest."""
+
+    def __init__(self, stage: str, staging: Path, cause: OSError):
+        where = f" ({cause.filename})" if cause.filename else ""
+        super().__init__(errno.ENOSPC, f"stage {stage} ran out of disk space writing {staging}{where}: no space "
+                         "left on device; nothing of the stage was published. Free space on that filesystem (or "
+                         "use a workdir on a larger one) and run the same command again: the parts that finished "
+                         "are reused")
+        self.stage, self.staging = stage, staging
+
+
+def no_space(error: BaseException | None) -> OSError | None:
+    """The ENOSPC ``OSError`` behind ``error``, if any: ``error`` itself, its cause or context (torch reports a
+    full disk as a RuntimeError raised while handling Python's OSError), or what a Ray task raised (``cause``)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return error
+        error = error.__cause__ or error.__context__ or getattr(error, "cause", None)
+    return None
 
 
 class ReconciliationError(RuntimeError):
@@ -212,11 +238,16 @@ def run_stage(
     with store.locked(stage, key):
         if stage not in ctx.force and store.is_complete(stage, key):  # published while this run waited
             return store.ref(stage, key, status="cached")
-        with store.writing(stage, key, manifest, fresh=stage in ctx.force) as staging:
-            compute(StageRun(ctx, stage, staging, manifest), manifest)
-            reconcile(stage, manifest["counts"])
-            pause_point(stage, "publish")
-            manifest["seconds"] = round(time.perf_counter() - started, 3)
+        try:
+            with store.writing(stage, key, manifest, fresh=stage in ctx.force) as staging:
+                compute(StageRun(ctx, stage, staging, manifest), manifest)
+                reconcile(stage, manifest["counts"])
+                pause_point(stage, "publish")
+                manifest["seconds"] = round(time.perf_counter() - started, 3)
+        except Exception as err:
+            if (full := no_space(err)) is not None and not isinstance(err, DiskFullError):
+                raise DiskFullError(stage, store.staging(stage, key), full) from err
+            raise
     return store.ref(stage, key, status="computed")
 
 

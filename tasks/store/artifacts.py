@@ -65,19 +65,21 @@ class Staging:
         return self.path / DONE_DIR / step / f"{index:05d}.json"
 
     def done(self, step: str, index: int, digest: str) -> dict[str, Any] | None:
-        """The result of part ``index`` of ``step`` when that same unit finished earlier, else None."""
+        """The result of part ``index`` of ``step`` when that same unit finished earlier, else None. A marker that
+        does not parse (written by hand, or by a version that wrote in place) counts as absent: the part is redone."""
         marker = self._marker(step, index)
         if not marker.is_file():
             return None
-        record = json.loads(marker.read_text())
-        return record["result"] if record.get("unit") == digest else None
+        try:
+            record = json.loads(marker.read_text())
+        except ValueError:
+            return None
+        return record["result"] if isinstance(record, dict) and record.get("unit") == digest else None
 
     def mark(self, step: str, index: int, digest: str, result: dict[str, Any]) -> None:
         marker = self._marker(step, index)
         marker.parent.mkdir(parents=True, exist_ok=True)
-        tmp = marker.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"unit": digest, "result": result}, sort_keys=True, default=plain))
-        os.replace(tmp, marker)  # a marker is whole or absent
+        write_whole(marker, json.dumps({"unit": digest, "result": result}, sort_keys=True, default=plain))
         if self.mirror is not None:
             self.mirror.push(marker)  # an object is whole or absent too
 
@@ -112,6 +114,22 @@ class ArtifactRef:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def write_whole(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that ``path`` is whole or absent: a temporary name, flushed to the disk, then
+    renamed over ``path``. A write cut short (a full disk, a crash) leaves no ``path``, and no temporary file
+    either when it raised (its space is given back)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())  # else a power cut after the rename may leave the name with no bytes
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def plain(value: Any) -> Any:
@@ -221,7 +239,7 @@ class ArtifactStore:
         yield area
         manifest.setdefault("seconds", round(time.perf_counter() - started, 3))
         area.unmark_all()
-        (area.path / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+        write_whole(area.path / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str))
         if self.mirror is not None:
             self.mirror.publish(area.path, final, MANIFEST)
         self._replace(area.path, final)
