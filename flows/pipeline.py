@@ -115,7 +115,7 @@ def pipeline(
 
 
 def _run_plan(cfg: RunConfig, workdir: str, plan: RunPlan, run_id: str) -> dict:
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()  # a run id's time is whole seconds: gc needs better
     url = workdir.rstrip("/") if W.is_remote(workdir) else None
     workdir = str(W.driver_mirror(url).local) if url else W.local_path(workdir)  # a store's: the driver's mirror
     ctx = RunContext(
@@ -135,11 +135,13 @@ def _run_plan(cfg: RunConfig, workdir: str, plan: RunPlan, run_id: str) -> dict:
             check_not_empty(refs[stage], plan.stages)
     except BaseException as err:  # a failed or interrupted run is recorded too: gc keeps what it needs to resume
         with _after(err, "the run's failure record"):
-            record_failure(workdir, ctx.run_id, config_hash(cfg), refs, time.perf_counter() - started, err)
+            record_failure(workdir, ctx.run_id, config_hash(cfg), refs, time.perf_counter() - started, err,
+                           started_at=started_at)
         with _after(err, "the catalog"):
             build_catalog(workdir, refs)
         raise
     build_catalog(workdir, refs)
-    report = write_report(workdir, ctx.run_id, config_hash(cfg), refs, time.perf_counter() - started, dry_runs)
+    report = write_report(workdir, ctx.run_id, config_hash(cfg), refs, time.perf_counter() - started, dry_runs,
+                          started_at=started_at)
     publish_artifacts(report, (Path(workdir) / "report.md").read_text())
     return report

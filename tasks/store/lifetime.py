@@ -148,7 +148,8 @@ def read_runs(files: Files) -> list[Run]:
             continue
         record = files.read_json(rel)
         run_id = str(record.get("run_id") or Path(rel).stem)
-        started = run_started(run_id)
+        started = record.get("started_at")  # to the microsecond; the id's time is whole seconds
+        started = run_started(run_id) if not isinstance(started, (int, float)) else float(started)
         runs.append(Run(
             run_id=run_id,
             started=modified if started is None else started,
@@ -160,9 +161,11 @@ def read_runs(files: Files) -> list[Run]:
 
 
 def record_failure(workdir: str | Path, run_id: str, config_hash: str, refs: Mapping[str, ArtifactRef],
-                   seconds: float, error: BaseException) -> dict[str, Any]:
+                   seconds: float, error: BaseException, started_at: float | None = None) -> dict[str, Any]:
     """Write the record of a run that raised: the stages it had, and the staging areas written since it started
-    (its unfinished stage's, which its rerun resumes), so gc keeps both while the run is kept."""
+    (its unfinished stage's, which its rerun resumes), so gc keeps both while the run is kept. ``started_at``:
+    the run's start to the microsecond, recorded for gc; the staging areas are those written since the id's whole
+    second, which also holds where the store's times are whole seconds."""
     since = run_started(run_id) or 0.0
     staging = sorted({(stage, key) for kind, stage, key, _, _, modified in _artifact_folders(Files(workdir))
                       if kind == "staging" and modified >= since})
@@ -172,6 +175,7 @@ def record_failure(workdir: str | Path, run_id: str, config_hash: str, refs: Map
         "status": "failed",
         "error": f"{type(error).__name__}: {error}",
         "seconds": round(seconds, 3),
+        **({"started_at": started_at} if started_at is not None else {}),
         "stages": {stage: {"status": ref.status, "artifact": ref.path, "key": ref.key} for stage, ref in refs.items()},
         "staging": [{"stage": stage, "key": key} for stage, key in staging],
     }

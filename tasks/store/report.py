@@ -239,9 +239,10 @@ def simulated_stages(manifests: Mapping[str, dict]) -> dict[str, dict]:
 
 
 def write_report(workdir: str | Path, run_id: str, config_hash: str, refs: Mapping[str, ArtifactRef],
-                 seconds: float, dry_run: Mapping[str, dict] | None = None) -> dict[str, Any]:
+                 seconds: float, dry_run: Mapping[str, dict] | None = None, started_at: float | None = None
+                 ) -> dict[str, Any]:
     """Write report.json, report.md and the plots; return the report dict. ``dry_run``: a caption stage's
-    estimate, where the run stopped at it."""
+    estimate, where the run stopped at it; ``started_at``: the run's start (epoch seconds), for gc."""
     workdir = Path(workdir)
     store = ArtifactStore(workdir, W.mirror_of(workdir))
     manifests = {stage: store.manifest(stage, ref.key) for stage, ref in refs.items()}
@@ -250,6 +251,7 @@ def write_report(workdir: str | Path, run_id: str, config_hash: str, refs: Mappi
         "run_id": run_id,
         "config_hash": config_hash,
         "seconds": round(seconds, 3),
+        **({"started_at": started_at} if started_at is not None else {}),
         "stages": {stage: stage_summary(ref) for stage, ref in refs.items()},
         "eval": list(evaluation),
         "eval_skipped": manifests.get("eval", {}).get("skipped"),

@@ -188,6 +188,23 @@ def test_a_failed_runs_staging_area_is_kept_while_the_run_is_and_its_rerun_resum
         ("artifact", "ingest", record["stages"]["ingest"]["key"]), ("artifact", "curate", curate_key)}
 
 
+def test_a_run_started_in_the_same_second_as_the_last_write_of_the_one_before_does_not_keep_that_write(tmp_path):
+    """Run ids carry whole seconds; the records carry the start to the microsecond (``started_at``), so an artifact
+    only an unkept run needs is deleted although it was written in the same second the newest run started (the
+    CI flake of test_lifetime_e2e: a smoke run's eval published at hh:mm:25.05, the next run started at 25.60)."""
+    store, second = ArtifactStore(tmp_path), float(int(time.time()) - 100)
+    for i, config in enumerate((0, 1)):
+        key = stage_key("train", "1", config, [])
+        with store.writing("train", key, {"stage": "train", "key": key, "inputs": {}}) as staging:
+            (staging.path / "model.pt").write_bytes(b"w")
+        for path in store.path("train", key).rglob("*"):
+            os.utime(path, (second + 0.05, second + 0.05))
+        lifetime.write_run_record(tmp_path, {"run_id": run_id_at(second, i), "started_at": second + 0.6 * i,
+                                             "stages": {"train": {"key": key}}})
+    old = ("artifact", "train", stage_key("train", "1", 0, []))
+    assert [i.id for i in lifetime.gc(tmp_path, keep_runs=1).delete] == [old]
+
+
 def test_cli_lists_artifacts_and_collects(tmp_path, capsys):
     history = History(tmp_path)
     history.run(0, (0, 0, 0, 0), "finished", 0, False)
