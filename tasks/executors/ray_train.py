@@ -149,7 +149,8 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any]:
 def single_rank_job(cfg: TrainConfig, data: str | pa.Table, out_dir: str, threads: int,
                     log: Callable[[dict], None] | None, workdir: W.WorkdirSpec | None = None) -> dict[str, Any]:
     """One rank as a plain Ray task (retried by Ray on failure), resuming from the run folder."""
-    summary = in_node_mirror(workdir, lambda job: job.run(log, checkpoint_pauses(push_checkpoint)), TrainJob(cfg, data, out_dir, threads))
+    summary = in_node_mirror(workdir, lambda job: job.run(log, checkpoint_pauses(push_checkpoint)),
+                             TrainJob(cfg, data, out_dir, threads))
     return {**summary, "ranks": 1, "workers": [this_node()]}
 
 
