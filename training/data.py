@@ -36,9 +36,10 @@ import random
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from itertools import count
+from itertools import count, islice
 from pathlib import Path
 from typing import Any
 
@@ -373,6 +374,11 @@ def shuffle_samples(samples: Iterable[dict], bufsize: int, seed: int, rank: int)
     yield from buf
 
 
+def decodable(raw: dict) -> bool:
+    """Whether a raw tar sample has an image and a caption (the others are skipped)."""
+    return "txt" in raw and any(e in raw for e in IMAGE_EXTENSIONS)
+
+
 def decode_raw(raw: dict, transform: Callable, sampler: str, rng: np.random.Generator,
                fields: BatchFields) -> dict | None:
     """One raw tar sample -> a decoded sample; None without an image or caption."""
@@ -383,18 +389,48 @@ def decode_raw(raw: dict, transform: Callable, sampler: str, rng: np.random.Gene
     return make_sample(raw[ext], raw["txt"].decode("utf-8"), meta, transform, sampler, rng, fields)
 
 
+@contextmanager
+def sample_randomness(seed: int, position: int) -> Iterator[np.random.Generator]:
+    """The randomness of the sample at `position` of a worker's stream: a numpy generator (caption sampling,
+    objective inputs) and, inside the block, torch's CPU generator (the transform's crop and flip) seeded
+    from (seed, position) alone; torch's generator is put back as it was afterwards."""
+    numpy_seed, torch_seed = np.random.SeedSequence([seed, position]).generate_state(2)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch_seed))
+        yield np.random.default_rng(int(numpy_seed))
+
+
 def decode_samples(samples: Iterable[dict], transform: Callable, sampler: str, seed: int, rank: int,
-                   fields: BatchFields = NO_FIELDS) -> Iterator[dict]:
+                   fields: BatchFields = NO_FIELDS, skip: int = 0) -> Iterator[dict]:
     """Raw tar members -> decoded samples (with their decoded "neighbour" when one is attached); members without
-    an image or caption are skipped."""
-    rng = np.random.default_rng(worker_seed(seed, rank))
-    for raw in samples:
-        sample = decode_raw(raw, transform, sampler, rng, fields)
-        if sample is None:
+    an image or caption are skipped, and so, undecoded, are the first `skip` that have both.
+
+    Design note: each sample draws its randomness from its own seed, (seed, rank, worker, position in the
+    stream), not from a generator it shares with the samples before it, so a sample decodes the same whether
+    the ones before it were decoded or skipped. That is what lets a resumed run skip the batches it already
+    trained on cheaply (no image decoded) and still see the undisturbed run's samples, augmentations included."""
+    base, seen = worker_seed(seed, rank), 0
+    for position, raw in enumerate(samples):
+        if not decodable(raw):
             continue
-        if "__neighbour__" in raw:
-            sample["neighbour"] = decode_raw(raw["__neighbour__"], transform, sampler, rng, fields)
+        seen += 1
+        if seen <= skip:
+            continue
+        with sample_randomness(base, position) as rng:
+            sample = decode_raw(raw, transform, sampler, rng, fields)
+            if "__neighbour__" in raw:
+                sample["neighbour"] = decode_raw(raw["__neighbour__"], transform, sampler, rng, fields)
         yield sample
+
+
+class Dropping:
+    """An iterable of `loader`'s items after its first `first` (re-iterable, as the loader is)."""
+
+    def __init__(self, loader: Iterable[dict], first: int) -> None:
+        self.loader, self.first = loader, first
+
+    def __iter__(self) -> Iterator[dict]:
+        return islice(iter(self.loader), self.first, None)
 
 
 def shard_loader(
@@ -411,12 +447,20 @@ def shard_loader(
     rank: int = 0,
     world_size: int = 1,
     fields: BatchFields = NO_FIELDS,
+    skip_batches: int = 0,
 ) -> Iterable[dict]:
     """Batches from WebDataset tars. Training: ceil(num_samples / (batch_size x world_size)) full batches for
     this rank (rounded up to a multiple of `workers`), from endless shard passes. Evaluation: one ordered
     pass, last batch partial. `transform` defaults to open_clip's transform of the default model. With
-    fields.neighbour_choices, each batch of batch_size samples also holds the hard negative image pairs found."""
+    fields.neighbour_choices, each batch of batch_size samples also holds the hard negative image pairs found.
+
+    `skip_batches` (training): the stream starts at that batch of the same stream, as a resumed run needs.
+    The DataLoader takes batches from its workers in turn, so batch k is worker k % workers' (k // workers)-th:
+    each worker passes over its batches of the whole rounds skipped without decoding them (decode_samples),
+    and the batches of a partial round (fewer than `workers`) are decoded and dropped here."""
     transform = transform or default_transform(train)
+    readers = max(1, workers)
+    rounds, partial_round = divmod(skip_batches, readers) if train else (0, 0)
     pipeline = [partial(shard_passes, list(urls), seed, train, rank, world_size),
                 wds.tarfile_to_samples(handler=wds.warn_and_continue)]
     if fields.neighbour_choices:  # before the shuffle, while a cluster's samples are still together
@@ -424,15 +468,19 @@ def shard_loader(
     if train:
         pipeline.append(partial(shuffle_samples, bufsize=shuffle_buffer, seed=seed, rank=rank))
     pipeline += [partial(decode_samples, transform=transform, sampler=text_sampler, seed=seed, rank=rank,
-                         fields=fields),
+                         fields=fields, skip=rounds * batch_size),
                  wds.batched(batch_size, collation_fn=partial(collate, tokenizer=tokenizer, fields=fields),
                              partial=not train)]
     dataset = wds.DataPipeline(*pipeline)
     if train:
         batches = -(-num_samples // (batch_size * world_size))
-        dataset = dataset.with_epoch(-(-batches // max(1, workers)))  # per worker, as open_clip_train
-    return wds.WebLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                         worker_init_fn=forget_inherited_thread_exits if workers else None)
+        per_reader = -(-batches // readers)  # per worker, as open_clip_train
+        if skip_batches >= per_reader * readers:
+            raise ValueError(f"skip_batches={skip_batches} leaves none of the stream's {per_reader * readers} batches")
+        dataset = dataset.with_epoch(per_reader - rounds)
+    loader = wds.WebLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                           worker_init_fn=forget_inherited_thread_exits if workers else None)
+    return Dropping(loader, partial_round) if partial_round else loader
 
 
 def forget_inherited_thread_exits(_worker_id: int) -> None:

@@ -57,12 +57,12 @@ class EpisodeFeed:
     (episode_prototypes); the episode's steps then train on them, each sample carrying `episode_index`, its
     position in the episode (rank-major across ranks).
 
-    A table replays the same batches after a resume (they are seeded per batch), so a run resumed mid-episode
-    keeps the checkpoint's prototypes and finishes the episode exactly; on shards, whose resumed stream holds
-    fresh samples, the rest of the episode is clustered anew. Episode batches wait in host memory."""
+    A resumed stream replays the batches of an undisturbed run (training.loop.batch_stream, tables and shards
+    alike), so a run resumed mid-episode keeps the checkpoint's prototypes and finishes the episode exactly.
+    Episode batches wait in host memory."""
 
-    def __init__(self, stream: Iterator[dict], run: Run, replays: bool) -> None:
-        self.stream, self.run, self.replays = stream, run, replays
+    def __init__(self, stream: Iterator[dict], run: Run) -> None:
+        self.stream, self.run = stream, run
         self.batch_size, self.accum_freq = run.cfg.data.batch_size, run.cfg.distribution.accum_freq
         self.length = episode_steps(run.cfg, run.dist.world_size)
         self.queue: list[dict] = []
@@ -80,7 +80,7 @@ class EpisodeFeed:
         stop = min(first + self.length, self.run.total_steps)
         per_step = self.accum_freq * self.batch_size  # this rank's samples per step
         saved = term.prototypes
-        keep = self.replays and step > first and saved is not None \
+        keep = step > first and saved is not None \
             and saved.num_samples == (stop - first) * per_step * dist.world_size
         first = first if keep else step
         batches = [next(self.stream) for _ in range((stop - step) * self.accum_freq)]

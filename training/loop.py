@@ -77,9 +77,11 @@ def batch_stream(data: ShardData | pa.Table, cfg: TrainConfig, tokenizer: Callab
                  start_step: int, dist: DistContext) -> Iterator[dict]:
     """Endless training batches for this rank, starting at `start_step`.
 
-    A table replays its seeded epochs exactly, so a resumed run sees the batches it would have seen.
-    Shards restart their stream from a seed mixed with the resume step (open_clip likewise does not
-    replay a WebDataset mid-epoch), so resumed steps see fresh, not repeated, samples.
+    Tables and shards alike replay an undisturbed run's stream exactly, so a resumed run sees the batches it
+    would have seen: a table skips to the resume step's batch of its seeded epoch; shards keep the run's seed
+    and skip the batches already trained on without decoding them (training.data.shard_loader). This differs on
+    purpose from open_clip_train, which restarts a resumed WebDataset stream mid-epoch on fresh samples: a
+    resumed curaclip run's loss curve is the undisturbed one's (tests/flows/test_kill_matrix.py).
     """
     data_cfg, fields, per_step = cfg.data, batch_fields(cfg), cfg.distribution.accum_freq  # micro-batches per step
     if isinstance(data, pa.Table):
@@ -93,11 +95,11 @@ def batch_stream(data: ShardData | pa.Table, cfg: TrainConfig, tokenizer: Callab
                                     fields=fields)
         return
     total = steps_per_epoch(data.num_samples, cfg, dist.world_size) * cfg.schedule.epochs
-    samples = (total - start_step) * per_step * data_cfg.batch_size * dist.world_size
+    samples = total * per_step * data_cfg.batch_size * dist.world_size
     yield from shard_loader(data.urls, data_cfg.batch_size, samples, tokenizer, True, data_cfg.workers,
-                            seed=cfg.seed * 100_003 + start_step, transform=transform,
-                            text_sampler=data_cfg.text_sampler, shuffle_buffer=data_cfg.shuffle_buffer,
-                            rank=dist.rank, world_size=dist.world_size, fields=fields)
+                            seed=cfg.seed * 100_003, transform=transform, text_sampler=data_cfg.text_sampler,
+                            shuffle_buffer=data_cfg.shuffle_buffer, rank=dist.rank, world_size=dist.world_size,
+                            fields=fields, skip_batches=start_step * per_step)
 
 
 def setup(cfg: TrainConfig, data: ShardData | pa.Table, out_dir: str, log: Callable[[dict], None] | None,
@@ -135,7 +137,7 @@ class BatchFeed:
 
 def make_feed(run: Run, stream: Iterator[dict], data: ShardData | pa.Table) -> BatchFeed | EpisodeFeed:
     if "protoclip" in run.core.objectives.terms:
-        return EpisodeFeed(stream, run, replays=isinstance(data, pa.Table))
+        return EpisodeFeed(stream, run)
     return BatchFeed(stream, run.cfg)
 
 

@@ -376,3 +376,23 @@ def test_hard_negative_images_are_on_for_negclip_as_negclip_trains():
     assert batch_fields(TrainConfig(objectives={"negclip": 1.0, "protoclip": 1.0}, negclip=off)).negatives
     with pytest.raises(ValueError, match="neighbour_window"):
         NegCLIPConfig(neighbour_window=1)
+
+
+@pytest.mark.parametrize("workers, skip", [(0, 3), (2, 4), (2, 3)])
+def test_a_skipping_shard_stream_is_the_tail_of_the_whole_stream(micro, tmp_path, workers, skip):
+    """A resumed run's stream (skip_batches = the batches already trained on) is the undisturbed stream from that
+    batch on: the same samples in the same order with the same crops and captions, over whole rounds of the
+    workers (skipped undecoded in them) and a partial round (dropped after the loader)."""
+    tokenizer, train_tf, _ = micro
+    data = write_shards(tmp_path, colour_rows(48), 12)
+
+    def load(skip_batches):
+        return list(shard_loader(data.urls, 4, 96, tokenizer, True, workers=workers, seed=7, transform=train_tf,
+                                 shuffle_buffer=8, text_sampler="laclip", skip_batches=skip_batches))
+
+    whole, tail = load(0), load(skip)
+    assert len(whole) == 24 and len(tail) == 24 - skip
+    for a, b in zip(whole[skip:], tail, strict=True):
+        assert a["uid"] == b["uid"] and a["caption"] == b["caption"]
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["text"], b["text"])
+    assert not torch.equal(whole[skip - 1]["image"], tail[0]["image"])  # the crops differ between batches
