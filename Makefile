@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-slow bench clean
+.PHONY: install run test test-slow reliability bench clean
 
 # torch's spin-waiting OpenMP threads slowed training up to ~20x on a loaded 2-core machine (measured);
 # set here too, since `training` can only set it when it is imported before torch.
@@ -27,6 +27,11 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# The fault, bad-input and security tests, fast and slow (~15 min), and the README's "Reliability" tables,
+# written to docs/reliability.md from the tests that passed.
+reliability: $(STAMP)
+	$(BIN)/python -m pytest -q -m reliability --reliability-report docs/reliability.md
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_matching.py

@@ -5,7 +5,8 @@ process group", stage)``, ``reliability.bad_input("truncated JPEG", "truncated_i
 ``reliability.check("stats: SQL that reads outside the workdir", refused=52)``, ``reliability.rows(...)``).
 ``pytest --reliability-report FILE.md`` writes the tables the README's "Reliability" section shows, counting
 only the records of tests that passed (a failed test's records are dropped), so every figure there is one a
-passing test measured (`make reliability`).
+passing test measured. `make reliability` runs every test that takes the fixture (marked `reliability`,
+fast and slow) and writes docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -54,6 +55,18 @@ class Ledger:
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--reliability-report", metavar="FILE", default=None,
                      help="write the reliability tables (markdown) of the tests that passed to FILE")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "reliability: records faults, bad inputs or security checks in the reliability ledger")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that takes the ledger is marked `reliability` (`pytest -m reliability` runs the suite of them)."""
+    for item in items:
+        if "reliability" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.reliability)
 
 
 @pytest.fixture
