@@ -318,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"run": _run, "eval": _eval, "serve": _serve, "stats": _stats, "artifacts": _artifacts, "gc": _gc,
                 "show-config": _show_config, "unlock": _unlock}
     from curation.captions.runner import CaptionFailureError
-    from tasks.stages.common import DiskFullError, EmptyPoolError, MissingArtifactError, no_space
+    from tasks.stages.common import DiskFullError, EmptyPoolError, MissingArtifactError, PartFailedError, no_space
     from tasks.store.catalog import QueryError
     from tasks.store.workdir_lock import WorkdirBusyError
 
@@ -328,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"curaclip {args.command}: error: {err.strerror}", file=sys.stderr)
         return 2
     except (ConfigError, QueryError, WorkdirBusyError, MissingArtifactError, EmptyPoolError, CaptionFailureError,
-            FileNotFoundError, ValueError) as err:
+            PartFailedError, FileNotFoundError, ValueError) as err:  # PartFailedError: its stage, step and part
         print(f"curaclip {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except pickle.UnpicklingError as err:  # torch.load(weights_only=True) met a pickle that is not only weights

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flows.config import RunConfig
+from tasks.stages.common import PartFailedError
 
 GPU_TAG = "curaclip-gpu"
 """The tag of every stage task that may hold a GPU. Prefect limits the task runs of a tag once a limit exists:
@@ -27,9 +28,13 @@ connection, a timeout, a full disk being cleaned, an object store's 5xx) are wor
 def transient(error: BaseException | None) -> bool:
     """Whether a stage's failure may pass on a retry: an I/O or network error, or Ray losing a worker, a node or
     an object (those left after Ray's own retries). A config error, a failed reconciliation, a missing upstream
-    artifact or a bug in a stage would fail the same way again."""
+    artifact or a bug in a stage would fail the same way again; so would a part that ran out of memory, since
+    the executor has already spent its retries on it (tasks.executors.ray_tasks.RETRIED). Another failed part
+    is judged by what its unit raised."""
     if error is None:
         return False
+    if isinstance(error, PartFailedError):
+        return not error.out_of_memory and transient(error.cause)
     if isinstance(error, OSError):
         return not isinstance(error, PERMANENT_OS_ERRORS)
     try:

@@ -82,11 +82,28 @@ def resolve_gpus(resources: Resources, node_gpus: Sequence[float], whole_job: bo
 ExecutorKind = Literal["ray", "local"]
 
 
+class UnitFailedError(Exception):
+    """A unit failed for good, after every attempt its executor makes; raised ``from`` what the unit raised.
+
+    The stage turns it into a ``PartFailedError`` naming the stage, the step and the part
+    (tasks.stages.common)."""
+
+    def __init__(self, index: int, attempts: int | None, out_of_memory: bool):
+        super().__init__(f"unit {index} failed after {attempts or 'an unknown number of'} attempt(s)")
+        self.index = index
+        """its index in the units given to ``map`` or ``map_stateful``"""
+        self.attempts = attempts
+        """how often it ran; None where the executor cannot tell (Ray retries a kill by its memory monitor by a
+        policy of its own)"""
+        self.out_of_memory = out_of_memory
+        """whether it failed for want of memory (a MemoryError, or Ray's memory monitor killed it)"""
+
+
 class Executor(Protocol):
     """Runs units and yields ``(index in units, result)`` as each finishes, in any order.
 
-    A unit that fails raises out of the iterator; the results already yielded stand (the stage has marked
-    those parts done, so a rerun does not redo them)."""
+    A unit that fails raises :class:`UnitFailedError` out of the iterator; the results already yielded stand
+    (the stage has marked those parts done, so a rerun does not redo them)."""
 
     def map(self, units: Sequence[Unit], resources: Resources) -> Iterator[tuple[int, Result]]: ...
 

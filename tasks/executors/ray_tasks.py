@@ -15,14 +15,20 @@ from typing import Any
 
 import ray
 
-from tasks.executors.base import WORKER, Resources, Result, Unit, Worker, resolve_gpus
+from tasks.executors.base import WORKER, Resources, Result, Unit, UnitFailedError, Worker, resolve_gpus
 from tasks.executors.ray_cluster import ensure_ray, node_cpus, node_gpus
 from tasks.faults import pause_point
 from tasks.store.workdir import MirroredWorker, WorkdirSpec, in_mirror
 
 RETRIES = 3
-"""How often Ray reruns a unit whose worker process or node died (a system failure); an exception the unit
-raises is not retried (it would fail the same way again). Prefect retries nothing inside a stage."""
+"""How often Ray reruns a unit (so it runs at most RETRIES + 1 times) whose worker process or node died (a system
+failure) or that raised a MemoryError (RETRIED). Prefect retries nothing inside a stage."""
+RETRIED: tuple[type[BaseException], ...] = (MemoryError,)
+"""The exceptions of a unit that Ray retries. A MemoryError says the node had too little free memory then, not
+that the unit is wrong: its retry may be placed on another node, or run once the tasks beside it have finished
+and freed theirs. Any other exception (a bad row, a bug, a missing file) is deterministic and would fail the
+same way again, so it fails the part at its first attempt. A kill by Ray's memory monitor
+(``ray.exceptions.OutOfMemoryError``) Ray retries itself, by its own count (``RAY_task_oom_retries``)."""
 
 
 def ray_options(resources: Resources) -> dict[str, Any]:
@@ -64,13 +70,29 @@ def split_shared(units: Sequence[Any]) -> tuple[list[Any], tuple[str, ...], list
     return stripped, names, refs
 
 
-def drain(pending: dict[Any, Any], on_done: Callable[[Any], None]) -> Iterator[tuple[Any, Result]]:
-    """Yield ``(pending[ref], result)`` as each task finishes, calling ``on_done(pending[ref])`` after each.
+def out_of_memory(error: BaseException) -> bool:
+    """Whether a task failed for want of memory: it raised a MemoryError, or Ray's memory monitor killed it."""
+    return isinstance(error, (MemoryError, ray.exceptions.OutOfMemoryError)) or isinstance(
+        getattr(error, "cause", None), MemoryError)
+
+
+def attempts(error: BaseException) -> int | None:
+    """How often Ray ran a unit that failed with ``error``: once for an exception it does not retry, RETRIES + 1
+    times for a retried one or a system failure; None after a kill by the memory monitor (Ray's own count)."""
+    if isinstance(error, ray.exceptions.OutOfMemoryError):
+        return None
+    raised = error.cause if isinstance(error, ray.exceptions.RayTaskError) else None
+    return 1 if raised is not None and not isinstance(raised, RETRIED) else RETRIES + 1
+
+
+def drain(pending: dict[Any, tuple[int, Any]], on_done: Callable[[Any], None]) -> Iterator[tuple[int, Result]]:
+    """Yield ``(index, result)`` as each task finishes (``pending[ref]`` is ``(index, anything)``), calling
+    ``on_done(pending[ref])`` after each.
 
     A failed task does not stop the others: they run to the end and their results are yielded (so the stage
-    marks those parts done), then the first failure is raised; an actor that died gets no more work. Closed
-    early (marking a part failed), it cancels what is still pending."""
-    failure: BaseException | None = None
+    marks those parts done), then the first failure is raised as a :class:`UnitFailedError`; an actor that died
+    gets no more work. Closed early (marking a part failed), it cancels what is still pending."""
+    failure: tuple[int, BaseException] | None = None
     try:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -78,17 +100,18 @@ def drain(pending: dict[Any, Any], on_done: Callable[[Any], None]) -> Iterator[t
             try:
                 result = ray.get(done[0])
             except Exception as err:  # noqa: BLE001  (re-raised once the others have finished)
-                failure = failure or err
+                failure = failure or (key[0], err)
                 if not isinstance(err, ray.exceptions.RayActorError):
                     on_done(key)
                 continue
             on_done(key)
-            yield key, result
+            yield key[0], result
     finally:
         for ref in list(pending):
             ray.cancel(ref)
     if failure is not None:
-        raise failure
+        index, err = failure
+        raise UnitFailedError(index, attempts(err), out_of_memory(err)) from err
 
 
 class PoolActor:
@@ -97,6 +120,7 @@ class PoolActor:
     def __init__(self, worker: Callable[[], Worker], workdir: WorkdirSpec | None = None):
         self.process = MirroredWorker(workdir, this_node(), worker)
 
+    @ray.method(retry_exceptions=list(RETRIED))  # with the actor's max_task_retries, as a task's max_retries
     def run(self, unit: Any) -> Result:
         pause_point("unit", type(unit).__name__)
         return {**self.process(unit), WORKER: this_node()}
@@ -111,17 +135,18 @@ class RayExecutor:
 
     def map(self, units: Sequence[Unit], resources: Resources) -> Iterator[tuple[int, Result]]:
         options = ray_options(resolve_gpus(resources, node_gpus(), whole_job=False))
-        remote = ray.remote(**options, max_retries=RETRIES, retry_exceptions=False)(run_unit)
+        remote = ray.remote(**options, max_retries=RETRIES, retry_exceptions=list(RETRIED))(run_unit)
         stripped, names, refs = split_shared(units)
-        pending = {remote.remote(self.workdir, unit, names, *refs): i for i, unit in enumerate(stripped)}
-        yield from drain(pending, lambda index: None)
+        pending = {remote.remote(self.workdir, unit, names, *refs): (i, None) for i, unit in enumerate(stripped)}
+        yield from drain(pending, lambda key: None)
 
     def map_stateful(self, worker: Callable[[], Worker], units: Sequence[Any], resources: Resources
                      ) -> Iterator[tuple[int, Result]]:
         if not units:
             return
         resources = resolve_gpus(resources, node_gpus(), whole_job=False)
-        # A dead actor (its process or node lost) is restarted, on another node if need be, and its unit retried.
+        # A dead actor (its process or node lost) is restarted, on another node if need be, and its unit retried;
+        # so is a unit that raised a MemoryError (PoolActor.run), on the same actor.
         actor_cls = ray.remote(**ray_options(resources), max_restarts=RETRIES, max_task_retries=RETRIES)(PoolActor)
         actors = [actor_cls.remote(worker, self.workdir) for _ in range(self.pool_size(len(units), resources))]
         queue = list(enumerate(units))
@@ -136,7 +161,7 @@ class RayExecutor:
                     index, unit = queue.pop(0)
                     pending[actor.run.remote(unit)] = (index, actor)
 
-            yield from ((index, result) for (index, _actor), result in drain(pending, lambda key: refill(key[1])))
+            yield from drain(pending, lambda key: refill(key[1]))
         finally:
             for actor in actors:
                 ray.kill(actor)

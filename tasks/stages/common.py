@@ -25,8 +25,17 @@ from typing import Any
 
 from curation.partitions import part_name
 from tasks.executors import make_executor
+from tasks.executors.base import (
+    WORKER,
+    Executor,
+    ExecutorKind,
+    Resources,
+    Result,
+    StageResources,
+    UnitFailedError,
+    Worker,
+)
 from tasks.faults import pause_point
-from tasks.executors.base import WORKER, Executor, ExecutorKind, Resources, Result, StageResources, Worker
 from tasks.stages.progress import StepProgress
 from tasks.store import layout as L
 from tasks.store import workdir as W
@@ -59,6 +68,54 @@ class DiskFullError(OSError):
                          "use a workdir on a larger one) and run the same command again: the parts that finished "
                          "are reused")
         self.stage, self.staging = stage, staging
+
+
+class PartFailedError(RuntimeError):
+    """A part of a stage's step failed for good (issue 15), raised ``from`` what its unit raised: naming the stage,
+    the step, the part and its unit, and for a part that ran out of memory what to change.
+
+    A part that ran out of memory had its executor's attempts (tasks.executors.ray_tasks.RETRIED): orchestration
+    does not run the stage again for it, as more of the same attempts would meet the same shortage. Any other
+    failure is its unit's own (or, when transient, left to orchestration to judge). The step's other parts ran to
+    the end and keep their markers, so a rerun redoes only this one."""
+
+    def __init__(self, stage: str, step: str, index: int, total: int, unit: str, attempts: int | None,
+                 out_of_memory: bool, cause: BaseException):
+        self.stage, self.step, self.index, self.total = stage, step, index, total
+        self.unit, self.attempts, self.out_of_memory, self.cause = unit, attempts, out_of_memory, cause
+        where = f"stage {stage}, step {step}: part {index + 1} of {total} ({unit})"
+        if out_of_memory:
+            message = f"{where} {memory_failure(attempts)}. Raise resources.{stage}.memory_gb (Ray reserves that " \
+                "much for each part, so fewer run at once on a node) or split the data into more partitions " \
+                "(ingest.partitions; for file sources a smaller files_per_partition or pairs_per_partition)"
+        else:
+            raised = getattr(cause, "cause", None) or cause  # a Ray task's error: what the unit itself raised
+            message = f"{where} failed after {plural(attempts or 1, 'attempt')}: {type(raised).__name__}: {raised}"
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # its arguments, not its message: Prefect may pickle a task's error
+        return type(self), (self.stage, self.step, self.index, self.total, self.unit, self.attempts,
+                            self.out_of_memory, self.cause)
+
+
+def describe_unit(unit: Any) -> str:
+    """A unit's class, and the path it writes (its ``out``) or else reads (its ``source``) where it has one."""
+    name = type(unit).__name__
+    if isinstance(out := getattr(unit, "out", None), str):
+        return f"{name} writing {out}"
+    if isinstance(source := getattr(unit, "source", None), str):
+        return f"{name} reading {source}"
+    return name
+
+
+def memory_failure(attempts: int | None) -> str:
+    if attempts is None:
+        return "ran out of memory: Ray's memory monitor killed it, and Ray gave up retrying it"
+    return f"ran out of memory after {plural(attempts, 'attempt')}"
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def no_space(error: BaseException | None) -> OSError | None:
@@ -135,7 +192,8 @@ class StageRun:
 
     Every unit of a step is looked up in the staging area first: a part whose marker holds the same unit
     finished in an earlier, interrupted run of this key and is not run again. A part is marked as soon as it
-    finishes, so a crash loses only the parts in flight."""
+    finishes, so a crash loses only the parts in flight. A part that fails for good (the executor's
+    ``UnitFailedError``) raises :class:`PartFailedError`, naming it."""
 
     def __init__(self, ctx: RunContext, stage: str, staging: Staging, manifest: dict[str, Any]):
         self.ctx, self.stage, self.staging, self.manifest = ctx, stage, staging, manifest
@@ -170,21 +228,31 @@ class StageRun:
         todo = [i for i, r in enumerate(results) if r is None]
         self.manifest.setdefault("parts", {})[step] = {"computed": len(todo), "reused": len(units) - len(todo)}
         if todo:
-            progress = StepProgress(self.stage, step, len(units), len(units) - len(todo)) if len(units) > 1 else None
-            with closing(submit([units[i] for i in todo])) as finished:  # closed early: actors and tasks stop
-                for count, (position, result) in enumerate(finished, start=1):
-                    index = todo[position]
-                    self.staging.mark(step, index, digests[index], result)  # its files are in the store now
-                    results[index] = result
-                    if progress is not None:
-                        progress.advance()
-                    pause_point(self.stage, step, count)
+            try:
+                self._compute(step, units, digests, todo, results, submit)
+            except UnitFailedError as err:
+                index = todo[err.index]
+                raise PartFailedError(self.stage, step, index, len(units), describe_unit(units[index]),
+                                      err.attempts, err.out_of_memory, err.__cause__) from err.__cause__
         workers = self.manifest.setdefault("workers", [])
         for result in results:
             if (worker := result.pop(WORKER, None)) is not None and worker not in workers:  # type: ignore[union-attr]
                 workers.append(worker)
         workers.sort()
         return results  # type: ignore[return-value]  (every None was filled or the submit raised)
+
+    def _compute(self, step: str, units: Sequence[Any], digests: list[str], todo: list[int],
+                 results: list[Result | None], submit: Callable[[list[Any]], Any]) -> None:
+        """Run the units ``todo`` through ``submit``, marking each part and filling ``results`` as it finishes."""
+        progress = StepProgress(self.stage, step, len(units), len(units) - len(todo)) if len(units) > 1 else None
+        with closing(submit([units[i] for i in todo])) as finished:  # closed early: actors and tasks stop
+            for count, (position, result) in enumerate(finished, start=1):
+                index = todo[position]
+                self.staging.mark(step, index, digests[index], result)  # its files are in the store now
+                results[index] = result
+                if progress is not None:
+                    progress.advance()
+                pause_point(self.stage, step, count)
 
 
 def reconcile(stage: str, counts: dict[str, int]) -> None:

@@ -15,8 +15,17 @@ from prefect.cache_policies import NO_CACHE
 from flows.config import ConfigError, RetryConfig, RunConfig, load_config
 from flows.orchestration import GPU_TAG, stage_options, stage_rows, transient
 from flows.pipeline import STEPS
-from tasks.stages.common import MissingArtifactError, ReconciliationError
+from tasks.stages.common import MissingArtifactError, PartFailedError, ReconciliationError
 from tasks.stages.progress import StepProgress, eta_text
+
+
+def part_failed(cause: BaseException, out_of_memory: bool) -> PartFailedError:
+    """What StageRun raises for part 2 of 3 of ingest's read step, after ``cause``."""
+    return PartFailedError("ingest", "read", 1, 3, "IngestPart", 4 if out_of_memory else 1, out_of_memory, cause)
+
+
+KILLED = ray.exceptions.OutOfMemoryError("Task was killed due to the node running low on memory.")
+"""What Ray raises for a task its memory monitor killed (transient on its own: Ray lost a worker)."""
 
 
 @pytest.mark.parametrize(("error", "expected"), [
@@ -33,6 +42,9 @@ from tasks.stages.progress import StepProgress, eta_text
     (ray.exceptions.NodeDiedError("node died"), True),
     (ray.exceptions.RayTaskError("unit", "tb", ConnectionError("reset")), True),
     (ray.exceptions.RayTaskError("unit", "tb", KeyError("uid")), False),
+    (part_failed(KILLED, out_of_memory=True), False),  # its retries are spent: the stage would meet the same
+    (part_failed(ray.exceptions.RayTaskError("unit", "tb", ConnectionError("reset")), False), True),
+    (part_failed(ray.exceptions.RayTaskError("unit", "tb", KeyError("uid")), False), False),
 ])
 def test_a_failure_is_transient_only_when_a_retry_may_pass(error, expected):
     assert transient(error) is expected
@@ -72,6 +84,7 @@ def _flaky(error: BaseException, calls: list[int]):
 @pytest.mark.parametrize(("error", "runs", "completes"), [
     (ConnectionResetError("the object store reset the connection"), 2, True),
     (ReconciliationError("rows_in 3 != rows_out 2"), 1, False),
+    (part_failed(KILLED, out_of_memory=True), 1, False),
 ])
 def test_prefect_retries_a_whole_stage_only_after_a_transient_failure(error, runs, completes):
     calls: list[int] = []

@@ -61,3 +61,35 @@ class FailingWorker:
         if unit.x == 1:
             raise ValueError("unit 1 fails")
         return {"x": unit.x}
+
+
+@dataclass(frozen=True)
+class Attempts:
+    """Counts its attempts in the file it writes, ``out`` (a line each), and fails its first ``failures`` of them
+    (-1: every one): with a real MemoryError (``fails="memory"``: asks numpy for more memory than any machine
+    has, refused at once) or a ValueError (``fails="value"``); otherwise returns what Square would."""
+
+    x: int
+    out: str
+    failures: int = 0
+    fails: str = "memory"
+
+    def run(self) -> dict:
+        import numpy as np
+
+        with open(self.out, "a") as log:
+            log.write("attempt\n")
+        with open(self.out) as log:
+            attempt = len(log.read().splitlines())
+        if self.failures < 0 or attempt <= self.failures:
+            if self.fails == "value":
+                raise ValueError(f"unit {self.x} has a bad row")
+            np.empty(1 << 50, dtype=np.uint8)  # 1 PiB: numpy raises MemoryError (_ArrayMemoryError)
+        return {"square": self.x * self.x}
+
+
+class RunsUnits:
+    """A stateful worker that runs each unit it is given (Attempts' failures happen in the actor)."""
+
+    def __call__(self, unit: Attempts) -> dict:
+        return unit.run()
