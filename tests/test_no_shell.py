@@ -34,14 +34,17 @@ def shell_uses(source: str, filename: str) -> list[str]:
 
 
 @pytest.mark.parametrize("package", PACKAGES)
-def test_no_package_starts_a_shell(package):
-    uses = [u for path in sorted((ROOT / package).rglob("*.py"))
-            for u in shell_uses(path.read_text(), str(path.relative_to(ROOT)))]
+def test_no_package_starts_a_shell(package, reliability):
+    modules = sorted((ROOT / package).rglob("*.py"))
+    uses = [u for path in modules for u in shell_uses(path.read_text(), str(path.relative_to(ROOT)))]
     assert uses == []
+    reliability.check("no-shell scan: pipeline modules that start a shell (scanned: none does)",
+                      refused=len(modules))
 
 
-def test_the_check_sees_each_way_to_a_shell():
+def test_the_check_sees_each_way_to_a_shell(reliability):
     source = ("import subprocess\nimport os\nsubprocess.run(cmd, shell=True)\nos.system(cmd)\nos.popen(cmd)\n"
               "from pty import spawn\nsubprocess.run(['ls'], shell=False)\n")
-    assert sorted(u.split(" ", 1)[1] for u in shell_uses(source, "x.py")) == [
-        "calls os.popen", "calls os.system", "imports pty", "imports subprocess", "passes shell=True"]
+    planted = ["calls os.popen", "calls os.system", "imports pty", "imports subprocess", "passes shell=True"]
+    assert sorted(u.split(" ", 1)[1] for u in shell_uses(source, "x.py")) == planted
+    reliability.check("no-shell scan: shell uses planted in a module, each caught", refused=len(planted))

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+DISK_FULL = "disk full (size-limited tmpfs)"
+"""The reliability ledger's fault (tests/conftest.py) for a write these filesystems stop."""
+
 
 def _mount(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["mount", *args], capture_output=True, text=True)

@@ -54,6 +54,14 @@ CORRUPT_IMAGES = {
 }
 """name -> (bytes maker, expected quarantine reason)."""
 
+KIND = {
+    "truncated": "truncated JPEG", "empty": "zero-byte image", "bomb": "decompression bomb (20000x20000 PNG header)",
+    "garbage": "bytes that are no image", "badtext": "caption not UTF-8", "notext": "sample without a caption",
+    "noimage": "sample without an image", "../evil": "tar member climbing out with '..'",
+    "/etc/x": "tar member with an absolute path", "link": "tar symlink member", "badjson": "unparsable JSON sidecar",
+}
+"""Corpus name -> what the reliability ledger (tests/conftest.py) calls that bad input, in every ingest test."""
+
 
 def write_tar(path: Path, members: list[tuple[str, bytes]], links: tuple[tuple[str, str], ...] = ()) -> Path:
     """A tar of regular members in the given order, then symbolic-link members ``(name, target)``."""

@@ -40,6 +40,10 @@ def by_uid(samples: pa.Table) -> dict[str, dict]:
     return {row["uid"]: row for row in samples.to_pylist()}
 
 
+MISSING_FILE, OUTSIDE = "image path naming no file", "image path outside the source's folder"
+"""Bad-input kinds of the reliability ledger (tests/conftest.py) beside the corpus's (C.KIND)."""
+
+
 # --- paths ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("pattern, expected", [
@@ -88,7 +92,7 @@ WEBDATASET_REASONS = {
 }
 
 
-def test_webdataset_shard_with_the_corrupt_corpus(tmp_path):
+def test_webdataset_shard_with_the_corrupt_corpus(tmp_path, reliability):
     shard = corrupt_shard(tmp_path / "shards" / "00000.tar")
     samples, quarantine, parts = ingest(SourceConfig(format="webdataset", path=str(tmp_path / "shards")))
     assert parts == 1
@@ -100,9 +104,12 @@ def test_webdataset_shard_with_the_corrupt_corpus(tmp_path):
                 for k, r in WEBDATASET_REASONS.items()}
     assert reasons_by_id(quarantine) == expected
     assert samples.num_rows + quarantine.num_rows == 3 + len(WEBDATASET_REASONS)
+    for name, reason in WEBDATASET_REASONS.items():
+        reliability.bad_input(C.KIND[name], reason)
+    reliability.rows(3 + len(WEBDATASET_REASONS), samples.num_rows + quarantine.num_rows)
 
 
-def test_unsafe_member_checks():
+def test_unsafe_member_checks(reliability):
     import tarfile
 
     def info(name, kind=tarfile.REGTYPE):
@@ -116,6 +123,10 @@ def test_unsafe_member_checks():
     assert readers.unsafe_member(info("C:\\win.jpg")) == "absolute path"
     assert readers.unsafe_member(info("h.jpg", tarfile.LNKTYPE)).startswith("link")
     assert readers.unsafe_member(info("dev.jpg", tarfile.CHRTYPE)).startswith("special file")
+    reliability.bad_input(C.KIND["../evil"], "unsafe_path")
+    reliability.bad_input(C.KIND["/etc/x"], "unsafe_path", count=2)  # POSIX and Windows
+    reliability.bad_input("tar hard-link member", "unsafe_path")
+    reliability.bad_input("tar device member", "unsafe_path")
 
 
 def test_tar_keys_follow_webdataset(tmp_path):
@@ -124,7 +135,7 @@ def test_tar_keys_follow_webdataset(tmp_path):
 
 
 @pytest.mark.parametrize("where", ["at a header", "inside a header", "inside member data"])
-def test_truncated_tar_keeps_its_good_rows_and_reports_the_rest(tmp_path, where):
+def test_truncated_tar_keeps_its_good_rows_and_reports_the_rest(tmp_path, where, reliability):
     import tarfile
 
     members = [m for i in range(4) for m in C.sample_members(f"k{i}", C.encoded("PNG", 32, i), b"cap", "png")]
@@ -136,16 +147,18 @@ def test_truncated_tar_keeps_its_good_rows_and_reports_the_rest(tmp_path, where)
     samples, quarantine, _ = ingest(SourceConfig(format="webdataset", path=str(tmp_path / "cut.tar")))
     assert samples.column("uid").to_pylist() == ["k0", "k1"]
     assert reasons_by_id(quarantine) == {f"{tmp_path}/cut.tar#rest": "unreadable_file"}
+    reliability.bad_input(f"tar cut short {where}", "unreadable_file (the rows before it kept)")
 
 
-def test_missing_shard_of_a_brace_range_is_quarantined(tmp_path):
+def test_missing_shard_of_a_brace_range_is_quarantined(tmp_path, reliability):
     C.write_tar(tmp_path / "00000.tar", C.sample_members("a", GOOD["jpg"], b"x"))
     samples, quarantine, parts = ingest(SourceConfig(format="webdataset", path=f"{tmp_path}/{{00000..00001}}.tar"))
     assert (parts, samples.num_rows) == (2, 1)
     assert reasons_by_id(quarantine) == {f"{tmp_path}/00001.tar#rest": "unreadable_file"}
+    reliability.bad_input("missing shard of a brace range", "unreadable_file")
 
 
-def test_webdataset_uid_and_caption_from_json(tmp_path):
+def test_webdataset_uid_and_caption_from_json(tmp_path, reliability):
     members = [("s1.jpg", GOOD["jpg"]), ("s1.json", b'{"id": "A-1", "caption": "from json"}'),
                ("s2.jpg", GOOD["jpg"]), ("s2.txt", b"from txt"), ("s2.json", b'{"caption": "ignored"}')]
     C.write_tar(tmp_path / "t.tar", members)
@@ -153,11 +166,12 @@ def test_webdataset_uid_and_caption_from_json(tmp_path):
     samples, quarantine, _ = ingest(src)
     assert by_uid(samples)["A-1"]["text"] == "from json"
     assert reasons_by_id(quarantine) == {f"{tmp_path}/t.tar#s2": "missing_column"}
+    reliability.bad_input("sample whose JSON lacks the uid column", "missing_column")
 
 
 # --- parquet ----------------------------------------------------------------------------------
 
-def test_parquet_with_image_bytes_and_the_corrupt_corpus(tmp_path):
+def test_parquet_with_image_bytes_and_the_corrupt_corpus(tmp_path, reliability):
     images = list(GOOD.values()) + [make() for make, _ in C.CORRUPT_IMAGES.values()] + [None, GOOD["png"]]
     texts = ["g0", "g1", "g2", "t", "t", "t", "t", "no image", None]
     C.write_parquet(tmp_path / "p.parquet", {"key": [f"k{i}" for i in range(len(images))], "image": images,
@@ -168,9 +182,13 @@ def test_parquet_with_image_bytes_and_the_corrupt_corpus(tmp_path):
     reasons = [r for _, r in C.CORRUPT_IMAGES.values()]
     assert reasons_by_id(quarantine) == {**{f"k{i + 3}": r for i, r in enumerate(reasons)},
                                          "k7": "missing_image", "k8": "missing_caption"}
+    for name, (_, reason) in C.CORRUPT_IMAGES.items():
+        reliability.bad_input(C.KIND[name], reason)
+    reliability.bad_input(C.KIND["noimage"], "missing_image")
+    reliability.bad_input(C.KIND["notext"], "missing_caption")
 
 
-def test_parquet_with_relative_and_absolute_image_paths(tmp_path):
+def test_parquet_with_relative_and_absolute_image_paths(tmp_path, reliability):
     (tmp_path / "img").mkdir()
     (tmp_path / "img" / "a.jpg").write_bytes(GOOD["jpg"])
     (tmp_path / "b.webp").write_bytes(GOOD["webp"])
@@ -184,31 +202,38 @@ def test_parquet_with_relative_and_absolute_image_paths(tmp_path):
     assert set(samples.column("uid").to_pylist()) == {content_uid(GOOD["jpg"], "a"), content_uid(GOOD["webp"], "b")}
     assert reasons_by_id(quarantine) == {f"{tmp_path}/data/p.parquet#2": "missing_image",
                                          f"{tmp_path}/data/p.parquet#3": "missing_image"}
+    reliability.bad_input(MISSING_FILE, "missing_image")
+    reliability.bad_input("empty image path", "missing_image")
 
 
-def test_parquet_wrong_types_binary_captions_and_hf_structs(tmp_path):
+def test_parquet_wrong_types_binary_captions_and_hf_structs(tmp_path, reliability):
     hf = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     C.write_parquet(tmp_path / "hf.parquet", {
         "image": pa.array([{"bytes": GOOD["png"], "path": None}, {"bytes": None, "path": None}], hf),
         "text": pa.array([b"bytes caption", C.BAD_UTF8], pa.binary())})
-    C.write_parquet(tmp_path / "types.parquet", {"image": [1, 2], "text": ["a", "b"]})
+    numbers = [1, 2]
+    C.write_parquet(tmp_path / "types.parquet", {"image": numbers, "text": ["a", "b"]})
     C.write_parquet(tmp_path / "numeric_caption.parquet", {"image": [GOOD["jpg"]], "text": [3.5]})
     samples, quarantine, parts = ingest(SourceConfig(format="parquet", path=str(tmp_path)))
     assert parts == 3 and samples.column("text").to_pylist() == ["bytes caption"]
     assert sorted(quarantine.column("reason").to_pylist()) == ["missing_image", "wrong_type", "wrong_type",
                                                                "wrong_type"]
+    reliability.bad_input("Hugging Face image struct without bytes", "missing_image")
+    reliability.bad_input("image cell of the wrong type (int)", "wrong_type", count=len(numbers))
+    reliability.bad_input("caption of the wrong type (float)", "wrong_type")
 
 
-def test_parquet_missing_column_quarantines_every_row_of_that_file(tmp_path):
+def test_parquet_missing_column_quarantines_every_row_of_that_file(tmp_path, reliability):
     C.write_parquet(tmp_path / "a.parquet", {"image": [GOOD["jpg"]] * 3, "caption": ["x", "y", "z"]})
     C.write_parquet(tmp_path / "b.parquet", {"image": [GOOD["png"]], "text": ["ok"]})
     samples, quarantine, _ = ingest(SourceConfig(format="parquet", path=str(tmp_path), files_per_partition=2))
     assert samples.column("text").to_pylist() == ["ok"]
     assert quarantine.column("reason").to_pylist() == ["missing_column"] * 3
     assert "'text'" in quarantine.column("detail")[0].as_py()
+    reliability.bad_input("file without the caption column", "missing_column", count=quarantine.num_rows)
 
 
-def test_parquet_uid_column_nulls_and_corrupt_file(tmp_path):
+def test_parquet_uid_column_nulls_and_corrupt_file(tmp_path, reliability):
     C.write_parquet(tmp_path / "u.parquet", {"image": [GOOD["jpg"], GOOD["png"]], "text": ["a", "b"],
                                              "sid": pa.array([None, 12], pa.int64())})
     (tmp_path / "broken.parquet").write_bytes(b"PAR1 definitely not parquet")
@@ -216,11 +241,13 @@ def test_parquet_uid_column_nulls_and_corrupt_file(tmp_path):
     assert samples.column("uid").to_pylist() == ["12"]
     assert reasons_by_id(quarantine) == {f"{tmp_path}/u.parquet#0": "wrong_type",
                                          f"{tmp_path}/broken.parquet#rest": "unreadable_file"}
+    reliability.bad_input("null uid", "wrong_type")
+    reliability.bad_input("corrupt Parquet file", "unreadable_file")
 
 
 # --- folder -----------------------------------------------------------------------------------
 
-def test_folder_of_image_and_txt_pairs(tmp_path):
+def test_folder_of_image_and_txt_pairs(tmp_path, reliability):
     root = tmp_path / "pairs"
     (root / "00000").mkdir(parents=True)
     files = {"00000/a.jpg": GOOD["jpg"], "00000/a.txt": b"caption a\n", "00000/a.json": b'{"key": "000000001"}',
@@ -239,11 +266,15 @@ def test_folder_of_image_and_txt_pairs(tmp_path):
         f"{root}/lonely.webp": "missing_caption", f"{root}/orphan": "missing_image",
         f"{root}/cut.jpg": "truncated_image", f"{root}/zero.png": "empty_image",
         f"{root}/bomb.png": "decompression_bomb", f"{root}/latin.jpg": "caption_not_utf8"}
+    kinds = {"lonely.webp": "notext", "orphan": "noimage", "cut.jpg": "truncated", "zero.png": "empty",
+             "bomb.png": "bomb", "latin.jpg": "badtext"}
+    for name, kind in kinds.items():
+        reliability.bad_input(C.KIND[kind], reasons_by_id(quarantine)[f"{root}/{name}"])
 
 
 # --- csv / tsv --------------------------------------------------------------------------------
 
-def test_csv_and_tsv_of_caption_and_path(tmp_path):
+def test_csv_and_tsv_of_caption_and_path(tmp_path, reliability):
     (tmp_path / "img").mkdir()
     for name, data in {"a.jpg": GOOD["jpg"], "b.png": GOOD["png"], "cut.jpg": C.truncated_jpeg(),
                        "zero.jpg": b"", "bomb.png": C.bomb_png()}.items():
@@ -264,15 +295,22 @@ def test_csv_and_tsv_of_caption_and_path(tmp_path):
         f"{csv_}#1": "truncated_image", f"{csv_}#2": "empty_image", f"{csv_}#3": "decompression_bomb",
         f"{csv_}#4": "caption_not_utf8", f"{csv_}#5": "missing_image", f"{csv_}#6": "malformed_row",
         f"{csv_}#7": "caption_too_long"}
+    kinds = [C.KIND["truncated"], C.KIND["empty"], C.KIND["bomb"], C.KIND["badtext"], MISSING_FILE,
+             "CSV row with a field missing", "caption over max_caption_chars"]
+    for row, kind in enumerate(kinds, start=1):
+        reliability.bad_input(kind, reasons_by_id(quarantine)[f"{csv_}#{row}"])
 
 
-def test_csv_missing_column_and_key_uids(tmp_path):
+def test_csv_missing_column_and_key_uids(tmp_path, reliability):
     (tmp_path / "a.jpg").write_bytes(GOOD["jpg"])
     C.write_csv(tmp_path / "nocap.csv", ["image"], [["a.jpg"], ["a.jpg"]])
     C.write_csv(tmp_path / "keyed.csv", ["key", "image", "text"], [["K1", "a.jpg", "hello"], ["", "a.jpg", "x"]])
     samples, quarantine, _ = ingest(SourceConfig(format="csv", path=str(tmp_path)))
     assert samples.column("uid").to_pylist() == ["K1"]
     assert sorted(quarantine.column("reason").to_pylist()) == ["missing_column", "missing_column", "wrong_type"]
+    missing = quarantine.column("reason").to_pylist().count("missing_column")  # nocap.csv's rows
+    reliability.bad_input("file without the caption column", "missing_column", count=missing)
+    reliability.bad_input("empty uid", "wrong_type")
 
 
 # --- several sources, duplicates, planning ----------------------------------------------------
@@ -362,7 +400,15 @@ def hostile_pool(tmp_path, image_host):
     return pool, secret, cells
 
 
-def test_image_paths_outside_the_sources_folder_are_quarantined_and_urls_not_fetched(hostile_pool):
+HOSTILE_KINDS = {
+    "climbs": f"{OUTSIDE}: '..'", "absolute": f"{OUTSIDE}: absolute", "symlink": f"{OUTSIDE}: a symlink",
+    "file_url": f"{OUTSIDE}: a file:// URL", "dotted": f"{OUTSIDE}: '..' mid-path",
+    "remote": "remote image URL (fetching off)",
+}
+"""The hostile pool's cells (but "inside") -> their bad-input kind in the reliability ledger."""
+
+
+def test_image_paths_outside_the_sources_folder_are_quarantined_and_urls_not_fetched(hostile_pool, reliability):
     pool, _, cells = hostile_pool
     samples, quarantine, _ = ingest(SourceConfig(format="parquet", path=str(pool / "p.parquet")))
     assert samples.column("text").to_pylist() == ["inside"]
@@ -370,6 +416,9 @@ def test_image_paths_outside_the_sources_folder_are_quarantined_and_urls_not_fet
     assert reasons == {f"{pool}/p.parquet#{i}": "path_outside_roots" for i in range(1, len(cells))}
     assert samples.num_rows + quarantine.num_rows == len(cells)  # counts reconcile
     assert _Images.seen == []  # the remote host was never asked
+    for cell in list(cells)[1:]:
+        reliability.bad_input(HOSTILE_KINDS[cell], "path_outside_roots")
+    reliability.rows(len(cells), samples.num_rows + quarantine.num_rows)
 
 
 def test_allowed_roots_and_fetch_urls_open_exactly_what_they_name(hostile_pool, image_host):
@@ -384,7 +433,7 @@ def test_allowed_roots_and_fetch_urls_open_exactly_what_they_name(hostile_pool, 
     assert sorted(samples.column("text").to_pylist()) == ["absolute", "climbs", "dotted", "file_url", "symlink"]
 
 
-def test_a_csv_and_a_folder_keep_to_their_roots_too(tmp_path):
+def test_a_csv_and_a_folder_keep_to_their_roots_too(tmp_path, reliability):
     pool, secret = tmp_path / "pool", tmp_path / "secret"
     pool.mkdir()
     secret.mkdir()
@@ -396,11 +445,13 @@ def test_a_csv_and_a_folder_keep_to_their_roots_too(tmp_path):
     samples, quarantine, _ = ingest(SourceConfig(format="folder", path=str(pool)))
     assert samples.column("text").to_pylist() == ["inside"]
     assert quarantine.column("reason").to_pylist() == ["path_outside_roots"]
+    reliability.bad_input(HOSTILE_KINDS["symlink"], "path_outside_roots")
     C.write_csv(tmp_path / "list.csv", ["image", "text"], [["pool/a.jpg", "inside"], [str(secret / "s.jpg"), "out"]])
     samples, quarantine, _ = ingest(SourceConfig(format="csv", path=str(tmp_path / "list.csv"),
                                                  allowed_roots=(str(pool),)))
     assert samples.column("text").to_pylist() == ["inside"]
     assert quarantine.column("reason").to_pylist() == ["path_outside_roots"]
+    reliability.bad_input(HOSTILE_KINDS["absolute"], "path_outside_roots")
 
 
 def test_an_empty_shard_and_an_empty_pool(tmp_path):

@@ -19,7 +19,7 @@ from flows.config import load_config
 from flows.pipeline import pipeline
 from tasks.store import workdir_lock as L
 from tests.servers.s3_server import s3_server
-from tests.tasks.store.lock_holder import ROOT, start_holder, stop
+from tests.tasks.store.lock_holder import ROOT, SECOND_WRITER, start_holder, stop
 
 ARGS = ["--only", "ingest", "--set", "executor=local", "--set", "ingest.world.num_images=200"]
 SINCE = r"since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC"
@@ -39,7 +39,7 @@ CLI_NO_PREFECT = ("import sys; from flows.cli import main; rc = main(sys.argv[1:
 server): "at once" is before anything slow."""
 
 
-def test_run_on_a_held_workdir_exits_at_once_with_code_2_naming_the_holder(tmp_path):
+def test_run_on_a_held_workdir_exits_at_once_with_code_2_naming_the_holder(tmp_path, reliability):
     holder = start_holder(tmp_path)
     try:
         proc = subprocess.run([sys.executable, "-c", CLI_NO_PREFECT, "run", "--workdir", str(tmp_path), *ARGS],
@@ -53,6 +53,7 @@ def test_run_on_a_held_workdir_exits_at_once_with_code_2_naming_the_holder(tmp_p
                         rf"{re.escape(socket.gethostname())}, {SINCE}\); wait for it, pass --wait, or "
                         rf"`curaclip unlock --workdir {w}` if that run is gone\n", proc.stderr), proc.stderr
     assert not (tmp_path / "artifacts").exists()  # nothing ran
+    reliability.check(SECOND_WRITER)
 
 
 def test_run_wait_waits_for_the_holder_then_runs(ingested, capsys):
@@ -82,7 +83,7 @@ def test_stats_answers_while_a_run_holds_the_workdir(ingested, capsys):
     assert re.search(r"^ingest\s+\w+\s+200\s+200\s", table, re.M) and count == "200\n"
 
 
-def test_unlock_breaks_a_lock_and_says_whose(tmp_path, capsys):
+def test_unlock_breaks_a_lock_and_says_whose(tmp_path, capsys, reliability):
     holder = start_holder(tmp_path)
     try:
         assert main(["unlock", "--workdir", str(tmp_path)]) == 0
@@ -95,9 +96,10 @@ def test_unlock_breaks_a_lock_and_says_whose(tmp_path, capsys):
                         r"lock\)\n", out), out
     assert main(["unlock", "--workdir", str(tmp_path)]) == 0
     assert capsys.readouterr().out == f"workdir {tmp_path} is not locked: nothing to break\n"
+    reliability.fault("lock broken by hand while its holder runs", "`curaclip unlock`")
 
 
-def test_the_pipeline_flow_takes_the_lock_of_the_workdir_as_given(tmp_path, monkeypatch):
+def test_the_pipeline_flow_takes_the_lock_of_the_workdir_as_given(tmp_path, monkeypatch, reliability):
     """What a deployment runs: the flow alone. For an S3 workdir the lock is the store's, not the driver's
     mirror's (a second driver elsewhere has a mirror of its own)."""
     cfg = load_config(overrides=ARGS[3::2])
@@ -107,6 +109,7 @@ def test_the_pipeline_flow_takes_the_lock_of_the_workdir_as_given(tmp_path, monk
             pipeline(cfg, workdir=str(tmp_path), only="ingest")
     finally:
         stop(holder)
+    reliability.check(SECOND_WRITER)
     monkeypatch.setenv("CURACLIP_MIRROR_DIR", str(tmp_path / "mirrors"))
     with s3_server("held") as env:
         holder = start_holder("s3://held/run", env=env)
@@ -115,9 +118,10 @@ def test_the_pipeline_flow_takes_the_lock_of_the_workdir_as_given(tmp_path, monk
                 pipeline(cfg, workdir="s3://held/run", only="ingest")
         finally:
             stop(holder)
+    reliability.check(SECOND_WRITER)
 
 
-def test_gc_on_a_held_workdir_is_refused_and_its_dry_run_answers(ingested, capsys):
+def test_gc_on_a_held_workdir_is_refused_and_its_dry_run_answers(ingested, capsys, reliability):
     """gc deletes, so it is a writer: never while a run holds the workdir (that run's inputs from earlier runs are
     not all in a run record yet); its dry run only reads."""
     holder = start_holder(ingested)
@@ -129,3 +133,4 @@ def test_gc_on_a_held_workdir_is_refused_and_its_dry_run_answers(ingested, capsy
     finally:
         stop(holder)
     assert main(["gc", "--workdir", str(ingested), "--keep-runs", "1"]) == 0
+    reliability.check(SECOND_WRITER)  # gc deletes: a writer

@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.tmpfs import resize, small_tmpfs
+from tests.tmpfs import DISK_FULL, resize, small_tmpfs
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZE = "150m"
@@ -45,7 +45,7 @@ def used_kib(path: Path) -> int:
 
 
 @pytest.mark.slow
-def test_a_full_disk_stops_the_stage_cleanly_and_a_rerun_with_space_completes(tmp_path):
+def test_a_full_disk_stops_the_stage_cleanly_and_a_rerun_with_space_completes(tmp_path, reliability):
     reference = tmp_path / "reference"
     assert curaclip(reference).returncode == 0
     with small_tmpfs(tmp_path / "disk", SIZE) as disk:
@@ -57,6 +57,8 @@ def test_a_full_disk_stops_the_stage_cleanly_and_a_rerun_with_space_completes(tm
         assert rerun.returncode == 0, rerun.stderr[-4000:]
         assert not list((work / "artifacts" / "train").glob("*.partial"))
         _same_outputs(work, reference)
+    for stage in ("train", "shard"):  # what the two helpers above filled the disk in
+        reliability.fault(DISK_FULL, stage)
 
 
 def _fill_up_in_train(work: Path) -> None:

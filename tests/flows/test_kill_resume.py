@@ -30,7 +30,7 @@ def stage_dir(workdir: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_a_run_killed_mid_stage_resumes_with_only_the_unfinished_parts(tmp_path):
+def test_a_run_killed_mid_stage_resumes_with_only_the_unfinished_parts(tmp_path, reliability):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     work = tmp_path / "work"
     proc = subprocess.Popen(curaclip(work), cwd=ROOT, env=env, start_new_session=True,
@@ -61,3 +61,4 @@ def test_a_run_killed_mid_stage_resumes_with_only_the_unfinished_parts(tmp_path)
         got, want = P.list_parts(artifact / folder), P.list_parts(whole / folder)
         assert len(got) == len(want) == PARTS
         assert all(pq.read_table(a).equals(pq.read_table(b)) for a, b in zip(got, want))
+    reliability.fault("SIGKILL of the run's process group", "ingest")

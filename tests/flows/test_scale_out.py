@@ -137,7 +137,7 @@ DRIVER = textwrap.dedent("""
 """)
 
 
-def test_a_unit_whose_node_is_killed_is_retried_on_the_other_node(s3, tmp_path):
+def test_a_unit_whose_node_is_killed_is_retried_on_the_other_node(s3, tmp_path, reliability):
     from curation.partitions import CaptionCounts, read_table, write_table
 
     url, parts = "s3://scale-out/retry", 6
@@ -180,3 +180,4 @@ def test_a_unit_whose_node_is_killed_is_retried_on_the_other_node(s3, tmp_path):
                                                                                f"part-{i:05d}.parquet"))
     finally:
         cluster.shutdown()
+    reliability.fault("Ray node killed mid-unit", "Ray executor (two-node cluster)")

@@ -74,7 +74,7 @@ def leaks(roots: list[Path]) -> list[str]:
 
 
 @pytest.mark.slow
-def test_secrets_from_the_environment_are_in_no_file_the_pipeline_writes(tmp_path):
+def test_secrets_from_the_environment_are_in_no_file_the_pipeline_writes(tmp_path, reliability):
     work, prefect_home = tmp_path / "work", tmp_path / "prefect"
     env = {**os.environ, **SECRETS, "PYTHONPATH": str(ROOT), "PREFECT_HOME": str(prefect_home),
            "PREFECT_LOGGING_LEVEL": "DEBUG",
@@ -101,3 +101,4 @@ def test_secrets_from_the_environment_are_in_no_file_the_pipeline_writes(tmp_pat
     assert leaks([work, prefect_home]) == []
     output = run.stdout + run.stderr + shown.stdout + shown.stderr
     assert [name for name, value in SECRETS.items() if value.encode() in output] == []
+    reliability.check("secrets in the environment written to no file", refused=len(SECRETS))

@@ -31,6 +31,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from PIL import Image
 
+FAULTS = {
+    "429": "caption API: HTTP 429 (rate limited)", "500": "caption API: HTTP 500", "503": "caption API: HTTP 503",
+    "400": "caption API: HTTP 400", "401": "caption API: HTTP 401",
+    "hang": "caption API: no answer within the client's timeout", "drop": "caption API: connection closed unanswered",
+    "cut": "caption API: body shorter than announced", "notjson": "caption API: answer not JSON",
+    "nochoices": "caption API: answer without choices", "truncated": "caption API: JSON answer cut in half",
+    "empty": "caption API: empty answer",
+}
+"""A failing behaviour's name (before any ``:S``) -> the reliability ledger's fault (tests/conftest.py)."""
+
 
 def prompt_of(body: dict) -> tuple[str, bytes | None]:
     """The prompt text and the first image (decoded from its data URL) of a chat or completions body."""

@@ -12,7 +12,7 @@ from training.progress import NonFiniteLossError
 from .conftest import tiny_cfg
 
 
-def test_non_finite_steps_are_counted_then_abort(micro_model, colour_table, tmp_path, monkeypatch):
+def test_non_finite_steps_are_counted_then_abort(micro_model, colour_table, tmp_path, monkeypatch, reliability):
     real = clip_objective.ClipObjective.forward
     calls = {"n": 0}
 
@@ -27,6 +27,7 @@ def test_non_finite_steps_are_counted_then_abort(micro_model, colour_table, tmp_
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in result.history)
     with pytest.raises(NonFiniteLossError, match="max_nonfinite_steps=1"):
         train(tiny_cfg(micro_model, epochs=3, max_nonfinite_steps=1), colour_table, str(tmp_path / "b"))
+    reliability.fault("non-finite loss", "train", times=result.skipped_steps)
 
 
 class Terminal(io.StringIO):

@@ -68,7 +68,8 @@ def kill_past_checkpoint(proc: subprocess.Popen, out: Path, step: int, timeout: 
     proc.wait(timeout=30)
 
 
-def test_a_sigkilled_run_resumes_from_its_last_checkpoint_on_the_same_curve(micro_model, colour_table, tmp_path):
+def test_a_sigkilled_run_resumes_from_its_last_checkpoint_on_the_same_curve(micro_model, colour_table, tmp_path,
+                                                                           reliability):
     hints = typing.get_type_hints(TrainConfig)
     cfg = TrainConfig(**{k: hints[k](**v) if isinstance(v, dict) else v for k, v in overrides(micro_model).items()})
     pq.write_table(colour_table, tmp_path / "table.parquet")
@@ -92,3 +93,4 @@ def test_a_sigkilled_run_resumes_from_its_last_checkpoint_on_the_same_curve(micr
     for a, b in zip(whole.history, lines, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), (a, b)
         assert b["lr"] == pytest.approx(a["lr"], rel=1e-9)
+    reliability.fault("SIGKILL of the training process", "train")

@@ -17,7 +17,7 @@ from curation.captions.openai_api import (
     retry_after_seconds,
 )
 from curation.captions.requests import Request
-from tests.servers.openai_server import OpenAICompatibleServer, prompt_of
+from tests.servers.openai_server import FAULTS, OpenAICompatibleServer, prompt_of
 
 KEY = "sk-test-3f9c1e7d-never-in-a-file"
 
@@ -77,7 +77,7 @@ def test_completions_api_and_system_prompt(server, monkeypatch):
     assert server.log[1]["body"]["messages"][0] == {"role": "system", "content": "You rewrite captions."}
 
 
-def test_retries_honour_retry_after_then_back_off_exponentially(server):
+def test_retries_honour_retry_after_then_back_off_exponentially(server, reliability):
     plans = {_prompt(0): ["429:0.3", "ok"], _prompt(1): ["500", "503", "ok"]}
     server.behave = lambda prompt, attempt: plans[prompt][attempt]
     sleeps: list[float] = []
@@ -86,6 +86,9 @@ def test_retries_honour_retry_after_then_back_off_exponentially(server):
     assert [e["behaviour"] for e in server.log] == ["429:0.3", "ok", "500", "503", "ok"]
     assert sleeps[0] == pytest.approx(0.3)  # Retry-After, not the backoff
     assert 0.005 <= sleeps[1] <= 0.01 and 0.01 <= sleeps[2] <= 0.02  # base 0.01, doubled, equal jitter
+    for entry in server.log:
+        if entry["behaviour"] != "ok":
+            reliability.fault(FAULTS[entry["behaviour"].split(":")[0]], "caption backend (OpenAI API): retried")
 
 
 @pytest.mark.parametrize(("behaviour", "reason", "tries"), [
@@ -95,13 +98,14 @@ def test_retries_honour_retry_after_then_back_off_exponentially(server):
     ("notjson", "malformed", 1), ("nochoices", "malformed", 1), ("truncated", "malformed", 1),
     ("empty", "empty", 1),
 ])
-def test_each_failure_is_counted_by_reason_after_its_retries(server, behaviour, reason, tries):
+def test_each_failure_is_counted_by_reason_after_its_retries(server, behaviour, reason, tries, reliability):
     server.behave = lambda prompt, attempt: behaviour if prompt == _prompt(0) else "ok"
     bad, good = _run(_generator(server), [Request(_prompt(0)), Request(_prompt(1))])
     assert bad.text is None and bad.reason == reason
     assert good.text == "A view of caption number 1"  # one bad request fails nobody else
     assert sum(prompt_of(e["body"])[0] == _prompt(0) for e in server.log) == tries
     assert KEY not in bad.detail
+    reliability.fault(FAULTS[behaviour.split(":")[0]], "caption backend (OpenAI API): failed alone", times=tries)
 
 
 def test_images_are_resized_and_sent_as_jpeg_data_urls(server):

@@ -13,7 +13,7 @@ from curation.captions.cache import AnswerCache
 from curation.captions.estimate import estimate_parts
 from curation.captions.laclip_pools import POOLS
 from curation.captions.runner import Captioner, CaptionFailureError, Rewriter, check_failures
-from tests.servers.openai_server import OpenAICompatibleServer, prompt_of
+from tests.servers.openai_server import FAULTS, OpenAICompatibleServer, prompt_of
 
 CAPTIONS = ["red star sticker on a laptop", "a dog runs on the beach", "two cups of coffee on a table",
             "blue car parked by the river", "a child flying a kite", "old wooden bridge in fog"]
@@ -77,7 +77,7 @@ def test_a_rerun_asks_only_for_what_the_cache_lacks(server, tmp_path):
     assert len(server.log) == 30 + 24  # another model's answers are not this one's
 
 
-def test_failed_requests_keep_the_original_and_are_counted_by_reason(server, tmp_path):
+def test_failed_requests_keep_the_original_and_are_counted_by_reason(server, tmp_path, reliability):
     behaviours = {"a dog runs on the beach": "400", "a child flying a kite": "503", "blue car parked by the river":
                   "notjson"}
     server.behave = lambda prompt, attempt: behaviours.get(_caption_of(prompt), "ok")
@@ -94,6 +94,9 @@ def test_failed_requests_keep_the_original_and_are_counted_by_reason(server, tmp
     server.behave = lambda prompt, attempt: "ok"
     _, tally = Rewriter(_rewrite_cfg(server), str(tmp_path)).rewrite_table(_table(), seed=1)
     assert tally.sent == 12 and tally.cached == 12 and tally.failed == 0
+    for behaviour, reason in {"400": "http_4xx", "503": "http_5xx", "notjson": "malformed"}.items():
+        reliability.fault(FAULTS[behaviour], "rewrite: request failed, original kept",
+                          times=total["failures"][reason])
 
 
 def _image(side: int, grey: int) -> bytes:

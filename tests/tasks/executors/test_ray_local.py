@@ -20,7 +20,7 @@ print("answer", ray.get(ray.remote(lambda: 41 + 1).remote()))
 """
 
 
-def test_a_local_run_ignores_a_dead_clusters_record():
+def test_a_local_run_ignores_a_dead_clusters_record(reliability):
     system_temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths live below it
     try:
         (system_temp / "ray").mkdir()
@@ -32,3 +32,4 @@ def test_a_local_run_ignores_a_dead_clusters_record():
         shutil.rmtree(system_temp, ignore_errors=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "answer 42" in proc.stdout and "gcs 127.0.0.1:1\n" not in proc.stdout
+    reliability.fault("stale Ray cluster record of a killed `ray start`", "Ray executor (local run)")

@@ -47,6 +47,14 @@ def write_pool(root: Path) -> tuple[dict[str, tuple[str, bytes]], dict[str, str]
     return good, bad, len(good) + len(bad) + 1  # + the first "dup", kept
 
 
+BAD_KINDS = {"trunc": C.KIND["truncated"], "../evil": C.KIND["../evil"], "/etc/x": C.KIND["/etc/x"],
+             "dup": "uid repeated in another shard", "g0": "uid repeated in another source",
+             "zero": C.KIND["empty"], "empty": C.KIND["empty"], "bomb": C.KIND["bomb"], "nocap": C.KIND["notext"],
+             "latin": C.KIND["badtext"], "gone": "image path naming no file"}
+"""The bad rows of write_pool (by uid, or by member for those that never validated) -> the reliability ledger's
+kind (tests/conftest.py)."""
+
+
 def pool_config(root: Path):
     """The mixed pool as YAML would give it, validated by the run config's loader."""
     from curation.sources import IngestConfig
@@ -59,7 +67,7 @@ def pool_config(root: Path):
     ]}, "ingest")
 
 
-def test_ingest_task_quarantines_every_bad_row_and_reconciles(tmp_path):
+def test_ingest_task_quarantines_every_bad_row_and_reconciles(tmp_path, reliability):
     good, bad, records = write_pool(tmp_path / "raw")
     cfg = pool_config(tmp_path / "raw")
     ctx = RunContext(workdir=str(tmp_path / "work"), run_id="t", ray_num_cpus=1)
@@ -86,6 +94,9 @@ def test_ingest_task_quarantines_every_bad_row_and_reconciles(tmp_path):
 
     again = ingest.fn(ctx, cfg)
     assert (again.status, again.key) == ("cached", ref.key)
+    for uid, reason in bad.items():
+        reliability.bad_input(BAD_KINDS[uid.rsplit("#", 1)[-1]], reason)
+    reliability.rows(counts["rows_in"], counts["rows_out"] + counts["filtered"] + counts["quarantined"])
 
 
 def test_ingest_on_the_local_executor(local_run):

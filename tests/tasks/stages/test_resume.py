@@ -56,7 +56,7 @@ class Counting(LocalExecutor):
         return super().map(units, resources)
 
 
-def test_a_killed_stage_redoes_only_its_unfinished_parts(tmp_path, monkeypatch):
+def test_a_killed_stage_redoes_only_its_unfinished_parts(tmp_path, monkeypatch, reliability):
     cfg = from_dict(IngestConfig, CONFIG, "ingest")
     script = CHILD.format(kill_after=KILL_AFTER, config=CONFIG)
     child = subprocess.run([sys.executable, "-c", script, str(tmp_path / "work")], cwd=ROOT, capture_output=True,
@@ -83,6 +83,7 @@ def test_a_killed_stage_redoes_only_its_unfinished_parts(tmp_path, monkeypatch):
         got, want = P.list_parts(Path(ref.path) / folder), P.list_parts(Path(whole.path) / folder)
         assert [Path(p).name for p in got] == [Path(p).name for p in want]
         assert all(pq.read_table(a).equals(pq.read_table(b)) for a, b in zip(got, want))
+    reliability.fault("SIGKILL of the stage's process", "ingest")
 
 
 class Recording(LocalExecutor):

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
+SECOND_WRITER = "workdir lock: a second writer while a run holds it"
+"""The reliability ledger's check (tests/conftest.py) for each refused writer, in the store's and the CLI's tests."""
 SCRIPT = """
 import sys, time
 from tasks.store import workdir_lock as L

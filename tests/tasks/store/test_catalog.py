@@ -46,23 +46,29 @@ def _digest(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("sql, words", [
-    ("selec 1", "syntax error"),
-    ("select * from nowhere", "nowhere"),
-    ("insert into stages select * from stages", "read-only mode"),
-    ("drop view samples", "read-only mode"),
-    ("copy (select 1) to 'out.csv'", "disabled by configuration"),
-    ("attach 'other.db'", "disabled by configuration"),
-    ("create table t as select 1", "read-only mode"),
-    ("select 1; drop view samples", "exactly one statement"),
+CHANGES = "stats: SQL changing the catalog"
+
+
+@pytest.mark.parametrize("sql, words, check", [
+    ("selec 1", "syntax error", None),  # a mistake, not an attempt: no security check
+    ("select * from nowhere", "nowhere", None),
+    ("insert into stages select * from stages", "read-only mode", CHANGES),
+    ("drop view samples", "read-only mode", CHANGES),
+    ("copy (select 1) to 'out.csv'", "disabled by configuration",
+     "stats: SQL writing files (COPY, EXPORT) or copying one into a table"),
+    ("attach 'other.db'", "disabled by configuration", "stats: SQL attaching another database"),
+    ("create table t as select 1", "read-only mode", CHANGES),
+    ("select 1; drop view samples", "exactly one statement", "stats: a second statement after a query"),
 ])
-def test_refused_queries_are_one_line_and_change_nothing(workdir, sql, words, monkeypatch):
+def test_refused_queries_are_one_line_and_change_nothing(workdir, sql, words, check, monkeypatch, reliability):
     monkeypatch.chdir(workdir)
     before = _digest(workdir)
     with pytest.raises(QueryError, match=words) as err:
         query(workdir, sql)
     assert "\n" not in str(err.value)
     assert _digest(workdir) == before
+    if check:
+        reliability.check(check)
 
 
 def test_a_copied_workdir_answers_the_same_queries(workdir, tmp_path_factory):

@@ -107,77 +107,91 @@ def _snapshot(base: Path) -> dict[str, tuple]:
 
 
 RO = "{ro}"  # the workdir as the catalog's views name it: curaclip-ro:///<resolved workdir>
-REFUSED = [
-    # files and URLs outside the workdir
-    ("SELECT * FROM read_csv('{out}/data.csv')", "disabled by configuration"),
-    ("SELECT * FROM read_text('{out}/secret.txt')", "disabled by configuration"),
-    ("SELECT * FROM read_parquet('{out}/data.parquet')", "disabled by configuration"),
-    ("SELECT * FROM glob('{out}/*')", "disabled by configuration"),
-    ("SELECT * FROM read_text('" + PROTOCOL + "://{out}/secret.txt')", "disabled by configuration"),
-    ("SELECT * FROM glob('" + PROTOCOL + "://{out}/*')", "disabled by configuration"),
-    ("SELECT * FROM read_csv('{url}/data.csv')", "disabled by configuration"),
-    ("SELECT * FROM read_text('{url}/secret.txt')", "disabled by configuration"),
-    ("SELECT * FROM read_parquet('{url}/data.parquet')", "disabled by configuration"),
-    ("SELECT * FROM glob('{url}/*')", "disabled by configuration"),
+REFUSED_BY_CHECK = {
+    "stats: SQL reading files or URLs outside the workdir": [
+        ("SELECT * FROM read_csv('{out}/data.csv')", "disabled by configuration"),
+        ("SELECT * FROM read_text('{out}/secret.txt')", "disabled by configuration"),
+        ("SELECT * FROM read_parquet('{out}/data.parquet')", "disabled by configuration"),
+        ("SELECT * FROM glob('{out}/*')", "disabled by configuration"),
+        ("SELECT * FROM read_text('" + PROTOCOL + "://{out}/secret.txt')", "disabled by configuration"),
+        ("SELECT * FROM glob('" + PROTOCOL + "://{out}/*')", "disabled by configuration"),
+        ("SELECT * FROM read_csv('{url}/data.csv')", "disabled by configuration"),
+        ("SELECT * FROM read_text('{url}/secret.txt')", "disabled by configuration"),
+        ("SELECT * FROM read_parquet('{url}/data.parquet')", "disabled by configuration"),
+        ("SELECT * FROM glob('{url}/*')", "disabled by configuration"),
+    ],
     # the workdir's own files by their local path (DuckDB's local filesystem is off for stats)
-    ("SELECT * FROM read_text('{wd}/catalog.duckdb')", "LocalFileSystem has been disabled"),
-    ("SELECT * FROM glob('{wd}/*')", "LocalFileSystem has been disabled"),
-    # out of the workdir by `..` or by a symlink in it
-    ("SELECT * FROM read_text('" + RO + "/../outside/secret.txt')", "disabled by configuration"),
-    ("SELECT * FROM read_text('" + RO + "/artifacts/../../outside/secret.txt')", "disabled by configuration"),
-    ("SELECT * FROM read_text('" + RO + "/escape/secret.txt')", "resolves outside the workdir"),
-    ("SELECT * FROM read_csv('" + RO + "/escape/data.csv')", "resolves outside the workdir"),
-    ("SELECT * FROM read_parquet('" + RO + "/escape/data.parquet')", "resolves outside the workdir"),
-    ("SELECT * FROM glob('" + RO + "/escape/*')", "resolves outside the workdir"),
+    "stats: SQL reading the workdir's files by their local path": [
+        ("SELECT * FROM read_text('{wd}/catalog.duckdb')", "LocalFileSystem has been disabled"),
+        ("SELECT * FROM glob('{wd}/*')", "LocalFileSystem has been disabled"),
+    ],
+    "stats: SQL leaving the workdir by `..` or a symlink": [
+        ("SELECT * FROM read_text('" + RO + "/../outside/secret.txt')", "disabled by configuration"),
+        ("SELECT * FROM read_text('" + RO + "/artifacts/../../outside/secret.txt')", "disabled by configuration"),
+        ("SELECT * FROM read_text('" + RO + "/escape/secret.txt')", "resolves outside the workdir"),
+        ("SELECT * FROM read_csv('" + RO + "/escape/data.csv')", "resolves outside the workdir"),
+        ("SELECT * FROM read_parquet('" + RO + "/escape/data.parquet')", "resolves outside the workdir"),
+        ("SELECT * FROM glob('" + RO + "/escape/*')", "resolves outside the workdir"),
+    ],
     # other databases, new or old, anywhere
-    ("ATTACH '{out}/other.duckdb' AS other", "disabled by configuration"),
-    ("ATTACH '{out}/new.duckdb' AS other", "disabled by configuration"),
-    ("ATTACH '{wd}/new.duckdb' AS other", "LocalFileSystem has been disabled"),
-    ("ATTACH '" + RO + "/new.duckdb' AS other", "read-only for curaclip stats"),
-    ("ATTACH '" + RO + "/catalog.duckdb' AS other", "read-only for curaclip stats"),
-    # writing files: COPY, EXPORT, and reading one into a table
-    ("COPY (SELECT 1) TO '{out}/new.csv'", "disabled by configuration"),
-    ("COPY (SELECT 1) TO '{wd}/new.csv'", "LocalFileSystem has been disabled"),
-    ("COPY (SELECT 1) TO '" + RO + "/new.csv'", "read-only for curaclip stats"),
-    ("COPY (SELECT 1) TO '" + RO + "/artifacts/ingest/k1/parts/part-00000.parquet' (FORMAT parquet)",
-     "read-only for curaclip stats"),
-    ("COPY (SELECT 1 AS a, 2 AS b) TO '" + RO + "/artifacts/new' (FORMAT csv, PARTITION_BY (a))",
-     "read-only for curaclip stats|LocalFileSystem has been disabled"),
-    ("COPY stages FROM '{out}/data.csv'", "read-only mode|disabled by configuration"),
-    ("COPY memory.main.stages FROM '" + RO + "/escape/data.csv'", "does not exist|resolves outside"),
-    ("EXPORT DATABASE '{out}/export'", "disabled by configuration"),
-    ("EXPORT DATABASE '" + RO + "/export'", "read-only for curaclip stats"),
-    # extensions
-    ("INSTALL httpfs", "disabled by configuration"),
-    ("LOAD httpfs", "disabled through configuration"),
-    ("LOAD '{out}/x.duckdb_extension'", "disabled through configuration"),
+    "stats: SQL attaching another database": [
+        ("ATTACH '{out}/other.duckdb' AS other", "disabled by configuration"),
+        ("ATTACH '{out}/new.duckdb' AS other", "disabled by configuration"),
+        ("ATTACH '{wd}/new.duckdb' AS other", "LocalFileSystem has been disabled"),
+        ("ATTACH '" + RO + "/new.duckdb' AS other", "read-only for curaclip stats"),
+        ("ATTACH '" + RO + "/catalog.duckdb' AS other", "read-only for curaclip stats"),
+    ],
+    "stats: SQL writing files (COPY, EXPORT) or copying one into a table": [
+        ("COPY (SELECT 1) TO '{out}/new.csv'", "disabled by configuration"),
+        ("COPY (SELECT 1) TO '{wd}/new.csv'", "LocalFileSystem has been disabled"),
+        ("COPY (SELECT 1) TO '" + RO + "/new.csv'", "read-only for curaclip stats"),
+        ("COPY (SELECT 1) TO '" + RO + "/artifacts/ingest/k1/parts/part-00000.parquet' (FORMAT parquet)",
+         "read-only for curaclip stats"),
+        ("COPY (SELECT 1 AS a, 2 AS b) TO '" + RO + "/artifacts/new' (FORMAT csv, PARTITION_BY (a))",
+         "read-only for curaclip stats|LocalFileSystem has been disabled"),
+        ("COPY stages FROM '{out}/data.csv'", "read-only mode|disabled by configuration"),
+        ("COPY memory.main.stages FROM '" + RO + "/escape/data.csv'", "does not exist|resolves outside"),
+        ("EXPORT DATABASE '{out}/export'", "disabled by configuration"),
+        ("EXPORT DATABASE '" + RO + "/export'", "read-only for curaclip stats"),
+    ],
+    "stats: SQL installing or loading an extension": [
+        ("INSTALL httpfs", "disabled by configuration"),
+        ("LOAD httpfs", "disabled through configuration"),
+        ("LOAD '{out}/x.duckdb_extension'", "disabled through configuration"),
+    ],
     # settings that would give access back (or write files)
-    ("SET enable_external_access = true", "configuration has been locked"),
-    ("SET allowed_directories = ['/']", "configuration has been locked"),
-    ("SET allowed_paths = ['{out}/secret.txt']", "configuration has been locked"),
-    ("SET disabled_filesystems = ''", "configuration has been locked"),
-    ("SET temp_directory = '{out}'", "configuration has been locked"),
-    ("SET profiling_output = '{out}/profile.json'", "configuration has been locked"),
-    ("SET lock_configuration = false", "configuration has been locked"),
-    ("RESET enable_external_access", "configuration has been locked"),
-    ("RESET lock_configuration", "configuration has been locked"),
-    ("PRAGMA enable_external_access = true", "configuration has been locked"),
-    ("PRAGMA disabled_filesystems = ''", "configuration has been locked"),
-    ("PRAGMA enable_profiling = 'json'", "configuration has been locked"),
+    "stats: SQL changing a locked setting": [
+        ("SET enable_external_access = true", "configuration has been locked"),
+        ("SET allowed_directories = ['/']", "configuration has been locked"),
+        ("SET allowed_paths = ['{out}/secret.txt']", "configuration has been locked"),
+        ("SET disabled_filesystems = ''", "configuration has been locked"),
+        ("SET temp_directory = '{out}'", "configuration has been locked"),
+        ("SET profiling_output = '{out}/profile.json'", "configuration has been locked"),
+        ("SET lock_configuration = false", "configuration has been locked"),
+        ("RESET enable_external_access", "configuration has been locked"),
+        ("RESET lock_configuration", "configuration has been locked"),
+        ("PRAGMA enable_external_access = true", "configuration has been locked"),
+        ("PRAGMA disabled_filesystems = ''", "configuration has been locked"),
+        ("PRAGMA enable_profiling = 'json'", "configuration has been locked"),
+    ],
     # EXPLAIN ANALYZE runs its statement
-    ("EXPLAIN ANALYZE CREATE TABLE t AS SELECT 1", "read-only mode"),
-    ("EXPLAIN ANALYZE INSERT INTO stages SELECT * FROM stages", "read-only mode"),
-    ("EXPLAIN ANALYZE COPY (SELECT 1) TO '" + RO + "/new.csv'", "read-only for curaclip stats"),
-    ("EXPLAIN ANALYZE COPY (SELECT 1) TO '{out}/new.csv'", "disabled by configuration"),
-]
+    "stats: EXPLAIN ANALYZE of a write": [
+        ("EXPLAIN ANALYZE CREATE TABLE t AS SELECT 1", "read-only mode"),
+        ("EXPLAIN ANALYZE INSERT INTO stages SELECT * FROM stages", "read-only mode"),
+        ("EXPLAIN ANALYZE COPY (SELECT 1) TO '" + RO + "/new.csv'", "read-only for curaclip stats"),
+        ("EXPLAIN ANALYZE COPY (SELECT 1) TO '{out}/new.csv'", "disabled by configuration"),
+    ],
+}
+"""The reliability ledger's check (tests/conftest.py) -> the statements it tries, each with what its refusal says."""
+REFUSED = [(check, sql, words) for check, cases in REFUSED_BY_CHECK.items() for sql, words in cases]
 
 
 def _sql(template: str, world, url: str) -> str:
     return template.format(out=world["outside"], wd=world["workdir"], url=url, ro=f"{PROTOCOL}://{world['workdir']}")
 
 
-@pytest.mark.parametrize("template, words", REFUSED, ids=[t for t, _ in REFUSED])
-def test_refused_in_one_line_and_nothing_changes(world, http, template, words, monkeypatch):
+@pytest.mark.parametrize("check, template, words", REFUSED, ids=[t for _, t, _ in REFUSED])
+def test_refused_in_one_line_and_nothing_changes(world, http, check, template, words, monkeypatch, reliability):
     url, seen = http
     monkeypatch.chdir(world["base"])  # a relative path a statement writes would land here
     before = _snapshot(world["base"])
@@ -187,6 +201,7 @@ def test_refused_in_one_line_and_nothing_changes(world, http, template, words, m
     assert "Traceback" not in str(err.value)
     assert _snapshot(world["base"]) == before
     assert seen == []
+    reliability.check(check)
 
 
 ALLOWED = [
@@ -235,11 +250,12 @@ def test_a_symlinked_workdir_is_resolved(world, tmp_path):
     assert query(link, "SELECT count(*) FROM samples")[1] == [(2,)]
 
 
-def test_the_command_line_prints_one_line_and_exits_2(world, capsys):
+def test_the_command_line_prints_one_line_and_exits_2(world, capsys, reliability):
     assert main(["stats", "--workdir", str(world["workdir"]),
                  f"SELECT * FROM read_text('{world['outside']}/secret.txt')"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("curaclip stats: error: ") and err.count("\n") == 1 and "the secret" not in err
+    reliability.check("stats: SQL reading files or URLs outside the workdir")
 
 
 def test_stats_answers_while_the_catalog_is_rebuilt(world):
@@ -280,7 +296,7 @@ S3_REFUSED = [
 
 
 @pytest.mark.slow
-def test_an_object_store_workdir_answers_and_nothing_else_is_reached(tmp_path, monkeypatch):
+def test_an_object_store_workdir_answers_and_nothing_else_is_reached(tmp_path, monkeypatch, reliability):
     """On S3 (moto's server on loopback) DuckDB applies ``allowed_directories`` to the fsspec filesystem: the
     workdir's prefix answers, another prefix of the same bucket (a sibling sharing its name's start included) is
     refused, and writes under the prefix are refused by the read-only filesystem; no object changes."""
@@ -310,3 +326,4 @@ def test_an_object_store_workdir_answers_and_nothing_else_is_reached(tmp_path, m
         fs.invalidate_cache()
         assert {name: (info["size"], info.get("ETag")) for name, info in
                 fs.find("stats-security", detail=True).items()} == objects
+    reliability.check("stats (S3 workdir): SQL reaching another prefix or writing", refused=len(S3_REFUSED))
