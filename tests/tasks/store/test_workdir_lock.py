@@ -186,7 +186,7 @@ def test_s3_a_live_holders_lease_is_renewed_and_not_taken(bucket, reliability):
         assert L.holder(url).renewed > first
     finally:
         stop(holder)
-    reliability.check(SECOND_WRITER, refused=tries)
+    reliability.check(SECOND_WRITER)  # once: how many polls were refused depends on timing
 
 
 def test_s3_a_lease_not_renewed_is_taken_over_once_it_expires(bucket, reliability):
@@ -216,7 +216,7 @@ def test_s3_a_lease_not_renewed_is_taken_over_once_it_expires(bucket, reliabilit
         holder.send_signal(signal.SIGCONT)
         err = stop(holder)
     assert "was broken" in err
-    reliability.check(SECOND_WRITER, refused=tries)
+    reliability.check(SECOND_WRITER)  # once: how many polls were refused depends on timing
     reliability.fault("lock holder stopped (SIGSTOP) past its lease", S3)
 
 
