@@ -62,6 +62,13 @@ def test_truncated_png_and_header_only_bomb():
     assert reason_of(RawRow("r", "t", C.bomb_png(side=9000))) == "truncated_image"  # 81M px is under PIL's cap
 
 
+def test_a_cut_webp_is_truncated_and_a_garbled_one_undecodable():
+    webp = C.encoded("WEBP", 96, 5)
+    assert reason_of(RawRow("r", "t", webp[: len(webp) // 2])) == "truncated_image"
+    garbled = webp[:20] + bytes(len(webp) - 20)  # every byte there, the bitstream zeroed
+    assert reason_of(RawRow("r", "t", garbled)) == "undecodable_image"
+
+
 def test_pixel_cap_is_checked_before_decoding():
     started = time.perf_counter()
     for _ in range(20):
