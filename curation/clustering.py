@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -438,7 +439,7 @@ def nearest_neighbours(
     """
     if x_query.ndim != 2 or x_base.ndim != 2 or x_query.shape[1] != x_base.shape[1]:
         raise ValueError(f"x_query {x_query.shape} and x_base {x_base.shape} must be 2-D with the same width")
-    extra = int(exclude_self)
+    n, extra = operator.index(n), int(exclude_self)  # faiss's search takes a Python int k, not a numpy integer
     if not 1 <= n <= len(x_base) - extra:
         raise ValueError(f"n must be in [1, {len(x_base) - extra}] (base rows{' less self' * extra}), got {n}")
     index = flat_index(l2_normalize(x_base), use_gpu(gpu), fp16)

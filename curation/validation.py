@@ -210,10 +210,16 @@ def inspect_image(data: bytes, max_pixels: int) -> tuple[int, int]:
     return width, height
 
 
+def riff_cut_short(data: bytes) -> bool:
+    """A WebP whose RIFF header declares more bytes than there are. PIL decodes a WebP whole when it opens it, so
+    a cut one fails in the header read ("could not create decoder object"), not as a truncation."""
+    return data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) < 8 + int.from_bytes(data[4:8], "little")
+
+
 def _decode_problem(err: Exception, data: bytes, where: str, truncated: bool = False) -> RowProblem:
     """PIL's errors as reasons: running out of bytes is truncation, anything else undecodable."""
     message = f"{where}: {type(err).__name__}: " + _BUFFER_REPR.sub("", str(err))
-    ran_out = isinstance(err, EOFError) or "truncated" in str(err).lower()
+    ran_out = isinstance(err, EOFError) or "truncated" in str(err).lower() or riff_cut_short(data)
     if ran_out or (truncated and isinstance(err, (OSError, SyntaxError, ValueError))):
         return RowProblem("truncated_image", f"{message} ({len(data)} bytes)")
     return RowProblem("undecodable_image", f"{message} (starts {data[:12]!r})")

@@ -188,6 +188,18 @@ def test_nearest_neighbours_of_a_part_use_its_global_offset_and_survive_duplicat
     np.testing.assert_array_equal(with_self[:, 0], np.arange(5))
 
 
+def test_a_cluster_smaller_than_the_neighbour_count_gets_every_other_member():
+    """A top-1 cluster of 3 rows with 5 neighbours asked: n becomes a numpy integer (min with the cluster's size),
+    which faiss's search refused with a TypeError and took the cluster stage down (found by a hostile pool run)."""
+    from curation.cluster_units import neighbour_column
+
+    emb = np.random.default_rng(9).standard_normal((5, 4)).astype(np.float32)
+    out = neighbour_column(["a", "b", "c", "d", "e"], emb, np.array([0, 0, 0, 1, 2]), 5).to_pylist()
+    assert [sorted(x) for x in out] == [["b", "c"], ["a", "c"], ["a", "b"], [], []]
+    ids, _ = nearest_neighbours(emb, emb, np.int64(2), gpu="never")
+    assert ids.shape == (5, 2)
+
+
 def test_nearest_neighbours_rejects_n_beyond_the_base():
     x = np.eye(4, dtype=np.float32)
     with pytest.raises(ValueError, match="less self"):
