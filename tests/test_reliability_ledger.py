@@ -30,7 +30,7 @@ def broken_teardown():
     yield
     raise RuntimeError("teardown")
 
-def test_without_the_ledger():
+def test_without_the_ledger():  # not marked reliability: -m reliability deselects it
     pass
 '''
 

@@ -382,9 +382,9 @@ def decodable(raw: dict) -> bool:
 def decode_raw(raw: dict, transform: Callable, sampler: str, rng: np.random.Generator,
                fields: BatchFields) -> dict | None:
     """One raw tar sample -> a decoded sample; None without an image or caption."""
-    ext = next((e for e in IMAGE_EXTENSIONS if e in raw), None)
-    if ext is None or "txt" not in raw:
+    if not decodable(raw):
         return None
+    ext = next(e for e in IMAGE_EXTENSIONS if e in raw)
     meta = raw["__meta__"] if "__meta__" in raw else with_meta(raw)["__meta__"]
     return make_sample(raw[ext], raw["txt"].decode("utf-8"), meta, transform, sampler, rng, fields)
 

@@ -135,7 +135,7 @@ class BatchFeed:
         return [next(self.stream) for _ in range(self.accum_freq)]
 
 
-def make_feed(run: Run, stream: Iterator[dict], data: ShardData | pa.Table) -> BatchFeed | EpisodeFeed:
+def make_feed(run: Run, stream: Iterator[dict]) -> BatchFeed | EpisodeFeed:
     if "protoclip" in run.core.objectives.terms:
         return EpisodeFeed(stream, run)
     return BatchFeed(stream, run.cfg)
@@ -182,7 +182,7 @@ def train(cfg: TrainConfig, data: ShardData | pa.Table, out_dir: str, log: Calla
     began = time.perf_counter()
     stream = batch_stream(data, cfg, tokenizer, transform, start, run.dist)
     try:
-        run_steps(run, progress, make_feed(run, stream, data))
+        run_steps(run, progress, make_feed(run, stream))
     finally:
         stream.close()  # stops the dataloader workers
     elapsed = time.perf_counter() - began
