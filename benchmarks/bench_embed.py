@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="curaclip-rn-tiny")
     args = parser.parse_args(argv)
     ray.shutdown()  # a Ray another caller started has other resources: this benchmark starts its own
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False,  # as ensure_ray
              runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}})
     executor = RayExecutor()
     with tempfile.TemporaryDirectory() as tmp:

@@ -17,7 +17,8 @@ from tests.tasks.executors.units import Counter, Sees, Square
 @pytest.fixture(scope="module")
 def executor():
     ray.shutdown()
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, configure_logging=False,
+    # address="local", as ensure_ray: never a cluster record a killed `ray start` left on the machine
+    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, configure_logging=False,
              runtime_env={"env_vars": dict(WORKER_ENV)})
     ex = RayExecutor()  # joins the Ray just started
     ray.cloudpickle.register_pickle_by_value(sys.modules[units.__name__])
