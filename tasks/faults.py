@@ -15,7 +15,10 @@ Points, as ``CURACLIP_PAUSE_AT`` spells them (several, comma-separated, each wit
 - ``unit:<UnitClass>``: a unit of that class starts, in the process that runs it: the driver for the in-process
   executor, a Ray worker or actor for the Ray executor (tasks.executors).
 
-A point pauses once: when its pause file exists already (the unit was retried after the kill), it passes.
+A point pauses once, in one process: when its pause file exists already (the unit was retried after the kill),
+it passes, and of two units reaching it at the same moment (two parts of a step on two workers) only the one that
+publishes the pause file first pauses; the other passes. (Publishing with a replacing rename let both pause while
+the file named one: the harness killed that one and the run waited for ever on the other.)
 """
 
 from __future__ import annotations
@@ -45,7 +48,12 @@ def pause_point(*names: object) -> None:
         return
     tmp = marker.with_name(f".{marker.name}.{os.getpid()}")
     tmp.write_text(json.dumps({"pid": os.getpid(), "point": point}))
-    os.replace(tmp, marker)  # the harness never reads half a file
+    try:
+        os.link(tmp, marker)  # whole at once (the harness never reads half a file), and never over another's
+    except FileExistsError:
+        return  # another process reached the point first and pauses there
+    finally:
+        tmp.unlink()
     while True:
         time.sleep(60)
 

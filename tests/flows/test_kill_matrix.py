@@ -226,8 +226,10 @@ def test_a_run_killed_in_every_stage_resumes_to_the_undisturbed_result(undisturb
     for i, (stage, point) in enumerate(KILLS):
         pause, log = tmp_path / f"pause-{i}", tmp_path / f"run-{i}.log"
         proc = start(work, env_for(point, pause), log)
-        assert wait_for_pause(proc, pause, log)["point"] == point
-        kill_group(proc)
+        try:
+            assert wait_for_pause(proc, pause, log)["point"] == point
+        finally:
+            kill_group(proc)
 
         now = published(work)
         for done, run_id in kept.items():  # nothing published is ever recomputed
@@ -265,16 +267,21 @@ def test_ray_workers_killed_mid_unit_give_the_undisturbed_result(undisturbed, tm
     proc = start(work, env_for(",".join(WORKER_KILLS), pause), log)
     killed: dict[str, int] = {}
     deadline = time.monotonic() + RUN_TIMEOUT
-    while proc.poll() is None:
-        assert time.monotonic() < deadline, "the run did not finish in time"
-        for i, point in enumerate(WORKER_KILLS):
-            marker = Path(f"{pause}.{i}")
-            if point not in killed and marker.exists():
-                paused = json.loads(marker.read_text())
-                assert paused["pid"] != proc.pid, f"{point} paused in the driver, not a Ray worker"
-                os.kill(paused["pid"], signal.SIGKILL)
-                killed[point] = paused["pid"]
-        time.sleep(0.05)
+    try:
+        while proc.poll() is None:
+            assert time.monotonic() < deadline, \
+                f"the run did not finish in time; killed at {sorted(killed)}:\n{log.read_text()[-3000:]}"
+            for i, point in enumerate(WORKER_KILLS):
+                marker = Path(f"{pause}.{i}")
+                if point not in killed and marker.exists():
+                    paused = json.loads(marker.read_text())
+                    assert paused["pid"] != proc.pid, f"{point} paused in the driver, not a Ray worker"
+                    os.kill(paused["pid"], signal.SIGKILL)
+                    killed[point] = paused["pid"]
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            kill_group(proc)  # a failed run leaves no Ray instance behind
     assert proc.returncode == 0, log.read_text()[-3000:]
     assert sorted(killed) == sorted(WORKER_KILLS), f"never reached: {set(WORKER_KILLS) - set(killed)}"
     assert manifest(published(work)["train"])["train"]["resumed_from_step"] == 4
