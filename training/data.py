@@ -396,7 +396,9 @@ def sample_randomness(seed: int, position: int) -> Iterator[np.random.Generator]
     from (seed, position) alone; torch's generator is put back as it was afterwards."""
     numpy_seed, torch_seed = np.random.SeedSequence([seed, position]).generate_state(2)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(torch_seed))
+        # the CPU generator alone: torch.manual_seed would also seed every CUDA device's, which fork_rng(devices=[])
+        # does not put back, and costs ~100 µs a call (benchmarks/bench_resume.py)
+        torch.default_generator.manual_seed(int(torch_seed))
         yield np.random.default_rng(int(numpy_seed))
 
 
