@@ -13,7 +13,9 @@ import pytest
 
 def test_passes(reliability):
     reliability.fault("SIGKILL", "ingest", 2)
+    reliability.fault("SIGKILL", "train")
     reliability.bad_input("truncated JPEG", "truncated_image", 3)
+    reliability.bad_input("truncated JPEG", "kept (cut after its end marker)")
     reliability.check("pickle refused")
     reliability.rows(10, 10)
 
@@ -47,8 +49,15 @@ def test_the_report_counts_the_records_of_passing_tests_only(tmp_path):
     # test_fails_in_teardown's call passed, its teardown errored: its records are dropped too
     assert "1 failed, 2 passed, 1 deselected, 1 error" in proc.stdout, proc.stdout
     text = report.read_text()
-    assert text.startswith("Tests that passed and recorded: 1.")
-    assert "| SIGKILL | ingest | 2 | `" in text
+    assert text.startswith("# Reliability ledger\n\nWritten by `make reliability` on ")
+    assert ": 1 tests passed and recorded; 2 failed (their records are not counted)." in text
+    summary, by_place = text.split("## Summary\n", 1)[1].split("## By place and test\n")
+    # summed by kind: over the places of a fault, over the outcomes of a bad input
+    assert "| SIGKILL | 3 |" in summary
+    assert "| truncated JPEG | kept (cut after its end marker), truncated_image | 4 |" in summary
+    assert "Bad inputs: 4 tried, of 1 kinds" in summary and "| pickle refused | 1 |" in summary
+    assert "Rows read by the runs under faults and bad input: 10; rows lost: 0." in summary
+    text = by_place
+    assert "| SIGKILL | ingest | 2 | `" in text and "| SIGKILL | train | 1 | `" in text
     assert "| truncated JPEG | truncated_image | 3 | `" in text
     assert "| pickle refused | 1 | `" in text
-    assert "Rows read by the runs under faults and bad input: 10; rows lost: 0." in text
