@@ -65,54 +65,48 @@ def shared_generator_stream(samples: Sequence[dict], transform, seed: int):
             yield sample
 
 
-def seconds(run) -> float:
+def timed(run):
+    """(seconds, result) of ``run()``."""
     start = time.perf_counter()
-    run()
-    return time.perf_counter() - start
+    result = run()
+    return time.perf_counter() - start, result
 
 
 def decoding(samples: list[dict], repeats: int) -> dict[str, float]:
     transform = default_transform(True)
 
-    def ours() -> None:
-        for _ in decode_samples(samples, transform, SAMPLER, seed=0, rank=0, fields=FIELDS):
-            pass
+    def ours() -> int:
+        return sum(1 for _ in decode_samples(samples, transform, SAMPLER, seed=0, rank=0, fields=FIELDS))
 
-    def reference() -> None:
-        for _ in shared_generator_stream(samples, transform, seed=0):
-            pass
+    def reference() -> int:
+        return sum(1 for _ in shared_generator_stream(samples, transform, seed=0))
 
-    reference()  # warm-up: allocator, transform
+    decoded = reference()  # also the warm-up: allocator, transform
     ours_s, reference_s = [], []
     for _ in range(repeats):  # interleaved, so load drift hits both alike
-        ours_s.append(seconds(ours))
-        reference_s.append(seconds(reference))
+        for run, times in ((ours, ours_s), (reference, reference_s)):
+            elapsed, count = timed(run)
+            if count != decoded:
+                raise AssertionError(f"{run.__name__} decoded {count} samples, not {decoded}")
+            times.append(elapsed)
     best, reference_best = min(ours_s), min(reference_s)
-    return {"samples": len(samples), "ours_s": best, "reference_s": reference_best,
+    return {"samples": decoded, "ours_s": best, "reference_s": reference_best,
             "ratio_ours_vs_shared_generator": best / reference_best,
-            "extra_ms_per_sample": (best - reference_best) / len(samples) * 1e3}
+            "extra_ms_per_sample": (best - reference_best) / decoded * 1e3}
 
 
-def first_batch(urls: list[str], batch_size: int, num_samples: int, tokenizer, skip: int) -> tuple[float, dict]:
-    start = time.perf_counter()
-    batch = next(iter(shard_loader(urls, batch_size, num_samples, tokenizer, train=True, workers=0, seed=0,
-                                   text_sampler=SAMPLER, fields=FIELDS, skip_batches=skip)))
-    return time.perf_counter() - start, batch
-
-
-def replayed_batch(urls: list[str], batch_size: int, num_samples: int, tokenizer, skip: int) -> tuple[float, dict]:
-    start = time.perf_counter()
-    stream = iter(shard_loader(urls, batch_size, num_samples, tokenizer, train=True, workers=0, seed=0,
-                               text_sampler=SAMPLER, fields=FIELDS))
-    batch = next(itertools.islice(stream, skip, None))
-    return time.perf_counter() - start, batch
+def batch_at(urls: list[str], batch_size: int, tokenizer, position: int, skipping: bool) -> dict:
+    """Batch ``position`` of the training stream: the first batch of a stream told to skip to it, or reached by
+    reading every batch before it."""
+    stream = shard_loader(urls, batch_size, (position + 1) * batch_size, tokenizer, train=True, workers=0, seed=0,
+                          text_sampler=SAMPLER, fields=FIELDS, skip_batches=position if skipping else 0)
+    return next(itertools.islice(iter(stream), 0 if skipping else position, None))
 
 
 def resuming(urls: list[str], batch_size: int, skip: int) -> dict[str, float]:
     _, _, tokenizer = create_model(TrainConfig().model)
-    num_samples = (skip + 1) * batch_size  # a stream of skip + 1 batches (shard passes repeat as needed)
-    skipped_s, skipped = first_batch(urls, batch_size, num_samples, tokenizer, skip)
-    replayed_s, replayed = replayed_batch(urls, batch_size, num_samples, tokenizer, skip)
+    skipped_s, skipped = timed(lambda: batch_at(urls, batch_size, tokenizer, skip, skipping=True))
+    replayed_s, replayed = timed(lambda: batch_at(urls, batch_size, tokenizer, skip, skipping=False))
     same = sorted(skipped) == sorted(replayed) and all(
         torch.equal(skipped[k], replayed[k]) if torch.is_tensor(replayed[k]) else skipped[k] == replayed[k]
         for k in replayed)

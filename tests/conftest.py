@@ -106,8 +106,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     ledgers = session.config.stash.get(LEDGERS_KEY, [])
     minutes = (time.time() - session.config.stash[STARTED_KEY]) / 60
-    failed = session.testsfailed
-    Path(target).write_text(render(ledgers, date.today().isoformat(), minutes, failed))
+    Path(target).write_text(render(ledgers, date.today().isoformat(), minutes, session.testsfailed))
 
 
 SUMMARY = "## Summary"
